@@ -1,0 +1,1 @@
+//! The machine API: protobuf definitions and generated gRPC code.

@@ -1,0 +1,35 @@
+# Bramble boot script (compiled to boot.scr by the image builder).
+#
+# Runs under U-Boot's distro boot on a Raspberry Pi (rpi_arm64) and in QEMU
+# (qemu_arm64) alike: it loads the active slot's kernel and initramfs from the
+# FAT boot partition it was itself loaded from. The slot and the kernel command
+# line live in one place, bramble.env on the same partition.
+
+setenv bramble_slot A
+setenv bramble_cmdline "console=ttyAMA0,115200"
+if load ${devtype} ${devnum}:${distro_bootpart} ${scriptaddr} bramble.env; then
+    env import -t ${scriptaddr} ${filesize}
+fi
+echo "Bramble: booting slot ${bramble_slot}"
+
+# Debian's arm64 kernel is gzip-compressed; booti unpacks it through this area.
+if test -z "${kernel_comp_addr_r}"; then
+    setexpr kernel_comp_addr_r ${kernel_addr_r} + 0x4000000
+fi
+setenv kernel_comp_size 0x4000000
+
+load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} ${bramble_slot}/vmlinuz || exit
+load ${devtype} ${devnum}:${distro_bootpart} ${ramdisk_addr_r} ${bramble_slot}/initrd || exit
+setenv bramble_initrd_size ${filesize}
+
+# On a Pi the firmware hands over its device tree at ${fdt_addr}; in QEMU the
+# device tree U-Boot itself runs with is the machine's.
+if test -n "${fdt_addr}"; then
+    setenv bramble_fdt ${fdt_addr}
+else
+    setenv bramble_fdt ${fdtcontroladdr}
+fi
+
+setenv bootargs "${bramble_cmdline} bramble.slot=${bramble_slot}"
+booti ${kernel_addr_r} ${ramdisk_addr_r}:${bramble_initrd_size} ${bramble_fdt}
+echo "Bramble: booting slot ${bramble_slot} failed"

@@ -1,0 +1,3 @@
+//! Unprivileged, reproducible SD-card image builder.
+
+fn main() {}

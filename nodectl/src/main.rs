@@ -1,0 +1,3 @@
+//! Command-line client for the Bramble machine API.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! The machine API server.
+
+fn main() {}

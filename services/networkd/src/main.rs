@@ -1,0 +1,3 @@
+//! The network configuration daemon.
+
+fn main() {}

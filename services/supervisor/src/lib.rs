@@ -1,0 +1,1 @@
+//! Single-threaded service supervisor used by PID 1.
