@@ -1,0 +1,73 @@
+# Bramble: build the SD-card image, boot it in QEMU, test, benchmark.
+# `make deps` once (idempotent), then `make qemu` / `make test` / `make bench`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := image
+
+TARGET      := aarch64-unknown-linux-musl
+NODE_BINS   := bramble-init bramble-apid bramble-networkd
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+GIT_REV     := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+# Reproducible builds: timestamps come from the last commit, not the clock.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
+export SOURCE_DATE_EPOCH
+export BRAMBLE_GIT_REVISION := $(GIT_REV)
+# Node binaries: static, with build paths remapped so they do not depend on
+# where the checkout or the cargo home is.
+NODE_RUSTFLAGS := -C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=/bramble \
+                  --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo
+CARGO       ?= cargo
+
+DIST        := dist
+IMAGE       := $(DIST)/bramble-arm64.img
+BIN_DIR     := target/$(TARGET)/release
+DEPS_STAMP  := .cache/deps.stamp
+
+.PHONY: deps build node-bins host-bins image qemu test test-host test-boot bench lint fmt clean
+
+deps:
+	bash boot/deps.sh
+	@mkdir -p .cache && touch $(DEPS_STAMP)
+
+$(DEPS_STAMP):
+	$(MAKE) deps
+
+# Static, stripped aarch64 binaries for the node.
+node-bins: $(DEPS_STAMP)
+	RUSTFLAGS="$(NODE_RUSTFLAGS)" $(CARGO) build --release --locked --target $(TARGET) $(addprefix -p ,$(NODE_BINS))
+
+# Host tools: the image builder, nodectl and the QEMU harness.
+host-bins: $(DEPS_STAMP)
+	$(CARGO) build --locked -p bramble-image -p nodectl -p bramble-tests --bins
+
+build: node-bins host-bins
+
+image: build
+	target/debug/bramble-image build --lock boot/packages.lock --cache .cache/debs \
+	  --boot-dir boot --bin-dir $(BIN_DIR) --rootfs-overlay image/rootfs \
+	  --out $(DIST) --version $(VERSION) --git-revision $(GIT_REV)
+
+# Boot one node with its serial console on this terminal (Ctrl-A X quits).
+qemu: image
+	target/debug/bramble-qemu --image $(IMAGE)
+
+# Every test: host unit/integration tests, then boot tests in QEMU.
+test: image
+	BRAMBLE_IMAGE=$(CURDIR)/$(IMAGE) BRAMBLE_BIN_DIR=$(CURDIR)/$(BIN_DIR) \
+	  $(CARGO) test --locked --workspace --no-fail-fast -- --test-threads=2
+
+bench: image
+	target/debug/bramble-bench --image $(IMAGE) --bin-dir $(BIN_DIR) --dist $(DIST)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --target $(TARGET) $(addprefix -p ,$(NODE_BINS)) -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf $(DIST) build
+	$(CARGO) clean

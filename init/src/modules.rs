@@ -1,0 +1,377 @@
+//! Kernel module loading without udev.
+//!
+//! The image builder ships `modules.dep` and `modules.alias` (depmod formats)
+//! for the modules it selected. Coldplug walks `/sys/devices` for `modalias`
+//! files, matches each against the alias patterns and loads the matching
+//! modules, dependencies first, with `finit_module(2)`. Loading a driver can
+//! make new devices appear (a PCI bus reveals virtio devices), so coldplug runs
+//! in rounds until a round loads nothing.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Bounds for walking sysfs: deep enough for USB behind PCIe, small enough to
+/// finish quickly on any device tree.
+const MAX_SYSFS_DEPTH: usize = 24;
+const MAX_SYSFS_ENTRIES: usize = 200_000;
+
+#[derive(Debug, Default)]
+pub struct Database {
+    dir: PathBuf,
+    /// Module name → its file and its dependencies' files, relative to `dir`,
+    /// as depmod lists them (a dependency's own dependencies come after it).
+    deps: HashMap<String, (String, Vec<String>)>,
+    aliases: Vec<(String, String)>,
+    builtin: HashSet<String>,
+    loaded: HashSet<String>,
+    handled_aliases: HashSet<String>,
+}
+
+/// Module names compare with `-` and `_` as the same character.
+pub fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn name_of(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    normalize(file.strip_suffix(".ko").unwrap_or(file))
+}
+
+impl Database {
+    /// Reads `modules.dep`, `modules.alias` and `modules.builtin` from `dir`
+    /// (normally `/lib/modules/$(uname -r)`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |name: &'static str| {
+            let path = dir.join(name);
+            fs::read_to_string(&path).map_err(|e| Error::io("reading", path, e))
+        };
+        let mut db = Self::parse(&read("modules.dep")?, &read("modules.alias")?);
+        db.dir = dir.to_path_buf();
+        if let Ok(builtin) = read("modules.builtin") {
+            db.builtin = builtin.lines().map(name_of).collect();
+        }
+        Ok(db)
+    }
+
+    fn parse(dep: &str, alias: &str) -> Self {
+        let mut deps = HashMap::new();
+        for line in dep.lines() {
+            if let Some((module, rest)) = line.split_once(':') {
+                let list = rest.split_whitespace().map(str::to_owned).collect();
+                deps.insert(name_of(module), (module.to_owned(), list));
+            }
+        }
+        let aliases = alias
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some("alias"), Some(pattern), Some(module)) => {
+                        Some((pattern.to_owned(), normalize(module)))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        Self {
+            deps,
+            aliases,
+            ..Self::default()
+        }
+    }
+
+    /// Modules whose alias patterns match `modalias`.
+    pub fn modules_for(&self, modalias: &str) -> BTreeSet<String> {
+        self.aliases
+            .iter()
+            .filter(|(pattern, _)| fnmatch(pattern.as_bytes(), modalias.as_bytes()))
+            .map(|(_, module)| module.clone())
+            .collect()
+    }
+
+    /// Loads `name` and everything it depends on. Builtin and already loaded
+    /// modules succeed at once.
+    pub fn load_module(&mut self, name: &str) -> Result<bool> {
+        let name = normalize(name);
+        if self.loaded.contains(&name) || self.builtin.contains(&name) {
+            return Ok(false);
+        }
+        if Path::new("/sys/module").join(&name).exists() {
+            self.loaded.insert(name);
+            return Ok(false);
+        }
+        let (file, deps) = self.deps.get(&name).cloned().ok_or_else(|| Error::Module {
+            name: name.clone(),
+            reason: "not in modules.dep (not shipped in this image)".into(),
+        })?;
+        // depmod lists a module's dependencies so that the last needs nothing
+        // else in the list: load from the end.
+        for dep in deps.iter().rev() {
+            let dep_name = name_of(dep);
+            if !self.loaded.contains(&dep_name)
+                && !Path::new("/sys/module").join(&dep_name).exists()
+            {
+                self.insert(&dep_name, dep)?;
+            }
+            self.loaded.insert(dep_name);
+        }
+        self.insert(&name, &file)?;
+        self.loaded.insert(name);
+        Ok(true)
+    }
+
+    fn insert(&self, name: &str, file: &str) -> Result<()> {
+        let path = self.dir.join(file);
+        let handle = File::open(&path).map_err(|e| Error::io("opening module", &path, e))?;
+        let params = CString::default();
+        match nix::kmod::finit_module(&handle, &params, nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::Error::EEXIST) => {
+                tracing::debug!("loaded module {name}");
+                Ok(())
+            }
+            Err(errno) => Err(Error::Module {
+                name: name.to_owned(),
+                reason: format!("finit_module {}: {errno}", path.display()),
+            }),
+        }
+    }
+
+    /// One coldplug pass over `sysfs_devices`; returns how many modules it
+    /// loaded. Failures are reported and do not stop the pass.
+    pub fn coldplug_once(&mut self, sysfs_devices: &Path) -> usize {
+        let mut loaded = 0;
+        for modalias in collect_modaliases(sysfs_devices) {
+            if !self.handled_aliases.insert(modalias.clone()) {
+                continue;
+            }
+            for module in self.modules_for(&modalias) {
+                match self.load_module(&module) {
+                    Ok(true) => loaded += 1,
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!("{err} (for device {modalias})"),
+                }
+            }
+        }
+        loaded
+    }
+
+    /// Coldplug until a pass loads nothing (at most `max_rounds` passes).
+    pub fn coldplug(&mut self, sysfs_devices: &Path, max_rounds: usize) -> usize {
+        let mut total = 0;
+        for _ in 0..max_rounds {
+            let loaded = self.coldplug_once(sysfs_devices);
+            total += loaded;
+            if loaded == 0 {
+                break;
+            }
+        }
+        total
+    }
+}
+
+/// Every distinct `modalias` value below `root`, without following symlinks.
+pub fn collect_modaliases(root: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    let mut seen = 0usize;
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_SYSFS_ENTRIES {
+                tracing::warn!(
+                    "stopped walking {} after {MAX_SYSFS_ENTRIES} entries",
+                    root.display()
+                );
+                return found;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && depth < MAX_SYSFS_DEPTH {
+                stack.push((entry.path(), depth + 1));
+            } else if kind.is_file() && entry.file_name() == "modalias" {
+                if let Ok(value) = fs::read_to_string(entry.path()) {
+                    let value = value.trim();
+                    if !value.is_empty() {
+                        found.insert(value.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Shell-style pattern matching as modules.alias uses it: `*`, `?` and
+/// bracket expressions (`[abc]`, `[a-z]`, `[!x]`).
+pub fn fnmatch(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    // Where to resume after the most recent `*`: (pattern index, text index).
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    star = Some((p, t));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = match_bracket(&pattern[p..], text[t]) {
+                        if matched {
+                            p += next;
+                            t += 1;
+                            continue;
+                        }
+                    } else if text[t] == b'[' {
+                        p += 1;
+                        t += 1;
+                        continue;
+                    }
+                }
+                c if c == text[t] => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                p = sp + 1;
+                t = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches one byte against the bracket expression at the start of `pattern`.
+/// Returns whether it matched and the expression's length, or `None` when the
+/// bracket is not closed (then `[` is an ordinary character).
+fn match_bracket(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(pattern.get(i), Some(b'!') | Some(b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let &ch = pattern.get(i)?;
+        if ch == b']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&e| e != b']') {
+            let end = pattern[i + 2];
+            if ch <= c && c <= end {
+                matched = true;
+            }
+            i += 3;
+        } else {
+            if ch == c {
+                matched = true;
+            }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnmatch_handles_modalias_patterns() {
+        assert!(fnmatch(b"virtio:d00000002v*", b"virtio:d00000002v00001AF4"));
+        assert!(!fnmatch(
+            b"virtio:d00000001v*",
+            b"virtio:d00000002v00001AF4"
+        ));
+        assert!(fnmatch(
+            b"pci:v00001AF4d*sv*sd*bc*sc*i*",
+            b"pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"
+        ));
+        assert!(fnmatch(
+            b"of:N*T*Cbrcm,bcm2835-sdhostC*",
+            b"of:NmmcT(null)Cbrcm,bcm2835-sdhostCbrcm,other"
+        ));
+        assert!(fnmatch(
+            b"usb:v0424pEC00d*dc*dsc*dp*ic*isc*ip*in*",
+            b"usb:v0424pEC00d0200dc00dsc00dp00icFFisc00ipFFin00"
+        ));
+        assert!(fnmatch(b"a?c", b"abc"));
+        assert!(!fnmatch(b"a?c", b"ac"));
+        assert!(fnmatch(b"x[0-9]y", b"x5y"));
+        assert!(!fnmatch(b"x[!0-9]y", b"x5y"));
+        assert!(fnmatch(b"x[!0-9]y", b"xay"));
+        assert!(fnmatch(b"*", b""));
+        assert!(!fnmatch(b"abc", b"abcd"));
+        assert!(fnmatch(b"a*b*c", b"aXXbYYc"));
+        assert!(!fnmatch(b"a*b*c", b"aXXbYY"));
+        // An unclosed bracket is literal.
+        assert!(fnmatch(b"a[b", b"a[b"));
+    }
+
+    #[test]
+    fn parses_depmod_files_and_matches_aliases() {
+        let dep = "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko\n\
+                   kernel/fs/jbd2/jbd2.ko:\nkernel/drivers/char/hw_random/virtio-rng.ko:\n";
+        let alias =
+            "# comment\nalias fs-ext4 ext4\nalias virtio:d00000004v* virtio-rng\nbogus line\n";
+        let db = Database::parse(dep, alias);
+        assert_eq!(
+            db.deps["ext4"].1,
+            vec!["kernel/fs/jbd2/jbd2.ko", "kernel/fs/mbcache.ko"]
+        );
+        assert!(db.deps.contains_key("virtio_rng"));
+        assert_eq!(
+            db.modules_for("virtio:d00000004v00001AF4")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec!["virtio_rng".to_owned()]
+        );
+        assert!(db.modules_for("virtio:d00000009v00001AF4").is_empty());
+    }
+
+    #[test]
+    fn collects_modaliases_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("platform/virtio0");
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("modalias"), "virtio:d00000002v00001AF4\n").unwrap();
+        fs::write(dir.path().join("platform/modalias"), "\n").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dev.join("loop")).unwrap();
+        let found = collect_modaliases(dir.path());
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            vec!["virtio:d00000002v00001AF4".to_owned()]
+        );
+    }
+
+    #[test]
+    fn unknown_module_is_a_clear_error() {
+        let mut db = Database::parse("", "");
+        let err = db.load_module("no-such-driver").unwrap_err().to_string();
+        assert!(
+            err.contains("no_such_driver") && err.contains("not in modules.dep"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Stage 1, in the initramfs: from the kernel's hand-over to the real root.
+
+use std::convert::Infallible;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+
+use crate::disk::{self, Layout};
+use crate::error::{Error, Result};
+use crate::modules::Database;
+use crate::mounts;
+
+const SYSROOT: &str = "/sysroot";
+
+pub fn run() -> Result<Infallible> {
+    let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mounts::mount_or_warn(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    );
+    mounts::mount_or_warn(
+        "proc",
+        "/proc",
+        "proc",
+        nosuid_noexec | MsFlags::MS_NODEV,
+        None,
+    );
+    mounts::mount_or_warn(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        nosuid_noexec | MsFlags::MS_NODEV,
+        None,
+    );
+    crate::logging::attach_kmsg();
+
+    let kernel = kernel_release();
+    tracing::info!("initramfs: kernel {kernel}");
+    let modules_dir = Path::new("/lib/modules").join(&kernel);
+    let mut db = Database::load(&modules_dir).unwrap_or_else(|err| {
+        tracing::error!("{err}; continuing without loadable modules");
+        Database::default()
+    });
+
+    let slot = boot_slot(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let layout = wait_for_layout(&mut db, slot);
+    tracing::info!(
+        "boot disk /dev/{} (boot partition /dev/{}): slot {slot} on /dev/{}",
+        layout.disk.name,
+        layout.boot.name,
+        layout.slot(slot).map_or("?", |d| d.name.as_str())
+    );
+
+    if layout.data.is_some() {
+        match disk::grow_data_partition(&layout) {
+            Ok(Some(grown)) => tracing::info!(
+                "first boot: data partition {} grown from {} MiB to {} MiB",
+                grown.partition,
+                grown.old_sectors / 2048,
+                grown.new_sectors / 2048
+            ),
+            Ok(None) => {}
+            Err(err) => tracing::warn!("could not grow the data partition: {err}"),
+        }
+    }
+
+    for module in ["squashfs", "ext4"] {
+        if let Err(err) = db.load_module(module) {
+            tracing::warn!("{err}");
+        }
+    }
+
+    let root = layout
+        .slot(slot)
+        .ok_or_else(|| Error::Disk(format!("slot {slot} partition is missing")))?;
+    let sysroot = Path::new(SYSROOT);
+    mounts::mount(
+        &root.dev_path().to_string_lossy(),
+        sysroot,
+        "squashfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )?;
+
+    let persistent = MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    mount_persistent(
+        layout.state.as_ref(),
+        &sysroot.join("system/state"),
+        persistent | MsFlags::MS_NOEXEC,
+        "state",
+    );
+    mount_persistent(
+        layout.data.as_ref(),
+        &sysroot.join("var"),
+        persistent,
+        "data",
+    );
+
+    switch_root(sysroot)
+}
+
+/// Mounts a persistent ext4 partition, growing the filesystem to its
+/// partition; without one, a tmpfs stands in so the node still comes up (and
+/// can be reset or re-flashed through the API).
+fn mount_persistent(dev: Option<&disk::BlockDev>, target: &Path, flags: MsFlags, what: &str) {
+    let fallback = |why: String| {
+        tracing::error!(
+            "{what} partition: {why}; using memory instead: nothing written there will persist"
+        );
+        if let Err(err) = mounts::mount("tmpfs", target, "tmpfs", flags, Some("mode=0755")) {
+            tracing::error!("{err}");
+        }
+    };
+    let Some(dev) = dev else {
+        return fallback("not found on the boot disk".into());
+    };
+    let path = dev.dev_path();
+    let info = disk::read_ext4_info(&path);
+    if let Err(err) = mounts::mount(&path.to_string_lossy(), target, "ext4", flags, None) {
+        return fallback(err.to_string());
+    }
+    if let Some(info) = info {
+        match disk::grow_ext4(target, dev, &info) {
+            Ok(Some((from, to))) => tracing::info!(
+                "{what} filesystem grown from {} MiB to {} MiB",
+                (from * info.block_size) >> 20,
+                (to * info.block_size) >> 20
+            ),
+            Ok(None) => {}
+            Err(err) => tracing::warn!("{what} filesystem: {err}"),
+        }
+    }
+}
+
+/// Loads drivers until the boot disk with all of Bramble's partitions shows
+/// up. Never gives up: a disk can be slow, and a wrong one gets a message
+/// saying what is wrong, repeated for whoever looks at the console.
+fn wait_for_layout(db: &mut Database, slot: char) -> Layout {
+    let start = Instant::now();
+    let mut next_report = Duration::from_secs(5);
+    let mut delay = Duration::from_millis(20);
+    loop {
+        db.coldplug(Path::new("/sys/devices"), 8);
+        let devs = disk::list_block_devices(Path::new("/sys/class/block"));
+        let found = disk::find_layout(&devs);
+        let problem = match &found {
+            Some(layout) if layout.slot(slot).is_some() => return found_layout(layout),
+            Some(layout) => format!(
+                "boot disk /dev/{} has no partition {} for root slot {slot}: the disk does not hold a complete Bramble image (re-flash it)",
+                layout.disk.name,
+                if slot == 'B' { 3 } else { 2 }
+            ),
+            None => {
+                let names: Vec<&str> = devs.iter().map(|d| d.name.as_str()).collect();
+                format!(
+                    "no boot disk yet (a FAT partition 1 labelled {}); block devices: {}",
+                    disk::BOOT_LABEL,
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            }
+        };
+        if start.elapsed() >= next_report {
+            tracing::error!("{problem}; still looking");
+            next_report = start.elapsed() + Duration::from_secs(30);
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+fn found_layout(layout: &Layout) -> Layout {
+    if layout.state.is_none() {
+        tracing::warn!(
+            "no {} partition on /dev/{}",
+            disk::STATE_LABEL,
+            layout.disk.name
+        );
+    }
+    if layout.data.is_none() {
+        tracing::warn!(
+            "no {} partition on /dev/{}",
+            disk::DATA_LABEL,
+            layout.disk.name
+        );
+    }
+    layout.clone()
+}
+
+/// `bramble.slot=B` on the kernel command line selects slot B; anything
+/// else boots A.
+pub fn boot_slot(cmdline: &str) -> char {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix("bramble.slot="))
+        .map_or('A', |s| if s == "B" { 'B' } else { 'A' })
+}
+
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Moves the kernel filesystems into the new root, frees the initramfs,
+/// makes the new root `/` and executes its init in place of this process.
+fn switch_root(new_root: &Path) -> Result<Infallible> {
+    for dir in ["dev", "proc", "sys"] {
+        mounts::move_mount(&Path::new("/").join(dir), &new_root.join(dir))?;
+    }
+    free_initramfs(new_root);
+    nix::unistd::chdir(new_root)
+        .map_err(|e| Error::sys(format!("chdir {}", new_root.display()), e))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| Error::sys("moving the new root onto /", e))?;
+    nix::unistd::chroot(".").map_err(|e| Error::sys("chroot into the new root", e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
+    tracing::info!("switching to the root filesystem");
+    let err = std::process::Command::new("/sbin/init").exec();
+    Err(Error::io("executing", "/sbin/init", err))
+}
+
+/// Deletes the initramfs's files (it is RAM the node would never get back),
+/// staying on the initramfs device and out of the new root.
+fn free_initramfs(new_root: &Path) {
+    let Ok(root_dev) = fs::metadata("/").map(|m| m.dev()) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir("/") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == new_root {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != root_dev {
+            continue;
+        }
+        let _ = if meta.is_dir() {
+            remove_tree(&path, root_dev)
+        } else {
+            fs::remove_file(&path)
+        };
+    }
+}
+
+fn remove_tree(dir: &Path, dev: u64) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            remove_tree(&path, dev)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_from_cmdline() {
+        assert_eq!(boot_slot("console=ttyAMA0 bramble.slot=B quiet"), 'B');
+        assert_eq!(boot_slot("bramble.slot=A"), 'A');
+        assert_eq!(boot_slot("console=ttyAMA0"), 'A');
+        assert_eq!(boot_slot("bramble.slot=Z"), 'A');
+    }
+}

@@ -1,0 +1,87 @@
+//! Error types of the network daemon.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Errors from talking to the kernel (netlink, sockets) and from writing the
+/// daemon's status files.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening the rtnetlink socket failed.
+    #[error("cannot open a netlink socket: {0}")]
+    NetlinkSocket(#[source] io::Error),
+
+    /// The kernel refused (or failed) a netlink request.
+    #[error("netlink request failed: {what}: {source}")]
+    Netlink {
+        /// What the request tried to do, for example `set link eth0 up`.
+        what: String,
+        /// The error the kernel (or rtnetlink) reported.
+        #[source]
+        source: rtnetlink::Error,
+    },
+
+    /// A link named on the command line (or by the caller) does not exist.
+    #[error("link {0:?} not found")]
+    LinkNotFound(String),
+
+    /// A link has no usable 6-byte Ethernet hardware address.
+    #[error("link {0:?} has no Ethernet hardware address")]
+    NoHardwareAddress(String),
+
+    /// Creating or configuring the DHCP client socket failed.
+    #[error("DHCP socket on {link}: {what}: {source}")]
+    Socket {
+        /// The link the socket is bound to.
+        link: String,
+        /// The socket operation that failed.
+        what: &'static str,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Encoding a DHCP message failed.
+    #[error("cannot encode DHCP message: {0}")]
+    Encode(#[from] dhcproto::error::EncodeError),
+
+    /// A file-system operation on a status file failed.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// The operation, for example `write` or `rename`.
+        what: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Serialising the status document failed.
+    #[error("cannot serialise network state: {0}")]
+    Json(#[from] serde_json::Error),
+
+    /// The readiness file descriptor named in `BRAMBLE_READY_FD` is not usable.
+    #[error("BRAMBLE_READY_FD={value:?}: {reason}")]
+    ReadyFd {
+        /// The raw value of the environment variable.
+        value: String,
+        /// Why it could not be used.
+        reason: String,
+    },
+}
+
+/// Why a DHCPACK could not be turned into a lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// `yiaddr` is 0.0.0.0 (or otherwise unusable).
+    #[error("DHCPACK carries no usable address (yiaddr {0})")]
+    UnusableAddress(Ipv4Addr),
+    /// Option 51 (lease time) is missing.
+    #[error("DHCPACK for {0} carries no lease time (option 51)")]
+    MissingLeaseTime(Ipv4Addr),
+    /// No server identifier (option 54) and none known from the exchange.
+    #[error("DHCPACK for {0} carries no server identifier (option 54)")]
+    MissingServer(Ipv4Addr),
+}
