@@ -71,7 +71,9 @@ pub fn run() -> Result<Infallible> {
         }
     }
 
-    for module in ["squashfs", "ext4"] {
+    // ext4 asks the crypto API for crc32c through modprobe, which a node
+    // does not have: load it first.
+    for module in ["squashfs", "crc32c_generic", "ext4"] {
         if let Err(err) = db.load_module(module) {
             tracing::warn!("{err}");
         }
@@ -147,7 +149,14 @@ fn wait_for_layout(db: &mut Database, slot: char) -> Layout {
     let mut next_report = Duration::from_secs(5);
     let mut delay = Duration::from_millis(20);
     loop {
-        db.coldplug(Path::new("/sys/devices"), 8);
+        let round = Instant::now();
+        let loaded = db.coldplug(Path::new("/sys/devices"), 8);
+        if loaded > 0 {
+            tracing::info!(
+                "coldplug: {loaded} module(s) loaded in {} ms",
+                round.elapsed().as_millis()
+            );
+        }
         let devs = disk::list_block_devices(Path::new("/sys/class/block"));
         let found = disk::find_layout(&devs);
         let problem = match &found {

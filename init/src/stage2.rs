@@ -49,10 +49,6 @@ pub fn run() -> Result<Infallible> {
             tracing::warn!("creating {dir}: {err}");
         }
     }
-    if let Err(err) = nix::unistd::sethostname("bramble") {
-        tracing::warn!("setting the hostname: {err}");
-    }
-    let _ = fs::write(Path::new(RUN_DIR).join("hostname"), "bramble\n");
     crate::rng::carry_seed(&Path::new(STATE_DIR).join("random-seed"));
 
     // Devices whose drivers are only on the root filesystem.
@@ -63,10 +59,42 @@ pub fn run() -> Result<Infallible> {
         }
         Err(err) => tracing::warn!("{err}"),
     }
+
+    let hostname = default_hostname(Path::new("/sys/class/net"));
+    if let Err(err) = nix::unistd::sethostname(&hostname) {
+        tracing::warn!("setting the hostname: {err}");
+    }
+    if let Err(err) = crate::atomic::write(
+        &Path::new(RUN_DIR).join("hostname"),
+        format!("{hostname}\n").as_bytes(),
+        0o644,
+    ) {
+        tracing::warn!("writing {RUN_DIR}/hostname: {err}");
+    }
+    tracing::info!("hostname {hostname}");
     report_mounts();
 
     let kind = crate::supervise::run()?;
     crate::shutdown::finish(kind)
+}
+
+/// Until a machine config names it, a node is `bramble-` and the last three
+/// bytes of its first hardware network interface's MAC address, so nodes
+/// flashed from the same image still have distinct names.
+fn default_hostname(sys_class_net: &Path) -> String {
+    let mut links: Vec<_> = fs::read_dir(sys_class_net)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    links.sort();
+    links
+        .iter()
+        .filter(|link| link.join("device").exists())
+        .find_map(|link| {
+            let mac = fs::read_to_string(link.join("address")).ok()?;
+            let tail: Vec<&str> = mac.trim().split(':').skip(3).collect();
+            (tail.len() == 3).then(|| format!("bramble-{}", tail.concat()))
+        })
+        .unwrap_or_else(|| "bramble".to_owned())
 }
 
 /// One console line per filesystem that matters, so a person (or a test)
@@ -85,5 +113,28 @@ fn report_mounts() {
                 info.source
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_from_first_hardware_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = |name: &str, mac: &str, hw: bool| {
+            let p = dir.path().join(name);
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("address"), format!("{mac}\n")).unwrap();
+            if hw {
+                fs::create_dir(p.join("device")).unwrap();
+            }
+        };
+        assert_eq!(default_hostname(dir.path()), "bramble");
+        link("lo", "00:00:00:00:00:00", false);
+        link("eth1", "52:54:00:aa:bb:cc", true);
+        link("eth0", "52:54:00:12:34:56", true);
+        assert_eq!(default_hostname(dir.path()), "bramble-123456");
     }
 }

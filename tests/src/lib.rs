@@ -1,1 +1,11 @@
-//! QEMU boot harness, boot tests and benchmarks.
+//! The QEMU harness for Bramble images.
+//!
+//! Boot tests and benchmarks copy the built SD-card image (never touching
+//! `dist/`), boot it in `qemu-system-aarch64` through U-Boot exactly as the
+//! image boots on a Pi, read the serial console, and reach the machine API
+//! through a port forwarded to loopback. QEMU is always killed when a
+//! [`qemu::Node`] is dropped.
+
+pub mod nodectl;
+pub mod paths;
+pub mod qemu;

@@ -1,0 +1,62 @@
+//! Where the harness finds the image, U-Boot and nodectl. Each can be
+//! overridden by an environment variable; the defaults are what `make`
+//! produces in this checkout.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
+
+fn existing(var: &str, default: PathBuf, hint: &str) -> Result<PathBuf> {
+    let path = std::env::var_os(var).map_or(default, PathBuf::from);
+    ensure!(
+        path.exists(),
+        "{} does not exist ({hint}; or set {var})",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The built raw image (`BRAMBLE_IMAGE`).
+pub fn image() -> Result<PathBuf> {
+    existing(
+        "BRAMBLE_IMAGE",
+        workspace_root().join("dist/bramble-arm64.img"),
+        "run `make image`",
+    )
+}
+
+/// U-Boot for QEMU's `virt` machine (`BRAMBLE_UBOOT_QEMU`).
+pub fn uboot_qemu() -> Result<PathBuf> {
+    existing(
+        "BRAMBLE_UBOOT_QEMU",
+        workspace_root().join(".cache/u-boot-qemu/u-boot.bin"),
+        "run `make deps`",
+    )
+}
+
+/// The host build of nodectl (`BRAMBLE_NODECTL`).
+pub fn nodectl() -> Result<PathBuf> {
+    existing(
+        "BRAMBLE_NODECTL",
+        workspace_root().join("target/debug/nodectl"),
+        "run `make build`",
+    )
+}
+
+/// A directory for one test's files, removed when dropped unless
+/// `BRAMBLE_KEEP_TEST_DIRS` is set (then its path is printed).
+pub fn test_dir(name: &str) -> Result<tempfile::TempDir> {
+    let base = workspace_root().join("target/boot-tests");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(&base)
+        .context("creating a test directory")?;
+    Ok(dir)
+}
