@@ -1,3 +1,79 @@
-//! The machine API server.
+//! `apid`: the machine API server of a Bramble node.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use bramble_apid::server::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use bramble_apid::{BoundServer, Config, ready};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::level_filters::LevelFilter;
+
+/// The Bramble machine API server.
+#[derive(Debug, Parser)]
+#[command(name = "apid", version)]
+struct Args {
+    /// Address to listen on. `[::]:PORT` accepts IPv6 and IPv4 (dual-stack);
+    /// `0.0.0.0:PORT` IPv4 only.
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+
+    /// Directory holding the server certificate and key.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
+
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    log_level: LevelFilter,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    bramble_apid::install_crypto_provider();
+    // One thread: the API serves a handful of clients and must stay small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Install the handlers before announcing readiness, so a stop request
+    // right after READY=1 is not lost.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    let server = BoundServer::bind(Config::new(args.listen, &args.state_dir)).await?;
+    let banner = server.banner();
+    println!("{banner}");
+    tracing::info!(
+        addr = %server.local_addr(),
+        maintenance = server.maintenance(),
+        fingerprint = %server.fingerprint(),
+        certificate = ?server.identity_origin(),
+        "API listening"
+    );
+    if let Err(e) = ready::notify_from_env() {
+        // The supervisor will see the missing line; keep serving.
+        tracing::error!(error = %e, "readiness notification failed");
+    }
+
+    server
+        .serve(async move {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+                _ = sigint.recv() => tracing::info!("SIGINT received"),
+            }
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! An in-process `apid` for nodectl's tests, and helpers to run nodectl.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bramble_apid::identity::Origin;
+use bramble_apid::{BoundServer, Config, NodeInfoSource};
+use tokio::sync::oneshot;
+
+/// A running API server on 127.0.0.1, on its own thread and current-thread
+/// runtime (as on the node).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub origin: Origin,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Fixture files for `Version`: os-release, cmdline, uptime.
+pub fn fixture_info(dir: &Path) -> NodeInfoSource {
+    let os = dir.join("os-release");
+    let cmdline = dir.join("cmdline");
+    let uptime = dir.join("uptime");
+    fs::write(&os, "NAME=\"Bramble\"\nID=bramble\nVERSION_ID=9.9.9\n").unwrap();
+    fs::write(&cmdline, "console=ttyAMA0 bramble.slot=B quiet\n").unwrap();
+    fs::write(&uptime, "3723.50 100.00\n").unwrap();
+    NodeInfoSource {
+        os_release: vec![os],
+        cmdline,
+        uptime,
+        maintenance: true,
+    }
+}
+
+impl TestServer {
+    pub fn start(state_dir: &Path, info: NodeInfoSource) -> Self {
+        bramble_apid::install_crypto_provider();
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), state_dir);
+        config.info = info;
+        config.shutdown_grace = Duration::from_secs(2);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let server = BoundServer::bind(config).await.unwrap();
+                ready_tx
+                    .send((
+                        server.local_addr(),
+                        server.fingerprint().to_string(),
+                        server.identity_origin(),
+                    ))
+                    .unwrap();
+                server
+                    .serve(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let (addr, fingerprint, origin) = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not start");
+        Self {
+            addr,
+            fingerprint,
+            origin,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn node(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread panicked");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Runs the built `nodectl` binary.
+pub fn nodectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .args(args)
+        .output()
+        .expect("cannot run nodectl")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn state_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,51 @@
+//! The node's current addresses, for the certificate's subject names.
+
+use std::net::IpAddr;
+
+/// Non-loopback addresses of the interfaces that are up, from getifaddrs(3)
+/// (netlink underneath). Empty if they cannot be read: the certificate then
+/// covers the host name and loopback only, which clients that pin the
+/// fingerprint do not mind.
+///
+/// At first boot apid may start before DHCP finished; the certificate keeps
+/// whatever was known then (it is reused as-is on later starts).
+pub fn local_addresses() -> Vec<IpAddr> {
+    use nix::net::if_::InterfaceFlags;
+    let iter = match nix::ifaddrs::getifaddrs() {
+        Ok(iter) => iter,
+        Err(e) => {
+            tracing::debug!(error = %e, "getifaddrs failed; certificate without interface addresses");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for ifa in iter {
+        if !ifa.flags.contains(InterfaceFlags::IFF_UP)
+            || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if !ip.is_loopback() && !ip.is_unspecified() && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_loopback_addresses() {
+        for ip in super::local_addresses() {
+            assert!(!ip.is_loopback(), "{ip}");
+        }
+    }
+}
