@@ -12,7 +12,8 @@ if load ${devtype} ${devnum}:${distro_bootpart} ${scriptaddr} bramble.env; then
 fi
 echo "Bramble: booting slot ${bramble_slot}"
 
-# Debian's arm64 kernel is gzip-compressed; booti unpacks it through this area.
+# Older Debian arm64 kernels are gzip-compressed; booti unpacks those through
+# this area (an uncompressed Image boots in place).
 if test -z "${kernel_comp_addr_r}"; then
     setexpr kernel_comp_addr_r ${kernel_addr_r} + 0x4000000
 fi

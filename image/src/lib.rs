@@ -1,0 +1,48 @@
+//! Bramble's unprivileged, reproducible SD-card image builder.
+//!
+//! `bramble-image build` turns the pinned Debian packages (kernel, Pi firmware,
+//! U-Boot, CA certificates), the boot assets in `boot/` and the cross-built node
+//! binaries into `dist/bramble-arm64.img` (+ `.xz`, `.bmap`, `SHA256SUMS`) with no
+//! root, no loop devices and no mounts; the same inputs and SOURCE_DATE_EPOCH give
+//! byte-identical outputs.
+//!
+//! The small readers the boot-test harness needs — [`mbr`] (partition table with
+//! its EBR chain), [`ext4`] (superblock size and label), [`cpio`] and [`uimage`] —
+//! depend only on `std` (and `crc32fast`) and are available with
+//! `default-features = false`; the rest is behind the default `builder` feature.
+
+pub mod cpio;
+pub mod ext4;
+pub mod mbr;
+pub mod uimage;
+
+pub use ext4::ext4_block_count;
+
+#[cfg(feature = "builder")]
+pub mod bmap;
+#[cfg(feature = "builder")]
+pub mod builder;
+#[cfg(feature = "builder")]
+pub mod content;
+#[cfg(feature = "builder")]
+pub mod deb;
+#[cfg(feature = "builder")]
+pub mod disk;
+#[cfg(feature = "builder")]
+pub mod elf;
+#[cfg(feature = "builder")]
+pub mod error;
+#[cfg(feature = "builder")]
+pub mod fat;
+#[cfg(feature = "builder")]
+pub mod lock;
+#[cfg(feature = "builder")]
+pub mod mkext4;
+#[cfg(feature = "builder")]
+pub mod modules;
+#[cfg(feature = "builder")]
+pub mod squashfs;
+#[cfg(feature = "builder")]
+pub mod time;
+#[cfg(feature = "builder")]
+pub mod tree;
