@@ -8,7 +8,6 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-use crate::modules::Database;
 use crate::mounts;
 
 pub const SERVICES_DIR: &str = "/etc/bramble/services";
@@ -43,6 +42,7 @@ pub fn run() -> Result<Infallible> {
         Some("nsdelegate,memory_recursiveprot"),
     );
     crate::logging::attach_kmsg();
+    tracing::info!("root filesystem: stage 2 started");
 
     for dir in [RUN_DIR, LOG_DIR] {
         if let Err(err) = fs::create_dir_all(dir) {
@@ -50,15 +50,6 @@ pub fn run() -> Result<Infallible> {
         }
     }
     crate::rng::carry_seed(&Path::new(STATE_DIR).join("random-seed"));
-
-    // Devices whose drivers are only on the root filesystem.
-    let kernel = crate::stage1::kernel_release();
-    match Database::load(&Path::new("/lib/modules").join(&kernel)) {
-        Ok(mut db) => {
-            db.coldplug(Path::new("/sys/devices"), 8);
-        }
-        Err(err) => tracing::warn!("{err}"),
-    }
 
     let hostname = default_hostname(Path::new("/sys/class/net"));
     if let Err(err) = nix::unistd::sethostname(&hostname) {
@@ -76,6 +67,24 @@ pub fn run() -> Result<Infallible> {
 
     let kind = crate::supervise::run()?;
     crate::shutdown::finish(kind)
+}
+
+/// Loads drivers for devices the initramfs had no module for. It runs once
+/// the first services have been started, so the API server comes up while
+/// PID 1 walks sysfs.
+pub fn coldplug_rootfs_modules() {
+    let kernel = crate::stage1::kernel_release();
+    let started = std::time::Instant::now();
+    match crate::modules::Database::load(&Path::new("/lib/modules").join(&kernel)) {
+        Ok(mut db) => {
+            let loaded = db.coldplug(Path::new("/sys/devices"), 8);
+            tracing::info!(
+                "coldplug: {loaded} more module(s) in {} ms",
+                started.elapsed().as_millis()
+            );
+        }
+        Err(err) => tracing::warn!("{err}"),
+    }
 }
 
 /// Until a machine config names it, a node is `bramble-` and the last three

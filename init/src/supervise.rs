@@ -46,16 +46,17 @@ pub fn run() -> Result<Kind> {
     )
     .map_err(|e| Error::Supervisor(e.to_string()))?;
 
-    let buttons = power_buttons(Path::new("/dev/input"));
-    let watched: Vec<usize> = buttons.into_iter().map(|fd| sup.watch(fd)).collect();
-    tracing::info!(
-        "supervising services; {} input device(s) watched for the power key",
-        watched.len()
-    );
+    tracing::info!("supervising services");
 
     let mut report = BootReport::default();
+    let mut coldplug_pending = true;
     loop {
-        if let Some(kind) = sup.step(report.wait(Instant::now())) {
+        let wait = if coldplug_pending {
+            Duration::ZERO
+        } else {
+            report.wait(Instant::now())
+        };
+        if let Some(kind) = sup.step(wait) {
             return Ok(match kind {
                 Shutdown::PowerOff => Kind::PowerOff,
                 Shutdown::Reboot => Kind::Reboot,
@@ -76,6 +77,21 @@ pub fn run() -> Result<Kind> {
             }
         }
         report.update(&sup, Instant::now());
+        if coldplug_pending {
+            // The first step started the services that wait for nothing.
+            coldplug_pending = false;
+            crate::stage2::coldplug_rootfs_modules();
+            // Input devices exist once their drivers are loaded; watch
+            // them only then, each once.
+            let buttons = power_buttons(Path::new("/dev/input"));
+            tracing::info!(
+                "{} input device(s) watched for the power key",
+                buttons.len()
+            );
+            for fd in buttons {
+                sup.watch(fd);
+            }
+        }
     }
 }
 

@@ -550,7 +550,10 @@ impl Supervisor {
 
     /// Borrows a watched descriptor.
     pub fn watched(&self, id: usize) -> Option<BorrowedFd<'_>> {
-        self.watches.get(id).and_then(|w| w.as_ref()).map(AsFd::as_fd)
+        self.watches
+            .get(id)
+            .and_then(|w| w.as_ref())
+            .map(AsFd::as_fd)
     }
 
     /// Removes a watched descriptor and gives it back.

@@ -20,7 +20,10 @@ fn a_watched_descriptor_is_reported_once_when_readable() {
     writer.write_all(b"x").unwrap();
     let started = Instant::now();
     sup.step(Duration::from_secs(5));
-    assert!(started.elapsed() < Duration::from_secs(4), "poll did not wake for the watched fd");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "poll did not wake for the watched fd"
+    );
     assert_eq!(sup.take_readable_watches(), vec![id]);
     assert!(sup.take_readable_watches().is_empty(), "reported twice");
     assert!(sup.watched(id).is_some());
