@@ -1,0 +1,343 @@
+//! The typed machine configuration, version `v1alpha1`.
+//!
+//! Every struct refuses unknown fields. Optional sections default to empty and
+//! are left out when written back, so `parse` → `to_yaml` → `parse` gives the
+//! same value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The text that replaces every secret in a [`MachineConfig::redacted`] copy.
+pub const REDACTED: &str = "******";
+
+/// The configuration versions this crate reads.
+pub const SUPPORTED_VERSIONS: &[&str] = &["v1alpha1"];
+
+/// A secret string: a CA private key, the bootstrap token, an encryption key.
+///
+/// Written to YAML as a plain string (the configuration must carry it), but
+/// `Debug` never shows it and [`MachineConfig::redacted`] replaces it with
+/// [`REDACTED`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The stand-in shown instead of a secret.
+    pub fn redacted() -> Self {
+        Self(REDACTED.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({REDACTED})")
+    }
+}
+
+/// The configuration schema version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Version {
+    /// `v1alpha1`, the only version so far.
+    #[default]
+    #[serde(rename = "v1alpha1")]
+    V1Alpha1,
+}
+
+/// The role of a node in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    /// Runs etcd and the Kubernetes control plane, and the kubelet.
+    #[serde(rename = "controlplane")]
+    ControlPlane,
+    /// Runs the kubelet and workloads only.
+    Worker,
+}
+
+impl MachineType {
+    /// The name used in the YAML document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ControlPlane => "controlplane",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for MachineType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The whole machine configuration document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MachineConfig {
+    /// Schema version (`version: v1alpha1`).
+    pub version: Version,
+    /// This node's own settings.
+    pub machine: Machine,
+    /// Settings shared by every node of the cluster.
+    pub cluster: Cluster,
+}
+
+/// The node's own settings (`machine:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Machine {
+    /// Control plane or worker (`type:`).
+    #[serde(rename = "type")]
+    pub machine_type: MachineType,
+    /// Hostname: one or more RFC 1123 labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}` (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// The OS certificate authority the machine API's mTLS trusts.
+    pub ca: CertificateAuthority,
+    /// Extra subject alternative names (IPs or DNS names) for the API certificate.
+    #[serde(default, rename = "certSANs", skip_serializing_if = "Vec::is_empty")]
+    pub cert_sans: Vec<String>,
+    /// Links, addresses, routes and resolvers.
+    #[serde(default, skip_serializing_if = "Network::is_empty")]
+    pub network: Network,
+    /// Time synchronisation.
+    #[serde(default, skip_serializing_if = "Time::is_empty")]
+    pub time: Time,
+    /// The kubelet.
+    #[serde(default, skip_serializing_if = "Kubelet::is_empty")]
+    pub kubelet: Kubelet,
+    /// Raspberry Pi firmware settings.
+    #[serde(default, skip_serializing_if = "Pi::is_empty")]
+    pub pi: Pi,
+    /// Containers the node's runtime keeps running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<Workload>,
+}
+
+/// A certificate (PEM) and, optionally, its private key (PEM, secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificateAuthority {
+    /// One or more PEM `CERTIFICATE` blocks.
+    pub crt: String,
+    /// One PEM private key block (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+}
+
+/// Network settings (`machine.network`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Network {
+    /// Links to configure, each named by `interface`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    /// DNS resolvers (IP addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// DNS search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_domains: Vec<String>,
+    /// Static `/etc/hosts` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<ExtraHost>,
+}
+
+impl Network {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One link (`machine.network.interfaces[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Interface {
+    /// Link name, e.g. `eth0`; the key patches merge interfaces by.
+    pub interface: String,
+    /// Run the DHCPv4 client on this link.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dhcp: bool,
+    /// MTU, 68..=65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Static addresses as prefixes, e.g. `10.0.0.10/24`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Static routes through this link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// 802.1Q VLANs on this link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<Vlan>,
+}
+
+/// A VLAN on a link (`interfaces[].vlans[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Vlan {
+    /// VLAN id, 1..=4094; the key patches merge VLANs by.
+    pub vlan_id: u16,
+    /// Run the DHCPv4 client on the VLAN link.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dhcp: bool,
+    /// MTU, 68..=65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Static addresses as prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Static routes through the VLAN link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    /// Destination prefix, e.g. `0.0.0.0/0`.
+    pub network: String,
+    /// Next hop, of the same address family as `network`; none for an on-link route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Route priority; lower wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+/// A static hosts entry (`machine.network.extraHosts[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtraHost {
+    /// The address the aliases resolve to.
+    pub ip: String,
+    /// Host names for `ip`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// Time synchronisation (`machine.time`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Time {
+    /// Turn SNTP off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+    /// SNTP servers (host names or IPs); empty means the built-in default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+}
+
+impl Time {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The kubelet (`machine.kubelet`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Kubelet {
+    /// Image reference; none means the image's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Extra command-line flags, by name without leading dashes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_args: BTreeMap<String, String>,
+}
+
+impl Kubelet {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Raspberry Pi firmware settings (`machine.pi`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pi {
+    /// Extra `config.txt` lines, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_txt: Vec<String>,
+}
+
+impl Pi {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A container the node keeps running (`machine.workloads[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    /// Unique name, a DNS label; the key patches merge workloads by.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Arguments passed to the entry point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Cluster-wide settings (`cluster:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    /// Cluster name, a DNS label.
+    pub name: String,
+    /// Where the Kubernetes API is reached.
+    pub control_plane: ControlPlane,
+    /// etcd settings (control-plane nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Etcd>,
+    /// Key for Kubernetes secrets encryption at rest: 32 bytes in base64 (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secretbox_encryption_secret: Option<Secret>,
+}
+
+/// The control-plane endpoint (`cluster.controlPlane`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlPlane {
+    /// `https://HOST:PORT` of the Kubernetes API.
+    pub endpoint: String,
+}
+
+/// etcd settings (`cluster.etcd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Etcd {
+    /// The CA etcd's peer and client certificates are issued from.
+    pub ca: CertificateAuthority,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(value: &bool) -> bool {
+    !*value
+}

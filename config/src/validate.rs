@@ -1,0 +1,795 @@
+//! Semantic checks of a typed configuration. Every problem is collected, each
+//! with the path of the field it concerns.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::error::FieldError;
+use crate::schema::{
+    CertificateAuthority, Cluster, ExtraHost, Interface, Machine, MachineConfig, Route, Vlan,
+    Workload,
+};
+
+/// Smallest MTU Linux accepts for IPv4 (RFC 791).
+pub(crate) const MIN_MTU: u16 = 68;
+
+/// Collects problems with their paths.
+#[derive(Debug, Default)]
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn check(&mut self, path: &str, result: Result<(), String>) {
+        if let Err(message) = result {
+            self.error(path, message);
+        }
+    }
+}
+
+/// Every problem in `config`, in schema order.
+pub(crate) fn validate(config: &MachineConfig) -> Vec<FieldError> {
+    let mut c = Checker::default();
+    machine(&mut c, &config.machine);
+    cluster(&mut c, &config.cluster);
+    c.errors
+}
+
+fn machine(c: &mut Checker, m: &Machine) {
+    if let Some(hostname) = &m.hostname {
+        c.check("machine.hostname", check_hostname(hostname));
+    }
+    if let Some(token) = &m.token {
+        c.check("machine.token", check_token(token.expose()));
+    }
+    certificate_authority(c, "machine.ca", &m.ca);
+    for (i, san) in m.cert_sans.iter().enumerate() {
+        if san.parse::<IpAddr>().is_err() && check_hostname(san).is_err() {
+            c.error(
+                format!("machine.certSANs[{i}]"),
+                format!("{san:?} is neither an IP address nor a DNS name"),
+            );
+        }
+    }
+
+    let net = &m.network;
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, iface) in net.interfaces.iter().enumerate() {
+        let path = format!("machine.network.interfaces[{i}]");
+        interface(c, &path, iface);
+        if let Some(first) = names.get(iface.interface.as_str()) {
+            c.error(
+                format!("{path}.interface"),
+                format!(
+                    "interface {:?} is already configured at interfaces[{first}]; \
+                     merge the two entries",
+                    iface.interface
+                ),
+            );
+        } else {
+            names.insert(&iface.interface, i);
+        }
+    }
+    for (i, ns) in net.nameservers.iter().enumerate() {
+        c.check(&format!("machine.network.nameservers[{i}]"), check_ip(ns));
+    }
+    for (i, domain) in net.search_domains.iter().enumerate() {
+        c.check(
+            &format!("machine.network.searchDomains[{i}]"),
+            check_hostname(domain),
+        );
+    }
+    for (i, host) in net.extra_hosts.iter().enumerate() {
+        extra_host(c, &format!("machine.network.extraHosts[{i}]"), host);
+    }
+
+    for (i, server) in m.time.servers.iter().enumerate() {
+        if server.parse::<IpAddr>().is_err() && check_hostname(server).is_err() {
+            c.error(
+                format!("machine.time.servers[{i}]"),
+                format!("{server:?} is neither an IP address nor a host name"),
+            );
+        }
+    }
+
+    if let Some(image) = &m.kubelet.image {
+        c.check("machine.kubelet.image", check_image(image));
+    }
+    for name in m.kubelet.extra_args.keys() {
+        let path = format!("machine.kubelet.extraArgs.{name}");
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            c.error(path, format!("{name:?} is not a flag name"));
+        } else if name.starts_with('-') {
+            c.error(
+                path,
+                format!(
+                    "write the flag name without leading dashes: {:?}",
+                    name.trim_start_matches('-')
+                ),
+            );
+        }
+    }
+
+    for (i, line) in m.pi.config_txt.iter().enumerate() {
+        let path = format!("machine.pi.configTxt[{i}]");
+        if line.contains(['\n', '\r']) {
+            c.error(
+                path,
+                "must be a single line; put each line in its own list item",
+            );
+        } else if line.trim().is_empty() {
+            c.error(path, "is empty; remove it");
+        }
+    }
+
+    let mut workload_names: HashMap<&str, usize> = HashMap::new();
+    for (i, w) in m.workloads.iter().enumerate() {
+        let path = format!("machine.workloads[{i}]");
+        workload(c, &path, w);
+        if let Some(first) = workload_names.get(w.name.as_str()) {
+            c.error(
+                format!("{path}.name"),
+                format!(
+                    "workload name {:?} is already used by workloads[{first}]",
+                    w.name
+                ),
+            );
+        } else {
+            workload_names.insert(&w.name, i);
+        }
+    }
+}
+
+fn interface(c: &mut Checker, path: &str, iface: &Interface) {
+    c.check(
+        &format!("{path}.interface"),
+        check_link_name(&iface.interface),
+    );
+    if let Some(mtu) = iface.mtu {
+        c.check(&format!("{path}.mtu"), check_mtu(mtu));
+    }
+    addresses(c, path, &iface.addresses);
+    routes(c, path, &iface.routes);
+    let mut ids: HashMap<u16, usize> = HashMap::new();
+    for (i, v) in iface.vlans.iter().enumerate() {
+        let vpath = format!("{path}.vlans[{i}]");
+        vlan(c, &vpath, v);
+        if let Some(first) = ids.get(&v.vlan_id) {
+            c.error(
+                format!("{vpath}.vlanId"),
+                format!(
+                    "VLAN {} is already configured at vlans[{first}]; merge the two entries",
+                    v.vlan_id
+                ),
+            );
+        } else {
+            ids.insert(v.vlan_id, i);
+        }
+    }
+}
+
+fn vlan(c: &mut Checker, path: &str, v: &Vlan) {
+    if !(1..=4094).contains(&v.vlan_id) {
+        c.error(
+            format!("{path}.vlanId"),
+            format!("VLAN id {} is out of range; use 1 to 4094", v.vlan_id),
+        );
+    }
+    if let Some(mtu) = v.mtu {
+        c.check(&format!("{path}.mtu"), check_mtu(mtu));
+    }
+    addresses(c, path, &v.addresses);
+    routes(c, path, &v.routes);
+}
+
+fn addresses(c: &mut Checker, path: &str, addresses: &[String]) {
+    for (i, a) in addresses.iter().enumerate() {
+        if a.parse::<IpNet>().is_err() {
+            let hint = if a.parse::<IpAddr>().is_ok() {
+                "; add the prefix length, e.g. \"10.0.0.10/24\""
+            } else {
+                ""
+            };
+            c.error(
+                format!("{path}.addresses[{i}]"),
+                format!("{a:?} is not an IP prefix{hint}"),
+            );
+        }
+    }
+}
+
+fn routes(c: &mut Checker, path: &str, routes: &[Route]) {
+    for (i, r) in routes.iter().enumerate() {
+        let rpath = format!("{path}.routes[{i}]");
+        let network = match r.network.parse::<IpNet>() {
+            Ok(net) if net.trunc() != net => {
+                c.error(
+                    format!("{rpath}.network"),
+                    format!(
+                        "{:?} has host bits set; did you mean \"{}\"?",
+                        r.network,
+                        net.trunc()
+                    ),
+                );
+                Some(net)
+            }
+            Ok(net) => Some(net),
+            Err(_) => {
+                c.error(
+                    format!("{rpath}.network"),
+                    format!(
+                        "{:?} is not an IP prefix (e.g. \"0.0.0.0/0\", \"10.1.0.0/16\")",
+                        r.network
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(gw) = &r.gateway {
+            match gw.parse::<IpAddr>() {
+                Err(_) => c.error(
+                    format!("{rpath}.gateway"),
+                    format!("{gw:?} is not an IP address"),
+                ),
+                Ok(gw_ip) => {
+                    if let Some(net) = network {
+                        if gw_ip.is_ipv4() != net.addr().is_ipv4() {
+                            c.error(
+                                format!("{rpath}.gateway"),
+                                format!(
+                                    "gateway {gw} is {} but network {} is {}",
+                                    family(gw_ip),
+                                    r.network,
+                                    family(net.addr())
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn extra_host(c: &mut Checker, path: &str, host: &ExtraHost) {
+    c.check(&format!("{path}.ip"), check_ip(&host.ip));
+    if host.aliases.is_empty() {
+        c.error(format!("{path}.aliases"), "give at least one host name");
+    }
+    for (i, alias) in host.aliases.iter().enumerate() {
+        c.check(&format!("{path}.aliases[{i}]"), check_hostname(alias));
+    }
+}
+
+fn workload(c: &mut Checker, path: &str, w: &Workload) {
+    c.check(&format!("{path}.name"), check_dns_label(&w.name));
+    c.check(&format!("{path}.image"), check_image(&w.image));
+    for key in w.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            c.error(
+                format!("{path}.env.{key}"),
+                format!("{key:?} is not a valid environment variable name"),
+            );
+        }
+    }
+}
+
+fn cluster(c: &mut Checker, cl: &Cluster) {
+    c.check("cluster.name", check_dns_label(&cl.name));
+    c.check(
+        "cluster.controlPlane.endpoint",
+        check_endpoint(&cl.control_plane.endpoint),
+    );
+    if let Some(etcd) = &cl.etcd {
+        certificate_authority(c, "cluster.etcd.ca", &etcd.ca);
+    }
+    if let Some(secret) = &cl.secretbox_encryption_secret {
+        c.check(
+            "cluster.secretboxEncryptionSecret",
+            match base64_decode(secret.expose().trim()) {
+                None => Err(
+                    "is not base64; generate one with `head -c 32 /dev/urandom | base64`"
+                        .to_owned(),
+                ),
+                Some(bytes) if bytes.len() != 32 => Err(format!(
+                    "decodes to {} bytes but must be 32; generate one with \
+                     `head -c 32 /dev/urandom | base64`",
+                    bytes.len()
+                )),
+                Some(_) => Ok(()),
+            },
+        );
+    }
+}
+
+fn certificate_authority(c: &mut Checker, path: &str, ca: &CertificateAuthority) {
+    c.check(
+        &format!("{path}.crt"),
+        check_pem(&ca.crt, PemKind::Certificate),
+    );
+    if let Some(key) = &ca.key {
+        c.check(
+            &format!("{path}.key"),
+            check_pem(key.expose(), PemKind::PrivateKey),
+        );
+    }
+}
+
+fn check_mtu(mtu: u16) -> Result<(), String> {
+    if mtu < MIN_MTU {
+        Err(format!("MTU {mtu} is too small; use {MIN_MTU} to 65535"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_ip(s: &str) -> Result<(), String> {
+    s.parse::<IpAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+fn check_link_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("is empty; name the link, e.g. \"eth0\"".to_owned())
+    } else if name.len() > 15 {
+        Err(format!(
+            "{name:?} is longer than 15 bytes, the kernel's limit for link names"
+        ))
+    } else if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        Err(format!("{name:?} is not a valid link name"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_image(image: &str) -> Result<(), String> {
+    if image.trim().is_empty() {
+        Err("is empty; give an image reference, e.g. \"ghcr.io/org/app:v1\"".to_owned())
+    } else if image.contains(char::is_whitespace) {
+        Err(format!(
+            "{image:?} contains whitespace; it is not an image reference"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A bootstrap token: `[a-z0-9]{6}.[a-z0-9]{16}`.
+pub(crate) fn check_token(token: &str) -> Result<(), String> {
+    let ok = token.split_once('.').is_some_and(|(id, secret)| {
+        let part = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
+        part(id, 6) && part(secret, 16)
+    });
+    if ok {
+        Ok(())
+    } else {
+        // The value is secret: describe it, never echo it.
+        Err(
+            "is not a bootstrap token: expected 6 and 16 characters of [a-z0-9] \
+             joined by a dot, like \"abcdef.0123456789abcdef\""
+                .to_owned(),
+        )
+    }
+}
+
+/// One DNS label, lower case (RFC 1123): cluster and workload names.
+pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if s.len() > 63 {
+        return Err(format!(
+            "{s:?} is {} characters long; the limit is 63",
+            s.len()
+        ));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "{s:?} is not a DNS label: use lower-case letters, digits and '-'"
+        ));
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err(format!("{s:?} must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// A host name: dot-separated RFC 1123 labels, each at most 63 characters,
+/// at most 253 in all.
+pub(crate) fn check_hostname(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if s.len() > 253 {
+        return Err(format!(
+            "{s:?} is {} characters long; the limit is 253",
+            s.len()
+        ));
+    }
+    for label in s.split('.') {
+        if label.is_empty() {
+            return Err(format!(
+                "{s:?} has an empty label (two dots, or a dot at an end)"
+            ));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "{s:?}: label {label:?} is {} characters long; the limit is 63",
+                label.len()
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "{s:?} is not a valid host name: use letters, digits, '-' and '.'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "{s:?}: label {label:?} must start and end with a letter or digit"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `https://HOST:PORT`, HOST an IP (IPv6 in brackets) or a host name, an
+/// optional `/` after the port.
+pub(crate) fn check_endpoint(s: &str) -> Result<(), String> {
+    let example = "e.g. \"https://10.0.0.10:6443\"";
+    let Some(rest) = s.strip_prefix("https://") else {
+        return Err(if s.contains("://") {
+            format!("{s:?} must use https; {example}")
+        } else {
+            format!("{s:?} is not an https URL; {example}")
+        });
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if !(path.is_empty() || path == "/") || authority.contains(['?', '#', '@']) {
+        return Err(format!(
+            "{s:?} must be only a scheme, host and port; {example}"
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err(format!("{s:?} has an unclosed '[' around an IPv6 address"));
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{host:?} in {s:?} is not an IPv6 address"));
+        }
+        return match after.strip_prefix(':') {
+            Some(port) => check_port(s, port),
+            None => Err(format!("{s:?} has no port; add one, {example}")),
+        };
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host; {example}"));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "{s:?}: put an IPv6 address in brackets, e.g. \"https://[fd00::10]:6443\""
+        ));
+    }
+    if host.parse::<IpAddr>().is_err() && check_hostname(host).is_err() {
+        return Err(format!(
+            "{host:?} in {s:?} is neither an IP address nor a host name"
+        ));
+    }
+    let Some(port) = port else {
+        return Err(format!("{s:?} has no port; add one, {example}"));
+    };
+    check_port(s, port)
+}
+
+fn check_port(url: &str, port: &str) -> Result<(), String> {
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && !port.starts_with('+') => Ok(()),
+        _ => Err(format!(
+            "{port:?} in {url:?} is not a port number (1 to 65535)"
+        )),
+    }
+}
+
+/// Which PEM blocks a field must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PemKind {
+    /// One or more `CERTIFICATE` blocks.
+    Certificate,
+    /// Exactly one unencrypted private key block.
+    PrivateKey,
+}
+
+const KEY_LABELS: &[&str] = &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+
+/// Checks that `text` is made of PEM blocks of the right kind with base64
+/// bodies. The DER inside is not parsed.
+pub(crate) fn check_pem(text: &str, kind: PemKind) -> Result<(), String> {
+    let what = match kind {
+        PemKind::Certificate => "a PEM certificate (-----BEGIN CERTIFICATE-----)",
+        PemKind::PrivateKey => "a PEM private key (-----BEGIN PRIVATE KEY-----)",
+    };
+    let mut labels = Vec::new();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            return Err(if labels.is_empty() {
+                format!("is not {what}")
+            } else {
+                format!("has text outside its PEM blocks; it must be only {what}")
+            });
+        };
+        let mut body = String::new();
+        let mut closed = false;
+        for line in lines.by_ref() {
+            if let Some(end) = line
+                .strip_prefix("-----END ")
+                .and_then(|l| l.strip_suffix("-----"))
+            {
+                if end != label {
+                    return Err(format!(
+                        "PEM block \"BEGIN {label}\" ends with \"END {end}\""
+                    ));
+                }
+                closed = true;
+                break;
+            }
+            body.push_str(line);
+        }
+        if !closed {
+            return Err(format!("PEM block \"BEGIN {label}\" has no END line"));
+        }
+        if body.contains(':') {
+            return Err(format!(
+                "PEM block {label} has headers (an encrypted key?); \
+                 Bramble needs an unencrypted key"
+            ));
+        }
+        match base64_decode(&body) {
+            Some(der) if !der.is_empty() => {}
+            _ => return Err(format!("PEM block {label} does not hold valid base64")),
+        }
+        labels.push(label.to_owned());
+    }
+    if labels.is_empty() {
+        return Err(format!("is empty; it must be {what}"));
+    }
+    match kind {
+        PemKind::Certificate => {
+            if let Some(other) = labels.iter().find(|l| *l != "CERTIFICATE") {
+                return Err(format!(
+                    "holds a {other} block where only CERTIFICATE blocks belong"
+                ));
+            }
+        }
+        PemKind::PrivateKey => {
+            if labels.len() > 1 {
+                return Err(format!(
+                    "holds {} PEM blocks; it must be exactly one private key",
+                    labels.len()
+                ));
+            }
+            let label = &labels[0];
+            if label == "ENCRYPTED PRIVATE KEY" {
+                return Err(
+                    "is an encrypted private key; Bramble needs an unencrypted key".to_owned(),
+                );
+            }
+            if !KEY_LABELS.contains(&label.as_str()) {
+                return Err(format!("holds a {label} block, not a private key"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes standard base64 with padding; `None` if it is not valid base64.
+pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn value(b: u8) -> Option<u32> {
+        match b {
+            b'A'..=b'Z' => Some(u32::from(b - b'A')),
+            b'a'..=b'z' => Some(u32::from(b - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(b - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (n, chunk) in bytes.chunks(4).enumerate() {
+        let last = n + 1 == bytes.len() / 4;
+        let pad = chunk.iter().rev().take_while(|&&b| b == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut acc = 0u32;
+        for &b in &chunk[..4 - pad] {
+            acc = (acc << 6) | value(b)?;
+        }
+        acc <<= 6 * pad as u32;
+        let [_, b0, b1, b2] = acc.to_be_bytes();
+        out.extend_from_slice(&[b0, b1, b2][..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_values() {
+        assert_eq!(base64_decode("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(base64_decode("aGV5").as_deref(), Some(&b"hey"[..]));
+        assert_eq!(base64_decode("").as_deref(), Some(&b""[..]));
+        assert!(base64_decode("aGk").is_none());
+        assert!(base64_decode("a=k=").is_none());
+        assert!(base64_decode("aG!=").is_none());
+        assert!(base64_decode("a===").is_none());
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(check_hostname("node-1").is_ok());
+        assert!(check_hostname("Node-1.lan").is_ok());
+        assert!(check_hostname("-node").is_err());
+        assert!(check_hostname("node_1").is_err());
+        assert!(check_hostname("a..b").is_err());
+        assert!(check_hostname(&"a".repeat(64)).is_err());
+        assert!(check_hostname(&vec!["a".repeat(63); 4].join(".")).is_err());
+        assert!(
+            check_hostname(
+                &[
+                    "a".repeat(63),
+                    "b".repeat(63),
+                    "c".repeat(63),
+                    "d".repeat(61)
+                ]
+                .join(".")
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("my-cluster").is_ok());
+        assert!(check_dns_label("My-cluster").is_err());
+        assert!(check_dns_label("a.b").is_err());
+        assert!(check_dns_label("cluster-").is_err());
+        assert!(check_dns_label("").is_err());
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(check_token("abcdef.0123456789abcdef").is_ok());
+        assert!(check_token("abcdef0123456789abcdef").is_err());
+        assert!(check_token("ABCDEF.0123456789abcdef").is_err());
+        assert!(check_token("abcde.0123456789abcdefg").is_err());
+        assert!(check_token("abcdef.0123456789abcde").is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        for ok in [
+            "https://10.0.0.10:6443",
+            "https://cp.lan:6443/",
+            "https://[fd00::10]:6443",
+        ] {
+            assert!(check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for (bad, fragment) in [
+            ("http://10.0.0.10:6443", "must use https"),
+            ("10.0.0.10:6443", "not an https URL"),
+            ("https://10.0.0.10", "has no port"),
+            ("https://:6443", "has no host"),
+            ("https://10.0.0.10:0", "not a port number"),
+            ("https://10.0.0.10:99999", "not a port number"),
+            ("https://10.0.0.10:6443/api", "only a scheme, host and port"),
+            ("https://fd00::10:6443", "in brackets"),
+            (
+                "https://bad_host:6443",
+                "neither an IP address nor a host name",
+            ),
+            ("https://[fd00::10:6443", "unclosed"),
+        ] {
+            let err = check_endpoint(bad).unwrap_err();
+            assert!(err.contains(fragment), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn pem_kinds() {
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+        let ec = "-----BEGIN EC PRIVATE KEY-----\nMIIB\n-----END EC PRIVATE KEY-----";
+        assert!(check_pem(cert, PemKind::Certificate).is_ok());
+        assert!(check_pem(&format!("{cert}{cert}"), PemKind::Certificate).is_ok());
+        assert!(check_pem(key, PemKind::PrivateKey).is_ok());
+        assert!(check_pem(ec, PemKind::PrivateKey).is_ok());
+        assert!(
+            check_pem(key, PemKind::Certificate)
+                .unwrap_err()
+                .contains("PRIVATE KEY block")
+        );
+        assert!(
+            check_pem(cert, PemKind::PrivateKey)
+                .unwrap_err()
+                .contains("not a private key")
+        );
+        assert!(
+            check_pem("hello", PemKind::Certificate)
+                .unwrap_err()
+                .contains("is not a PEM")
+        );
+        assert!(
+            check_pem("", PemKind::Certificate)
+                .unwrap_err()
+                .contains("is empty")
+        );
+        assert!(
+            check_pem("-----BEGIN CERTIFICATE-----\nMIIB\n", PemKind::Certificate)
+                .unwrap_err()
+                .contains("no END")
+        );
+        assert!(
+            check_pem(
+                "-----BEGIN CERTIFICATE-----\nM!IB\n-----END CERTIFICATE-----",
+                PemKind::Certificate
+            )
+            .unwrap_err()
+            .contains("base64")
+        );
+        assert!(
+            check_pem(&format!("{key}{key}"), PemKind::PrivateKey)
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----";
+        assert!(
+            check_pem(enc, PemKind::PrivateKey)
+                .unwrap_err()
+                .contains("encrypted")
+        );
+    }
+}
