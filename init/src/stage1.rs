@@ -104,8 +104,51 @@ pub fn run() -> Result<Infallible> {
         persistent,
         "data",
     );
+    wipe_data_if_asked(
+        &sysroot.join("system/state").join(WIPE_DATA_MARKER),
+        &sysroot.join("var"),
+    );
 
     switch_root(sysroot)
+}
+
+/// Written into STATE by the API's Reset with `wipe_data`.
+const WIPE_DATA_MARKER: &str = "wipe-data";
+
+/// Empties the data partition when a reset asked for it, before any service
+/// can use it; the marker goes only once everything else has.
+fn wipe_data_if_asked(marker: &Path, var: &Path) {
+    if !marker.exists() {
+        return;
+    }
+    tracing::warn!("reset: emptying the data partition (/var)");
+    let dev = match fs::symlink_metadata(var) {
+        Ok(m) => m.dev(),
+        Err(err) => return tracing::error!("reset: {}: {err}", var.display()),
+    };
+    let mut failed = false;
+    for entry in fs::read_dir(var).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "lost+found") {
+            continue;
+        }
+        let result = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => remove_tree(&path, dev),
+            Ok(_) => fs::remove_file(&path),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            failed = true;
+            tracing::error!("reset: removing {}: {err}", path.display());
+        }
+    }
+    nix::unistd::sync();
+    if !failed {
+        if let Err(err) = fs::remove_file(marker) {
+            tracing::error!("reset: removing {}: {err}", marker.display());
+        }
+        nix::unistd::sync();
+    }
 }
 
 /// Mounts a persistent ext4 partition, growing the filesystem to its
@@ -286,6 +329,26 @@ fn remove_tree(dir: &Path, dev: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wipes_data_only_when_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (var, marker) = (dir.path().join("var"), dir.path().join("wipe-data"));
+        fs::create_dir_all(var.join("log/deep")).unwrap();
+        fs::create_dir_all(var.join("lost+found")).unwrap();
+        fs::write(var.join("log/deep/a.log"), "x").unwrap();
+        fs::write(var.join("top"), "x").unwrap();
+        wipe_data_if_asked(&marker, &var);
+        assert!(var.join("top").exists(), "wiped without the marker");
+        fs::write(&marker, "").unwrap();
+        wipe_data_if_asked(&marker, &var);
+        let left: Vec<_> = fs::read_dir(&var)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["lost+found"]);
+        assert!(!marker.exists());
+    }
 
     #[test]
     fn slot_from_cmdline() {

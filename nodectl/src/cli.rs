@@ -1,5 +1,6 @@
 //! The command line.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -67,6 +68,17 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "SHA256:HEX", value_parser = parse_fingerprint)]
     pub cert_fingerprint: Option<Fingerprint>,
 
+    /// The client configuration file (contexts with endpoints, nodes, CA
+    /// and client certificate). Default: $NODECONFIG, else
+    /// ~/.config/bramble/nodeconfig.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub nodeconfig: Option<PathBuf>,
+
+    /// The context of the client configuration to use (default: its current
+    /// one).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
     /// How long each node gets to connect and answer: 10s, 500ms, 2m or plain
     /// seconds.
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -90,6 +102,123 @@ pub enum Command {
     /// Show the OS version, kernel, boot slot and mode of each node.
     Version,
 
+    /// Generate cluster secrets, machine configurations and client
+    /// credentials.
+    Gen {
+        /// What to generate.
+        #[command(subcommand)]
+        what: GenCommand,
+    },
+
+    /// Check a machine configuration file; print every error with its field
+    /// path.
+    Validate {
+        /// The configuration file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+
+    /// Apply a machine configuration to the nodes.
+    ApplyConfig {
+        /// The configuration file.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// How the change takes effect.
+        #[arg(short = 'm', long, value_enum, default_value_t = ApplyModeArg::Auto)]
+        mode: ApplyModeArg,
+        /// Validate and show what would change; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --mode try: how long before the previous configuration
+        /// returns (10s, 2m, ...).
+        #[arg(long = "try-timeout", value_name = "DURATION", value_parser = parse_duration, default_value = "1m")]
+        try_timeout: Duration,
+        /// A YAML patch (strategic merge) applied to the file first: inline
+        /// YAML or @FILE. Repeatable.
+        #[arg(short = 'p', long = "config-patch", value_name = "YAML|@FILE")]
+        patches: Vec<String>,
+    },
+
+    /// Show a resource of the nodes.
+    Get {
+        /// What to show.
+        #[command(subcommand)]
+        what: GetCommand,
+    },
+
+    /// List the supervised services of each node.
+    Services,
+
+    /// Start, stop or restart one service.
+    Service {
+        /// The service (as `nodectl services` names it).
+        name: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: ServiceAction,
+    },
+
+    /// Show the last lines a service wrote.
+    Logs {
+        /// The service.
+        service: String,
+        /// Number of lines.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep printing new lines (Ctrl-C stops).
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+
+    /// Show the kernel log.
+    Dmesg {
+        /// Only the last N records (0: all the kernel still has).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+        /// Keep printing new records (Ctrl-C stops).
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+
+    /// Show service and configuration events.
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new events (Ctrl-C stops).
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+
+    /// Wipe the machine configuration and reboot into maintenance mode.
+    Reset {
+        /// Also empty the data partition (/var) at the next boot.
+        #[arg(long)]
+        wipe_data: bool,
+    },
+
+    /// Show memory use.
+    Memory,
+
+    /// List processes.
+    Processes,
+
+    /// List mounted file systems.
+    Mounts,
+
+    /// Reboot the nodes in order.
+    Reboot,
+
+    /// Power the nodes off in order.
+    Shutdown,
+
+    /// Manage the client configuration file.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+
     /// Print a shell completion script, e.g. `nodectl completion bash >
     /// /etc/bash_completion.d/nodectl`.
     Completion {
@@ -97,6 +226,129 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+/// `nodectl gen ...`
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// Generate a secrets bundle (the cluster's CAs and tokens).
+    Secrets {
+        /// Where to write it.
+        #[arg(
+            long = "output-file",
+            value_name = "FILE",
+            default_value = "secrets.yaml"
+        )]
+        output_file: PathBuf,
+        /// The cluster name (goes into the CAs' names).
+        #[arg(long, default_value = "bramble")]
+        cluster_name: String,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate controlplane.yaml, worker.yaml and a client configuration
+    /// (nodeconfig) with an admin certificate.
+    Config {
+        /// The cluster name.
+        cluster_name: String,
+        /// The control plane endpoint, e.g. https://10.0.0.10:6443.
+        endpoint: String,
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        output_dir: PathBuf,
+        /// Use the secrets of this bundle (from `gen secrets`) instead of new ones.
+        #[arg(long, value_name = "FILE")]
+        with_secrets: Option<PathBuf>,
+        /// A YAML patch (strategic merge) applied to both configurations:
+        /// inline YAML or @FILE. Repeatable.
+        #[arg(short = 'p', long = "config-patch", value_name = "YAML|@FILE")]
+        patches: Vec<String>,
+        /// The role of the client certificate in nodeconfig.
+        #[arg(long, value_enum, default_value_t = RoleArg::Admin)]
+        role: RoleArg,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `nodectl get ...`
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// The running machine configuration (secrets hidden unless admin).
+    Config,
+}
+
+/// `nodectl config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List the contexts.
+    Contexts,
+    /// Make a context the current one.
+    UseContext {
+        /// Its name.
+        name: String,
+    },
+    /// Set the nodes of the current context.
+    AddNode {
+        /// Nodes (host[:port]).
+        #[arg(required = true, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
+    /// Set the endpoints of the current context.
+    Endpoints {
+        /// Endpoints (host[:port]).
+        #[arg(required = true, value_delimiter = ',')]
+        endpoints: Vec<String>,
+    },
+}
+
+/// `--mode` of apply-config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApplyModeArg {
+    /// Without a reboot when possible, otherwise with one.
+    Auto,
+    /// Now, without a reboot (refused if the change needs one).
+    NoReboot,
+    /// Store it and reboot into it.
+    Reboot,
+    /// Store it; it takes effect at the next boot.
+    Staged,
+    /// Apply now; the previous configuration returns after --try-timeout.
+    Try,
+}
+
+/// What `service` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceAction {
+    /// Start it.
+    Start,
+    /// Stop it.
+    Stop,
+    /// Restart it.
+    Restart,
+}
+
+/// A client certificate's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Everything.
+    Admin,
+    /// Day-two operations: services, reboot; secrets hidden.
+    Operator,
+    /// Read only; secrets hidden.
+    Reader,
+}
+
+impl From<RoleArg> for bramble_pki::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Admin => Self::Admin,
+            RoleArg::Operator => Self::Operator,
+            RoleArg::Reader => Self::Reader,
+        }
+    }
 }
 
 fn parse_node(s: &str) -> Result<NodeAddr, String> {

@@ -9,8 +9,8 @@ use std::time::Duration;
 pub enum Error {
     /// Neither `--insecure`, `--cert-fingerprint` nor a client configuration.
     #[error(
-        "no client configuration: use --insecure for a node in maintenance mode \
-         (client certificates arrive with `nodectl gen config`)"
+        "no client configuration: use --insecure for a node in maintenance mode, or \
+         --nodeconfig FILE (written by `nodectl gen config`)"
     )]
     NoClientConfig,
 
@@ -25,6 +25,28 @@ pub enum Error {
          node names it), or use -n alone"
     )]
     EndpointForwarding,
+
+    /// The client configuration file could not be read or written.
+    #[error("client configuration {path}: {reason}")]
+    NodeConfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A file given on the command line could not be used.
+    #[error("{path}: {reason}")]
+    Input {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The command line asks for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
 
     /// TLS client setup failed.
     #[error("TLS client setup failed: {0}")]

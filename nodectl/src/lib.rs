@@ -6,11 +6,17 @@ pub mod cli;
 pub mod client;
 pub mod cmd;
 pub mod error;
+pub mod nodeconfig;
 pub mod nodes;
 pub mod output;
 
 use std::io::Write;
 
+use bramble_api::machine::v1::{
+    DmesgRequest, EventsRequest, GetConfigRequest, LogsRequest, MemoryRequest, MountsRequest,
+    ProcessesRequest, RebootRequest, ResetRequest, ServiceListRequest, ServiceRequest,
+    ShutdownRequest,
+};
 use clap::CommandFactory;
 
 pub use cli::Cli;
@@ -26,6 +32,79 @@ pub fn describe_failure(target: &nodes::Target, e: &NodeError) -> String {
     }
 }
 
+/// The nodes to talk to and how: `--insecure`/`--cert-fingerprint` for
+/// maintenance mode, otherwise mutual TLS with the client configuration's
+/// current (or `--context`) context, whose nodes and endpoints are used
+/// when `-n`/`-e` are not given.
+pub fn session(g: &cli::GlobalArgs) -> Result<(Vec<nodes::Target>, client::ClientTls), Error> {
+    if g.insecure || g.cert_fingerprint.is_some() {
+        let tls = client::ClientTls::from_flags(g.insecure, g.cert_fingerprint.clone())?;
+        return Ok((nodes::targets(&g.nodes, &g.endpoints)?, tls));
+    }
+    let path = nodeconfig_path(g)?;
+    let file = nodeconfig::NodeConfig::load(&path)?.ok_or(Error::NoClientConfig)?;
+    let (_, ctx) = file
+        .context(g.context.as_deref())
+        .map_err(|reason| Error::NodeConfig {
+            path: path.clone(),
+            reason,
+        })?;
+    let parse_all = |list: &[String]| -> Result<Vec<nodes::NodeAddr>, Error> {
+        list.iter()
+            .map(|s| {
+                nodes::NodeAddr::parse(s).map_err(|reason| Error::NodeConfig {
+                    path: path.clone(),
+                    reason: format!("{s}: {reason}"),
+                })
+            })
+            .collect()
+    };
+    let (n, e) = match (g.nodes.is_empty(), g.endpoints.is_empty()) {
+        (true, true) if !ctx.nodes.is_empty() => (parse_all(&ctx.nodes)?, vec![]),
+        (true, true) => (vec![], parse_all(&ctx.endpoints)?),
+        _ => (g.nodes.clone(), g.endpoints.clone()),
+    };
+    let identity = bramble_pki::IssuedCert {
+        cert_pem: ctx.crt.clone(),
+        key_pem: ctx.key.clone(),
+    };
+    let config =
+        bramble_pki::client_config_mtls(&ctx.ca, &identity).map_err(|e| Error::NodeConfig {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok((
+        nodes::targets(&n, &e)?,
+        client::ClientTls::from_rustls(config),
+    ))
+}
+
+fn nodeconfig_path(g: &cli::GlobalArgs) -> Result<std::path::PathBuf, Error> {
+    g.nodeconfig
+        .clone()
+        .or_else(nodeconfig::default_path)
+        .ok_or_else(|| Error::Usage("no --nodeconfig given and no home directory".into()))
+}
+
+/// Prints per-node failures; true if there were none.
+fn report<T>(
+    err: &mut dyn Write,
+    results: Vec<(nodes::Target, Result<T, NodeError>)>,
+) -> Result<(Vec<(String, T)>, bool), Error> {
+    let mut ok = Vec::new();
+    let mut all_ok = true;
+    for (target, result) in results {
+        match result {
+            Ok(v) => ok.push((target.node.to_string(), v)),
+            Err(e) => {
+                all_ok = false;
+                writeln!(err, "{}", describe_failure(&target, &e))?;
+            }
+        }
+    }
+    Ok((ok, all_ok))
+}
+
 /// Runs a parsed command line. Results go to `out`, per-node errors to
 /// `err` as `NODE: message`. Returns `Ok(true)` if every node answered,
 /// `Ok(false)` if some failed (exit code 1), `Err` if the command could not
@@ -38,22 +117,313 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
         }
         cli::Command::Version => {
             let g = &cli.global;
-            let targets = nodes::targets(&g.nodes, &g.endpoints)?;
-            let tls = client::ClientTls::from_flags(g.insecure, g.cert_fingerprint.clone())?;
+            let (targets, tls) = session(g)?;
             let results = cmd::version::fan_out(&targets, &tls, g.timeout).await;
-            let mut rows = Vec::new();
-            let mut all_ok = true;
-            for (target, result) in results {
-                match result {
-                    Ok(v) => rows.push(cmd::version::VersionRow::new(target.node.to_string(), v)),
-                    Err(e) => {
-                        all_ok = false;
-                        writeln!(err, "{}", describe_failure(&target, &e))?;
-                    }
-                }
-            }
+            let (answers, ok) = report(err, results)?;
+            let rows: Vec<_> = answers
+                .into_iter()
+                .map(|(node, v)| cmd::version::VersionRow::new(node, v))
+                .collect();
             output::print(out, g.output, &rows)?;
-            Ok(all_ok)
+            Ok(ok)
+        }
+        cli::Command::Gen { what } => {
+            match what {
+                cli::GenCommand::Secrets {
+                    output_file,
+                    cluster_name,
+                    force,
+                } => cmd::generate::secrets(out, &output_file, &cluster_name, force)?,
+                cli::GenCommand::Config {
+                    cluster_name,
+                    endpoint,
+                    output_dir,
+                    with_secrets,
+                    patches,
+                    role,
+                    force,
+                } => cmd::generate::config(
+                    out,
+                    &cmd::generate::GenConfig {
+                        cluster: &cluster_name,
+                        endpoint: &endpoint,
+                        output_dir: &output_dir,
+                        with_secrets: with_secrets.as_deref(),
+                        patches: &patches,
+                        role: role.into(),
+                        force,
+                    },
+                )?,
+            }
+            Ok(true)
+        }
+        cli::Command::Validate { file } => {
+            cmd::apply::validate(out, &file)?;
+            Ok(true)
+        }
+        cli::Command::ApplyConfig {
+            file,
+            mode,
+            dry_run,
+            try_timeout,
+            patches,
+        } => {
+            let (yaml, _) = cmd::apply::load(&file, &patches)?;
+            let (targets, tls) = session(&cli.global)?;
+            let req = cmd::apply::request(yaml, mode, dry_run, try_timeout);
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, move |mut c| {
+                let req = req.clone();
+                async move {
+                    c.apply_configuration(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, r) in &answers {
+                cmd::apply::print(out, node, r, dry_run)?;
+            }
+            Ok(ok)
+        }
+        cli::Command::Get {
+            what: cli::GetCommand::Config,
+        } => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
+                c.get_config(GetConfigRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            let several = answers.len() > 1;
+            for (node, r) in answers {
+                if several {
+                    writeln!(out, "# {node}")?;
+                }
+                out.write_all(&r.data)?;
+            }
+            Ok(ok)
+        }
+        cli::Command::Services => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
+                c.service_list(ServiceListRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            let rows: Vec<_> = answers
+                .into_iter()
+                .flat_map(|(node, r)| {
+                    r.services
+                        .into_iter()
+                        .map(move |s| cmd::node::ServiceRow::new(&node, s))
+                })
+                .collect();
+            output::print(out, cli.global.output, &rows)?;
+            Ok(ok)
+        }
+        cli::Command::Service { name, action } => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, move |mut c| {
+                let req = ServiceRequest { name: name.clone() };
+                async move {
+                    match action {
+                        cli::ServiceAction::Start => c.service_start(req).await,
+                        cli::ServiceAction::Stop => c.service_stop(req).await,
+                        cli::ServiceAction::Restart => c.service_restart(req).await,
+                    }
+                    .map(drop)
+                }
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, ()) in answers {
+                writeln!(out, "{node}: {action:?} done")?;
+            }
+            Ok(ok)
+        }
+        cli::Command::Logs {
+            service,
+            tail,
+            follow,
+        } => {
+            let (targets, tls) = session(&cli.global)?;
+            let format = cli.global.output;
+            let results = cmd::stream_each(
+                &targets,
+                &tls,
+                cli.global.timeout,
+                follow,
+                move |mut c| {
+                    let req = LogsRequest {
+                        service: service.clone(),
+                        tail,
+                        follow,
+                    };
+                    async move { c.logs(req).await }
+                },
+                |t, l| {
+                    output::print_streamed(
+                        out,
+                        format,
+                        &cmd::node::LogRow::new(&t.node.to_string(), l),
+                    )
+                },
+            )
+            .await?;
+            Ok(report(err, results)?.1)
+        }
+        cli::Command::Dmesg { tail, follow } => {
+            let (targets, tls) = session(&cli.global)?;
+            let format = cli.global.output;
+            let results = cmd::stream_each(
+                &targets,
+                &tls,
+                cli.global.timeout,
+                follow,
+                move |mut c| async move { c.dmesg(DmesgRequest { tail, follow }).await },
+                |t, l| {
+                    output::print_streamed(
+                        out,
+                        format,
+                        &cmd::node::KernelRow::new(&t.node.to_string(), l),
+                    )
+                },
+            )
+            .await?;
+            Ok(report(err, results)?.1)
+        }
+        cli::Command::Events { since, follow } => {
+            let (targets, tls) = session(&cli.global)?;
+            let format = cli.global.output;
+            let results = cmd::stream_each(
+                &targets,
+                &tls,
+                cli.global.timeout,
+                follow,
+                move |mut c| async move { c.events(EventsRequest { since, follow }).await },
+                |t, e| {
+                    output::print_streamed(
+                        out,
+                        format,
+                        &cmd::node::EventRow::new(&t.node.to_string(), e),
+                    )
+                },
+            )
+            .await?;
+            Ok(report(err, results)?.1)
+        }
+        cli::Command::Reset { wipe_data } => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(
+                &targets,
+                &tls,
+                cli.global.timeout,
+                move |mut c| async move { c.reset(ResetRequest { wipe_data }).await.map(drop) },
+            )
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, ()) in answers {
+                writeln!(
+                    out,
+                    "{node}: configuration wiped; rebooting into maintenance mode"
+                )?;
+            }
+            Ok(ok)
+        }
+        cli::Command::Memory => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
+                c.memory(MemoryRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            let rows: Vec<_> = answers
+                .into_iter()
+                .map(|(node, m)| cmd::node::MemoryRow::new(&node, m))
+                .collect();
+            output::print(out, cli.global.output, &rows)?;
+            Ok(ok)
+        }
+        cli::Command::Processes => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
+                c.processes(ProcessesRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            let rows: Vec<_> = answers
+                .into_iter()
+                .flat_map(|(node, r)| {
+                    r.processes
+                        .into_iter()
+                        .map(move |p| cmd::node::ProcessRow::new(&node, p))
+                })
+                .collect();
+            output::print(out, cli.global.output, &rows)?;
+            Ok(ok)
+        }
+        cli::Command::Mounts => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
+                c.mounts(MountsRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            let rows: Vec<_> = answers
+                .into_iter()
+                .flat_map(|(node, r)| {
+                    r.mounts
+                        .into_iter()
+                        .map(move |m| cmd::node::MountRow::new(&node, m))
+                })
+                .collect();
+            output::print(out, cli.global.output, &rows)?;
+            Ok(ok)
+        }
+        cli::Command::Reboot | cli::Command::Shutdown => {
+            let reboot = matches!(cli.command, cli::Command::Reboot);
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(
+                &targets,
+                &tls,
+                cli.global.timeout,
+                move |mut c| async move {
+                    if reboot {
+                        c.reboot(RebootRequest {}).await.map(drop)
+                    } else {
+                        c.shutdown(ShutdownRequest {}).await.map(drop)
+                    }
+                },
+            )
+            .await;
+            let (answers, ok) = report(err, results)?;
+            let what = if reboot { "rebooting" } else { "powering off" };
+            for (node, ()) in answers {
+                writeln!(out, "{node}: {what}")?;
+            }
+            Ok(ok)
+        }
+        cli::Command::Config { what } => {
+            let path = nodeconfig_path(&cli.global)?;
+            cmd::context::run(
+                out,
+                cli.global.output,
+                &path,
+                cli.global.context.as_deref(),
+                &what,
+            )?;
+            Ok(true)
         }
     }
 }

@@ -42,6 +42,31 @@ pub fn print<R: Row>(out: &mut dyn Write, format: OutputFormat, rows: &[R]) -> R
     Ok(())
 }
 
+/// Prints one row of a stream as soon as it arrives: a table row's cells
+/// separated by spaces (no alignment: later rows are not known yet), one JSON
+/// object per line, or one YAML list item.
+pub fn print_streamed<R: Row>(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    row: &R,
+) -> std::io::Result<()> {
+    let encode = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    match format {
+        OutputFormat::Table => writeln!(out, "{}", row.cells().join("   "))?,
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string(row).map_err(|e| encode(e.to_string()))?
+        )?,
+        OutputFormat::Yaml => write!(
+            out,
+            "{}",
+            serde_norway::to_string(&[row]).map_err(|e| encode(e.to_string()))?
+        )?,
+    }
+    out.flush()
+}
+
 /// Left-aligned columns separated by three spaces, no trailing blanks.
 pub fn write_table(
     out: &mut dyn Write,

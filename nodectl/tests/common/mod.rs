@@ -35,7 +35,6 @@ pub fn fixture_info(dir: &Path) -> NodeInfoSource {
         os_release: vec![os],
         cmdline,
         uptime,
-        maintenance: true,
     }
 }
 
@@ -44,6 +43,8 @@ impl TestServer {
         bramble_apid::install_crypto_provider();
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), state_dir);
         config.info = info;
+        // A supervisor, if the test runs one, listens here.
+        config.control_socket = state_dir.join("init.sock");
         config.shutdown_grace = Duration::from_secs(2);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

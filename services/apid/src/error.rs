@@ -40,6 +40,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The stored machine configuration no longer parses.
+    #[error("the stored configuration {path} is unusable: {reason}")]
+    StoredConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The configured node's certificate could not be issued from its CA.
+    #[error("cannot issue the server certificate from the configured CA: {0}")]
+    Pki(String),
+
     /// The listening socket could not be set up.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -32,8 +32,6 @@ pub struct NodeInfoSource {
     pub cmdline: PathBuf,
     /// Seconds since boot.
     pub uptime: PathBuf,
-    /// Whether the node has no configuration yet.
-    pub maintenance: bool,
 }
 
 impl Default for NodeInfoSource {
@@ -49,7 +47,6 @@ impl NodeInfoSource {
             os_release: vec!["/etc/os-release".into(), "/usr/lib/os-release".into()],
             cmdline: "/proc/cmdline".into(),
             uptime: "/proc/uptime".into(),
-            maintenance: true,
         }
     }
 
@@ -73,7 +70,9 @@ impl NodeInfoSource {
             uptime_seconds: read_or_log(&self.uptime)
                 .and_then(|u| parse_uptime(&u))
                 .unwrap_or(0.0),
-            maintenance: self.maintenance,
+            // Filled in by the server, which knows whether a configuration
+            // is in force.
+            maintenance: false,
             hostname: uts.nodename,
         }
     }
@@ -249,14 +248,12 @@ mod tests {
             os_release: vec![dir.path().join("missing"), os],
             cmdline,
             uptime,
-            maintenance: true,
         };
         let v = src.version();
         assert_eq!(v.os_name, "Bramble");
         assert_eq!(v.os_version, "1.2.3");
         assert_eq!(v.boot_slot, "A");
         assert!((v.uptime_seconds - 42.5).abs() < f64::EPSILON);
-        assert!(v.maintenance);
         assert_eq!(v.git_revision, GIT_REVISION);
         assert!(!v.kernel_version.is_empty());
         assert_eq!(v.architecture, std::env::consts::ARCH);
@@ -266,7 +263,6 @@ mod tests {
             os_release: vec![dir.path().join("missing")],
             cmdline: dir.path().join("missing"),
             uptime: dir.path().join("missing"),
-            maintenance: true,
         };
         let v = none.version();
         assert_eq!(v.os_name, DEFAULT_OS_NAME);

@@ -12,12 +12,15 @@
 
 pub mod addrs;
 pub mod atomic;
+pub mod auth;
 pub mod error;
 pub mod identity;
 pub mod info;
 pub mod ready;
 pub mod server;
 pub mod service;
+pub mod store;
+pub mod system;
 
 pub use error::Error;
 pub use identity::{Fingerprint, ServerIdentity};

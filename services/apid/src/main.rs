@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use bramble_apid::server::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use bramble_apid::server::{
+    DEFAULT_CONFIG_DIR, DEFAULT_CONTROL_SOCKET, DEFAULT_LISTEN, DEFAULT_STATE_DIR,
+    DEFAULT_WIPE_DATA_MARKER,
+};
 use bramble_apid::{BoundServer, Config, ready};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,9 +22,17 @@ struct Args {
     #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR:PORT")]
     listen: SocketAddr,
 
-    /// Directory holding the server certificate and key.
+    /// Directory holding the maintenance-mode certificate and key.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     state_dir: PathBuf,
+
+    /// Directory holding the machine configuration.
+    #[arg(long, default_value = DEFAULT_CONFIG_DIR, value_name = "DIR")]
+    config_dir: PathBuf,
+
+    /// PID 1's control socket (services, logs, reboot, shutdown).
+    #[arg(long, default_value = DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
+    control_socket: PathBuf,
 
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
@@ -51,7 +62,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let server = BoundServer::bind(Config::new(args.listen, &args.state_dir)).await?;
+    let mut config = Config::new(args.listen, &args.state_dir);
+    config.config_dir = args.config_dir;
+    config.control_socket = args.control_socket;
+    config.wipe_data_marker = DEFAULT_WIPE_DATA_MARKER.into();
+    let server = BoundServer::bind(config).await?;
     let banner = server.banner();
     println!("{banner}");
     tracing::info!(

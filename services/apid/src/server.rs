@@ -4,32 +4,50 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bramble_api::machine::v1::machine_service_server::MachineServiceServer;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Server, ServerTlsConfig};
 
 use crate::addrs;
+use crate::auth::AuthLayer;
 use crate::error::Error;
 use crate::identity::{Fingerprint, Origin, ServerIdentity, SubjectNames};
 use crate::info::{NodeInfoSource, Uname};
-use crate::service::MachineApi;
+use crate::service::{MachineApi, Node};
+use crate::store::{ConfigStore, Stored};
 
 /// Default listen address: every IPv6 and (dual-stack) IPv4 address.
 pub const DEFAULT_LISTEN: &str = "[::]:50000";
 /// Default state directory on the node.
 pub const DEFAULT_STATE_DIR: &str = "/system/state/apid";
+/// Default directory of the machine configuration on the node.
+pub const DEFAULT_CONFIG_DIR: &str = "/system/state/config";
+/// Tells PID 1 to empty /var at the next boot (see `init/src/stage1.rs`).
+pub const DEFAULT_WIPE_DATA_MARKER: &str = "/system/state/wipe-data";
+/// PID 1's control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/bramble/init.sock";
+/// How long a configured node's server certificate is valid; it is issued
+/// anew at every start of the server.
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on; `[::]:PORT` also accepts IPv4 (dual-stack).
     pub listen: SocketAddr,
-    /// Where the server certificate and key are kept.
+    /// Where the maintenance-mode certificate and key are kept.
     pub state_dir: PathBuf,
+    /// Where the machine configuration is kept.
+    pub config_dir: PathBuf,
+    /// PID 1's control socket (services, logs, reboot).
+    pub control_socket: PathBuf,
+    /// The file whose presence tells PID 1 to empty /var at the next boot.
+    pub wipe_data_marker: PathBuf,
     /// Where `Version` reads its facts.
     pub info: NodeInfoSource,
     /// How long a client gets to finish the TLS handshake.
@@ -40,10 +58,15 @@ pub struct Config {
 
 impl Config {
     /// Defaults for everything but the two command-line settings.
+    /// The configuration directory is `config` inside `state_dir`.
     pub fn new(listen: SocketAddr, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
         Self {
             listen,
-            state_dir: state_dir.into(),
+            config_dir: state_dir.join("config"),
+            wipe_data_marker: state_dir.join("wipe-data"),
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
+            state_dir,
             info: NodeInfoSource::system(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
@@ -57,22 +80,100 @@ impl Config {
 #[derive(Debug)]
 pub struct BoundServer {
     config: Config,
-    identity: ServerIdentity,
+    node: Arc<Node>,
+    tls: Tls,
     origin: Origin,
+    /// The bound socket, kept for the server's whole life: each listener
+    /// lifetime serves a duplicate of it, so a reload never closes the port
+    /// (connections arriving meanwhile wait in the backlog).
     listener: TcpListener,
     local_addr: SocketAddr,
+}
+
+/// The TLS side of the server in its current mode.
+#[derive(Debug)]
+enum Tls {
+    /// No configuration: a self-signed certificate, no client certificates.
+    Maintenance(ServerIdentity),
+    /// Configured: a certificate issued from the configuration's CA, and
+    /// client certificates from that CA required.
+    Mutual {
+        identity: ServerIdentity,
+        client_ca: String,
+    },
+}
+
+impl Tls {
+    fn identity(&self) -> &ServerIdentity {
+        match self {
+            Self::Maintenance(id) | Self::Mutual { identity: id, .. } => id,
+        }
+    }
+}
+
+fn subject_names() -> SubjectNames {
+    SubjectNames {
+        hostname: Uname::get().nodename,
+        addresses: addrs::local_addresses(),
+    }
+}
+
+/// The TLS identity for the stored configuration (or its absence).
+fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Error> {
+    let Some(stored) = stored else {
+        let (identity, origin) =
+            ServerIdentity::load_or_generate(&config.state_dir, &subject_names())?;
+        return Ok((Tls::Maintenance(identity), origin));
+    };
+    let machine = &stored.config.machine;
+    let ca_key = machine.ca.key.as_ref().map(|k| k.expose()).ok_or_else(|| {
+        Error::Pki("machine.ca.key is missing: the node issues its API certificate with it".into())
+    })?;
+    let ca = bramble_pki::CertificateAuthority::from_pem(&machine.ca.crt, ca_key)
+        .map_err(|e| Error::Pki(e.to_string()))?;
+    let names = subject_names();
+    let hostname = machine
+        .hostname
+        .clone()
+        .unwrap_or_else(|| names.hostname.clone());
+    let issued = ca
+        .issue_server(
+            &hostname,
+            &names.addresses,
+            &machine.cert_sans,
+            bramble_pki::Validity::from_now(SERVER_CERT_LIFETIME),
+        )
+        .map_err(|e| Error::Pki(e.to_string()))?;
+    let identity = ServerIdentity::from_pem(issued.cert_pem, issued.key_pem).map_err(Error::Pki)?;
+    Ok((
+        Tls::Mutual {
+            identity,
+            client_ca: machine.ca.crt.clone(),
+        },
+        Origin::Generated,
+    ))
 }
 
 impl BoundServer {
     /// Loads (or generates) the server certificate, then binds the listener.
     /// Must run inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, Error> {
-        let uts = Uname::get();
-        let names = SubjectNames {
-            hostname: uts.nodename,
-            addresses: addrs::local_addresses(),
-        };
-        let (identity, origin) = ServerIdentity::load_or_generate(&config.state_dir, &names)?;
+        let store = ConfigStore::new(&config.config_dir);
+        if store.end_unfinished_trial()? {
+            tracing::warn!("a tried configuration was never confirmed: the previous one is back");
+        }
+        if store.promote_staged()? {
+            tracing::info!("the staged configuration is now in force");
+        }
+        let stored = store.load()?;
+        let (tls, origin) = tls_for(&config, stored.as_ref())?;
+        let node = Node::new(
+            config.info.clone(),
+            store,
+            config.control_socket.clone(),
+            config.wipe_data_marker.clone(),
+            stored,
+        );
         let listener = listen(config.listen)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
@@ -80,7 +181,8 @@ impl BoundServer {
         })?;
         Ok(Self {
             config,
-            identity,
+            node,
+            tls,
             origin,
             listener,
             local_addr,
@@ -94,7 +196,7 @@ impl BoundServer {
 
     /// Fingerprint of the server certificate clients will see.
     pub fn fingerprint(&self) -> &Fingerprint {
-        self.identity.fingerprint()
+        self.tls.identity().fingerprint()
     }
 
     /// Whether the certificate was generated now or loaded.
@@ -104,7 +206,7 @@ impl BoundServer {
 
     /// Whether the server runs in maintenance mode (no configuration yet).
     pub fn maintenance(&self) -> bool {
-        self.config.info.maintenance
+        matches!(self.tls, Tls::Maintenance(_))
     }
 
     /// The line announced on the console once the server is bound.
@@ -123,28 +225,82 @@ impl BoundServer {
 
     /// Serves until `shutdown` completes, then lets in-flight calls finish
     /// for up to the configured grace period.
-    pub async fn serve<F>(self, shutdown: F) -> Result<(), Error>
+    ///
+    /// When a new configuration changes what the listener needs (the first
+    /// one ends maintenance mode; a new CA or new names), the server lets
+    /// in-flight calls finish, takes the new identity and listens again on
+    /// the same address.
+    pub async fn serve<F>(mut self, shutdown: F) -> Result<(), Error>
     where
         F: Future<Output = ()>,
     {
-        let tls = ServerTlsConfig::new()
-            .identity(self.identity.to_tonic())
+        tokio::pin!(shutdown);
+        let mut reloads = self.node.reload_requests();
+        loop {
+            let reload = self.serve_once(&mut shutdown, &mut reloads).await?;
+            if !reload {
+                return Ok(());
+            }
+            let current = self.node.current().await;
+            let (tls, origin) = tls_for(&self.config, current.as_ref())?;
+            self.tls = tls;
+            self.origin = origin;
+            println!("{}", self.banner());
+        }
+    }
+
+    fn duplicate_listener(&self) -> Result<TcpListener, Error> {
+        let err = |source| Error::Bind {
+            addr: self.local_addr,
+            source,
+        };
+        let fd = socket2::SockRef::from(&self.listener)
+            .try_clone()
+            .map_err(err)?;
+        let std: std::net::TcpListener = fd.into();
+        std.set_nonblocking(true).map_err(err)?;
+        TcpListener::from_std(std).map_err(err)
+    }
+
+    /// One listener lifetime; true when it ended for a reload.
+    async fn serve_once<F>(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut F>,
+        reloads: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<bool, Error>
+    where
+        F: Future<Output = ()>,
+    {
+        let identity = self.tls.identity().to_tonic();
+        let mut tls = ServerTlsConfig::new()
+            .identity(identity)
             .timeout(self.config.handshake_timeout);
+        if let Tls::Mutual { client_ca, .. } = &self.tls {
+            tls = tls.client_ca_root(Certificate::from_pem(client_ca));
+        }
         let server = Server::builder()
             .tls_config(tls)
             .map_err(Error::Tls)?
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-        let svc = MachineServiceServer::new(MachineApi::new(self.config.info.clone()));
-        let incoming = TcpIncoming::from(self.listener)
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(AuthLayer::new(self.maintenance()));
+        let svc = MachineServiceServer::new(MachineApi::new(Arc::clone(&self.node)));
+        let listener = self.duplicate_listener()?;
+        let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
 
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down");
+        let mut reload = false;
+        let signal = async {
+            tokio::select! {
+                () = shutdown.as_mut() => tracing::info!("shutting down"),
+                _ = reloads.changed() => {
+                    tracing::info!("configuration changed: restarting the listener");
+                    reload = true;
+                }
+            }
             let _ = stop_tx.send(true);
         };
         let serving = server.serve_with_incoming_shutdown(svc, incoming, signal);
@@ -158,13 +314,14 @@ impl BoundServer {
             }
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
+        let result = tokio::select! {
             result = serving => result.map_err(Error::Serve),
             () = deadline => {
                 tracing::warn!(grace = ?grace, "connections still open after the grace period; closing them");
                 Ok(())
             }
-        }
+        };
+        result.map(|()| reload)
     }
 }
 

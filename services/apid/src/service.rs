@@ -1,21 +1,361 @@
 //! The `bramble.machine.v1.MachineService` implementation.
+//!
+//! Who may call what is decided before a call gets here (`auth.rs`); the
+//! handlers only read the [`Caller`] where the answer depends on it
+//! (secrets in `GetConfig`). Service control, logs, reboot and shutdown go to
+//! PID 1's supervisor through its control socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bramble_api::machine::v1::machine_service_server::MachineService;
-use bramble_api::machine::v1::{VersionRequest, VersionResponse};
+use bramble_api::machine::v1::{
+    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, DmesgRequest, Event,
+    EventsRequest, GetConfigRequest, GetConfigResponse, HostnameRequest, HostnameResponse,
+    KernelLogLine, LoadAvgRequest, LoadAvgResponse, LogLine, LogsRequest, MemoryRequest,
+    MemoryResponse, MountsRequest, MountsResponse, ProcessesRequest, ProcessesResponse,
+    RebootRequest, RebootResponse, ResetRequest, ResetResponse, Service, ServiceListRequest,
+    ServiceListResponse, ServiceRequest, ServiceResponse, ShutdownRequest, ShutdownResponse,
+    VersionRequest, VersionResponse,
+};
+use bramble_config::MachineConfig;
+use bramble_supervisor::Shutdown;
+use bramble_supervisor::control::Client;
+use std::pin::Pin;
+use tokio::sync::{Mutex, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::info::NodeInfoSource;
+use crate::auth::Caller;
+use crate::info::{NodeInfoSource, Uname};
+use crate::store::{ConfigStore, Stored};
+use crate::system::SystemSource;
 
-/// Answers the machine API from the running system.
+/// How often a followed stream looks for news.
+const FOLLOW_POLL: Duration = Duration::from_millis(300);
+/// Items buffered per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 256;
+
+/// A server stream of `T`.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// How long a control-socket request may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reply gets to reach the client before a reboot or power-off
+/// is asked for.
+const REPLY_HEAD_START: Duration = Duration::from_millis(300);
+/// Longest `try` window.
+const MAX_TRY: Duration = Duration::from_secs(24 * 3600);
+/// The API server's own service name: its changes are applied by the server
+/// itself (it restarts its listener), not by the supervisor.
+const SELF_SERVICE: &str = "apid";
+
+/// State shared by every call and by the server loop.
+#[derive(Debug)]
+pub struct Node {
+    info: NodeInfoSource,
+    system: SystemSource,
+    /// Written by Reset with `wipe_data`: PID 1 empties /var at the next boot.
+    wipe_data_marker: PathBuf,
+    store: ConfigStore,
+    control_socket: PathBuf,
+    /// The configuration in force; the lock also serialises applies.
+    current: Mutex<Option<Stored>>,
+    /// Bumped when the listener must be rebuilt (a new CA, new names, or
+    /// the first configuration ending maintenance mode).
+    reload: watch::Sender<u64>,
+    /// Bumped by every apply; a pending `try` revert checks it is still the
+    /// latest before it reverts.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Node {
+    /// Shared state over `store`, with `current` as the configuration in force.
+    pub fn new(
+        info: NodeInfoSource,
+        store: ConfigStore,
+        control_socket: PathBuf,
+        wipe_data_marker: PathBuf,
+        current: Option<Stored>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            info,
+            system: SystemSource::default(),
+            wipe_data_marker,
+            store,
+            control_socket,
+            current: Mutex::new(current),
+            reload: watch::channel(0).0,
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Changes whenever the listener must be rebuilt.
+    pub fn reload_requests(&self) -> watch::Receiver<u64> {
+        self.reload.subscribe()
+    }
+
+    /// The configuration in force.
+    pub async fn current(&self) -> Option<Stored> {
+        self.current.lock().await.clone()
+    }
+
+    /// Asks PID 1 to reboot or power off once the current answer is on its
+    /// way: the supervisor stops this server among the rest, so the request
+    /// goes out a moment after the reply. (Callers check first that the
+    /// supervisor can be reached, so the client hears about that failure.)
+    fn schedule_shutdown(self: &Arc<Self>, kind: Shutdown, what: &'static str) {
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(REPLY_HEAD_START).await;
+            tracing::warn!("{what}");
+            if let Err(e) = node.control(what, move |c| c.shutdown(kind)).await {
+                tracing::error!(error = %e.message(), "{what} failed");
+            }
+        });
+    }
+
+    fn request_reload(&self) {
+        self.reload.send_modify(|n| *n += 1);
+    }
+
+    async fn control<T, F>(&self, what: &'static str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Client) -> Result<T, bramble_supervisor::Error> + Send + 'static,
+    {
+        let path = self.control_socket.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut client = Client::connect(&path, CONTROL_TIMEOUT)?;
+            f(&mut client)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
+        result.map_err(|e| control_status(what, e))
+    }
+}
+
+fn control_status(what: &str, e: bramble_supervisor::Error) -> Status {
+    use bramble_supervisor::Error as E;
+    match e {
+        E::UnknownService(name) => Status::not_found(format!("no service named \"{name}\"")),
+        E::Remote(msg) if msg.starts_with("unknown service") => Status::not_found(msg),
+        E::Remote(msg) => Status::failed_precondition(format!("{what}: {msg}")),
+        E::ShuttingDown => Status::unavailable("the node is shutting down"),
+        E::Control { .. } => {
+            Status::unavailable(format!("{what}: the supervisor cannot be reached ({e})"))
+        }
+        other => Status::internal(format!("{what}: {other}")),
+    }
+}
+
+/// Answers the machine API.
 #[derive(Debug, Clone)]
 pub struct MachineApi {
-    info: NodeInfoSource,
+    node: Arc<Node>,
 }
 
 impl MachineApi {
-    /// Serves facts from `info`.
-    pub fn new(info: NodeInfoSource) -> Self {
-        Self { info }
+    /// Serves from `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .copied()
+        .unwrap_or(Caller::Anonymous)
+}
+
+/// What an apply will do, decided before anything is written.
+#[derive(Debug)]
+struct Plan {
+    mode: ApplyMode,
+    diff: String,
+    restarts: Vec<String>,
+    reboot: bool,
+    reload_self: bool,
+}
+
+fn plan(
+    old: Option<&MachineConfig>,
+    new: &MachineConfig,
+    req: &ApplyConfigurationRequest,
+) -> Result<Plan, Status> {
+    let asked = ApplyMode::try_from(req.mode)
+        .map_err(|_| Status::invalid_argument(format!("mode: unknown apply mode {}", req.mode)))?;
+    let (diff, mut restarts, reboot) = match old {
+        Some(old) => {
+            let d = bramble_config::diff(old, new);
+            let restarts = d.restart.iter().map(|s| s.name().to_owned()).collect();
+            (d.to_string(), restarts, d.reboot)
+        }
+        // Leaving maintenance mode: everything is new, and only the API
+        // server itself has anything to take up yet.
+        None => (
+            new.redacted()
+                .to_yaml()
+                .lines()
+                .map(|l| format!("+{l}\n"))
+                .collect(),
+            vec![SELF_SERVICE.to_owned()],
+            false,
+        ),
+    };
+    let reload_self = restarts.iter().any(|s| s == SELF_SERVICE);
+    restarts.retain(|s| s != SELF_SERVICE);
+    let mode = match asked {
+        ApplyMode::Auto if reboot => ApplyMode::Reboot,
+        ApplyMode::Auto => ApplyMode::NoReboot,
+        ApplyMode::NoReboot | ApplyMode::Try if reboot => {
+            return Err(Status::failed_precondition(
+                "this change needs a reboot to take effect: apply it with --mode reboot, staged or auto",
+            ));
+        }
+        ApplyMode::Try if req.try_timeout_seconds == 0 => {
+            return Err(Status::invalid_argument(
+                "try_timeout_seconds: try mode needs a timeout (for example --timeout 1m)",
+            ));
+        }
+        ApplyMode::Try if Duration::from_secs(req.try_timeout_seconds.into()) > MAX_TRY => {
+            return Err(Status::invalid_argument(
+                "try_timeout_seconds: at most 24 hours",
+            ));
+        }
+        ApplyMode::Try if old.is_none() => {
+            return Err(Status::failed_precondition(
+                "try mode needs a configuration to return to; apply the first one with --mode auto",
+            ));
+        }
+        other => other,
+    };
+    Ok(Plan {
+        mode,
+        diff,
+        restarts,
+        reboot,
+        reload_self,
+    })
+}
+
+fn summary(plan: &Plan, dry_run: bool, timeout: u32) -> String {
+    let verb = if dry_run { "would be" } else { "was" };
+    let what = match plan.mode {
+        ApplyMode::Staged => "staged; it takes effect at the next boot".to_owned(),
+        ApplyMode::Reboot => "stored; the node reboots into it".to_owned(),
+        ApplyMode::Try => format!(
+            "applied for {timeout} s; the previous configuration returns then unless another is applied"
+        ),
+        ApplyMode::NoReboot | ApplyMode::Auto => "applied without a reboot".to_owned(),
+    };
+    if plan.diff.is_empty() {
+        return format!("the configuration is unchanged; it {verb} {what}");
+    }
+    format!("the configuration {verb} {what}")
+}
+
+impl MachineApi {
+    async fn apply(
+        &self,
+        req: ApplyConfigurationRequest,
+    ) -> Result<ApplyConfigurationResponse, Status> {
+        let raw = String::from_utf8(req.data.clone())
+            .map_err(|_| Status::invalid_argument("data: the configuration is not UTF-8 text"))?;
+        let new = MachineConfig::parse(&raw)
+            .map_err(|e| Status::invalid_argument(format!("the configuration is invalid:\n{e}")))?;
+        let node = &self.node;
+        let mut current = node.current.lock().await;
+        let old = current.as_ref().map(|s| &s.config);
+        let plan = plan(old, &new, &req)?;
+        let response = ApplyConfigurationResponse {
+            mode: plan.mode as i32,
+            diff: plan.diff.clone(),
+            restarted: plan.restarts.clone(),
+            reboot_required: plan.reboot,
+            summary: summary(&plan, req.dry_run, req.try_timeout_seconds),
+        };
+        if req.dry_run {
+            return Ok(response);
+        }
+        let persist = |r: Result<(), crate::Error>| {
+            r.map_err(|e| Status::internal(format!("the configuration was not stored: {e}")))
+        };
+        if plan.mode == ApplyMode::Staged {
+            persist(node.store.stage(&raw))?;
+            tracing::info!("configuration staged for the next boot");
+            return Ok(response);
+        }
+        let previous = current.as_ref().map(|s| s.raw.clone());
+        persist(node.store.store(&raw, plan.mode == ApplyMode::Try))?;
+        *current = Some(Stored { raw, config: new });
+        drop(current);
+        let generation = node
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        tracing::info!(mode = ?plan.mode, "configuration applied");
+
+        if plan.mode == ApplyMode::Reboot {
+            node.schedule_shutdown(Shutdown::Reboot, "rebooting into the new configuration");
+            return Ok(response);
+        }
+        self.take_up(&plan).await;
+        if plan.mode == ApplyMode::Try {
+            if let Some(previous) = previous {
+                self.schedule_revert(
+                    generation,
+                    previous,
+                    Duration::from_secs(req.try_timeout_seconds.into()),
+                );
+            }
+        }
+        Ok(response)
+    }
+
+    /// Makes the running services take up a stored configuration.
+    async fn take_up(&self, plan: &Plan) {
+        for service in &plan.restarts {
+            let name = service.clone();
+            match self
+                .node
+                .control("restart", move |c| c.restart(&name))
+                .await
+            {
+                Ok(()) => tracing::info!(%service, "restarted for the new configuration"),
+                // Not every service exists on every node (or yet).
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => tracing::warn!(%service, error = %e.message(), "not restarted"),
+            }
+        }
+        if plan.reload_self {
+            self.node.request_reload();
+        }
+    }
+
+    fn schedule_revert(&self, generation: u64, previous: String, after: Duration) {
+        let api = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let node = &api.node;
+            if node.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+                return;
+            }
+            tracing::warn!("try timeout passed: returning to the previous configuration");
+            let req = ApplyConfigurationRequest {
+                data: previous.into_bytes(),
+                mode: ApplyMode::Auto as i32,
+                dry_run: false,
+                try_timeout_seconds: 0,
+            };
+            if let Err(e) = api.apply(req).await {
+                tracing::error!(error = %e.message(), "reverting the tried configuration failed");
+            }
+        });
     }
 }
 
@@ -26,6 +366,366 @@ impl MachineService for MachineApi {
         request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
         tracing::debug!(peer = ?request.remote_addr(), "Version");
-        Ok(Response::new(self.info.version()))
+        let mut v = self.node.info.version();
+        v.maintenance = self.node.current.lock().await.is_none();
+        Ok(Response::new(v))
     }
+
+    async fn apply_configuration(
+        &self,
+        request: Request<ApplyConfigurationRequest>,
+    ) -> Result<Response<ApplyConfigurationResponse>, Status> {
+        self.apply(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        let admin = caller(&request).is_admin();
+        let current = self.node.current.lock().await;
+        let stored = current
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("the node has no configuration"))?;
+        let data = if admin {
+            stored.raw.clone()
+        } else {
+            stored.config.redacted().to_yaml()
+        };
+        Ok(Response::new(GetConfigResponse {
+            data: data.into_bytes(),
+            redacted: !admin,
+        }))
+    }
+
+    async fn service_list(
+        &self,
+        _request: Request<ServiceListRequest>,
+    ) -> Result<Response<ServiceListResponse>, Status> {
+        let list = self.node.control("list services", |c| c.list()).await?;
+        let services = list
+            .into_iter()
+            .map(|s| Service {
+                name: s.name,
+                description: s.description,
+                state: s.state,
+                pid: s.pid.unwrap_or(0),
+                restarts: s.restarts,
+                ready: s.ready,
+                last_error: s.last_error.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(ServiceListResponse { services }))
+    }
+
+    async fn service_start(
+        &self,
+        request: Request<ServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        let name = service_name(request)?;
+        self.node.control("start", move |c| c.start(&name)).await?;
+        Ok(Response::new(ServiceResponse {}))
+    }
+
+    async fn service_stop(
+        &self,
+        request: Request<ServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        let name = service_name(request)?;
+        if name == SELF_SERVICE {
+            return Err(Status::failed_precondition(
+                "stopping apid would cut off the API; restart it instead",
+            ));
+        }
+        self.node.control("stop", move |c| c.stop(&name)).await?;
+        Ok(Response::new(ServiceResponse {}))
+    }
+
+    async fn service_restart(
+        &self,
+        request: Request<ServiceRequest>,
+    ) -> Result<Response<ServiceResponse>, Status> {
+        let name = service_name(request)?;
+        self.node
+            .control("restart", move |c| c.restart(&name))
+            .await?;
+        Ok(Response::new(ServiceResponse {}))
+    }
+
+    type LogsStream = ResponseStream<LogLine>;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = request.into_inner();
+        if req.service.is_empty() {
+            return Err(Status::invalid_argument("service: name a service"));
+        }
+        let tail = match req.tail {
+            0 => bramble_supervisor::protocol::DEFAULT_LOG_TAIL,
+            n => (n as usize).min(bramble_supervisor::protocol::MAX_LOG_TAIL),
+        };
+        let service = req.service;
+        let first = {
+            let service = service.clone();
+            self.node
+                .control("logs", move |c| c.logs(&service, tail))
+                .await?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let node = Arc::clone(&self.node);
+        tokio::spawn(async move {
+            let mut last = first.last().map(|l| (l.time_unix_ms, l.text.clone()));
+            for l in first {
+                if tx.send(Ok(log_line(l))).await.is_err() {
+                    return;
+                }
+            }
+            while req.follow && !tx.is_closed() {
+                tokio::time::sleep(FOLLOW_POLL).await;
+                let name = service.clone();
+                let lines = match node
+                    .control("logs", move |c| c.logs(&name, FOLLOW_WINDOW))
+                    .await
+                {
+                    Ok(lines) => lines,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                // Lines after the last one sent (all of them if it scrolled
+                // out of the window).
+                let start = last
+                    .as_ref()
+                    .and_then(|(t, text)| {
+                        lines
+                            .iter()
+                            .rposition(|l| l.time_unix_ms == *t && &l.text == text)
+                    })
+                    .map_or(0, |i| i + 1);
+                for l in lines.into_iter().skip(start) {
+                    last = Some((l.time_unix_ms, l.text.clone()));
+                    if tx.send(Ok(log_line(l))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type DmesgStream = ResponseStream<KernelLogLine>;
+
+    async fn dmesg(
+        &self,
+        request: Request<DmesgRequest>,
+    ) -> Result<Response<Self::DmesgStream>, Status> {
+        let req = request.into_inner();
+        let (first, mut reader) = self
+            .node
+            .system
+            .dmesg(req.tail as usize)
+            .map_err(|e| Status::unavailable(format!("cannot read the kernel log: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            for l in first {
+                if tx.send(Ok(l)).await.is_err() {
+                    return;
+                }
+            }
+            while req.follow && !tx.is_closed() {
+                tokio::time::sleep(FOLLOW_POLL).await;
+                let lines = match reader.read_available() {
+                    Ok(lines) => lines,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("kernel log: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                for l in lines {
+                    if tx.send(Ok(l)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type EventsStream = ResponseStream<Event>;
+
+    async fn events(
+        &self,
+        request: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let req = request.into_inner();
+        let since = req.since;
+        let (first, mut seq) = self
+            .node
+            .control("events", move |c| c.events(since))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let node = Arc::clone(&self.node);
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                for e in batch {
+                    let event = Event {
+                        seq: e.seq,
+                        time_unix_ms: e.time_unix_ms,
+                        service: e.service.unwrap_or_default(),
+                        from: e.from.unwrap_or_default(),
+                        to: e.to.unwrap_or_default(),
+                        message: e.message,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if !req.follow || tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+                let after = seq;
+                match node.control("events", move |c| c.events(after)).await {
+                    Ok((events, last)) => {
+                        batch = events;
+                        seq = last;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn reset(
+        &self,
+        request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
+        let req = request.into_inner();
+        // Nothing is wiped unless the reboot that follows can be asked for.
+        self.node.control("reset", |_| Ok(())).await?;
+        let mut current = self.node.current.lock().await;
+        if req.wipe_data {
+            crate::atomic::write_file(&self.node.wipe_data_marker, b"", 0o600).map_err(|e| {
+                Status::internal(format!(
+                    "cannot mark /var for wiping ({}): {e}",
+                    self.node.wipe_data_marker.display()
+                ))
+            })?;
+        }
+        self.node
+            .store
+            .wipe()
+            .map_err(|e| Status::internal(format!("cannot wipe the configuration: {e}")))?;
+        *current = None;
+        drop(current);
+        tracing::warn!(
+            wipe_data = req.wipe_data,
+            "reset: configuration wiped; rebooting"
+        );
+        self.node
+            .schedule_shutdown(Shutdown::Reboot, "rebooting after the reset");
+        Ok(Response::new(ResetResponse {}))
+    }
+
+    async fn memory(
+        &self,
+        _request: Request<MemoryRequest>,
+    ) -> Result<Response<MemoryResponse>, Status> {
+        self.node
+            .system
+            .memory()
+            .map(Response::new)
+            .map_err(|e| Status::unavailable(format!("/proc/meminfo: {e}")))
+    }
+
+    async fn load_avg(
+        &self,
+        _request: Request<LoadAvgRequest>,
+    ) -> Result<Response<LoadAvgResponse>, Status> {
+        self.node
+            .system
+            .load_avg()
+            .map(Response::new)
+            .map_err(|e| Status::unavailable(format!("/proc/loadavg: {e}")))
+    }
+
+    async fn processes(
+        &self,
+        _request: Request<ProcessesRequest>,
+    ) -> Result<Response<ProcessesResponse>, Status> {
+        let processes = self
+            .node
+            .system
+            .processes()
+            .map_err(|e| Status::unavailable(format!("/proc: {e}")))?;
+        Ok(Response::new(ProcessesResponse { processes }))
+    }
+
+    async fn mounts(
+        &self,
+        _request: Request<MountsRequest>,
+    ) -> Result<Response<MountsResponse>, Status> {
+        let mounts = self
+            .node
+            .system
+            .mounts()
+            .map_err(|e| Status::unavailable(format!("/proc/self/mountinfo: {e}")))?;
+        Ok(Response::new(MountsResponse { mounts }))
+    }
+
+    async fn hostname(
+        &self,
+        _request: Request<HostnameRequest>,
+    ) -> Result<Response<HostnameResponse>, Status> {
+        Ok(Response::new(HostnameResponse {
+            hostname: Uname::get().nodename,
+        }))
+    }
+
+    async fn reboot(
+        &self,
+        _request: Request<RebootRequest>,
+    ) -> Result<Response<RebootResponse>, Status> {
+        self.node.control("reboot", |_| Ok(())).await?;
+        self.node.schedule_shutdown(Shutdown::Reboot, "rebooting");
+        Ok(Response::new(RebootResponse {}))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        self.node.control("shutdown", |_| Ok(())).await?;
+        self.node
+            .schedule_shutdown(Shutdown::PowerOff, "powering off");
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
+
+/// Lines fetched per poll of a followed log.
+const FOLLOW_WINDOW: usize = 500;
+
+fn log_line(l: bramble_supervisor::LogLine) -> LogLine {
+    LogLine {
+        time_unix_ms: l.time_unix_ms,
+        text: l.text,
+    }
+}
+
+fn service_name(request: Request<ServiceRequest>) -> Result<String, Status> {
+    let name = request.into_inner().name;
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name: name a service"));
+    }
+    Ok(name)
 }

@@ -1,0 +1,201 @@
+//! `nodectl gen secrets` and `nodectl gen config`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bramble_config::MachineConfig;
+use bramble_pki::{Role, SecretsBundle, Validity};
+
+use crate::cmd::apply::read_patches;
+use crate::error::Error;
+use crate::nodeconfig::{self, Context, NodeConfig};
+
+/// How long generated client certificates are valid.
+const CLIENT_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+fn refuse_existing(path: &Path, force: bool) -> Result<(), Error> {
+    if !force && path.exists() {
+        return Err(Error::Usage(format!(
+            "{} exists; pass --force to overwrite it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, text: &str) -> Result<(), Error> {
+    nodeconfig::write_private(path, text.as_bytes()).map_err(|e| Error::Input {
+        path: path.to_path_buf(),
+        reason: format!("cannot write: {e}"),
+    })
+}
+
+fn pki_error(what: &str) -> impl Fn(bramble_pki::Error) -> Error + '_ {
+    move |e| Error::Usage(format!("{what}: {e}"))
+}
+
+/// `gen secrets`: writes a new secrets bundle.
+pub fn secrets(
+    out: &mut dyn Write,
+    output: &Path,
+    cluster: &str,
+    force: bool,
+) -> Result<(), Error> {
+    refuse_existing(output, force)?;
+    let bundle = SecretsBundle::generate(cluster).map_err(pki_error("generating secrets"))?;
+    let yaml = bundle.to_yaml().map_err(pki_error("encoding secrets"))?;
+    write_secret_file(output, &yaml)?;
+    writeln!(out, "wrote {}", output.display())?;
+    Ok(())
+}
+
+/// The machine configuration of one node type, made from the bundle.
+pub fn machine_config(
+    bundle: &SecretsBundle,
+    kind: &str,
+    cluster: &str,
+    endpoint: &str,
+) -> Result<String, Error> {
+    let controlplane = kind == "controlplane";
+    let mut etcd_ca = serde_json::json!({ "crt": bundle.etcd_ca.cert_pem() });
+    if controlplane {
+        etcd_ca["key"] = bundle.etcd_ca.key_pem().into();
+    }
+    let mut cluster_doc = serde_json::json!({
+        "name": cluster,
+        "controlPlane": { "endpoint": endpoint },
+        "etcd": { "ca": etcd_ca },
+    });
+    if controlplane {
+        cluster_doc["secretboxEncryptionSecret"] = bundle.secretbox_secret.clone().into();
+    }
+    let doc = serde_json::json!({
+        "version": "v1alpha1",
+        "machine": {
+            "type": kind,
+            "token": bundle.bootstrap_token,
+            // Every node issues its own API certificate from the OS CA.
+            "ca": { "crt": bundle.os_ca.cert_pem(), "key": bundle.os_ca.key_pem() },
+        },
+        "cluster": cluster_doc,
+    });
+    serde_norway::to_string(&doc).map_err(|e| Error::Usage(format!("encoding {kind}.yaml: {e}")))
+}
+
+/// Arguments of `gen config`.
+#[derive(Debug)]
+pub struct GenConfig<'a> {
+    /// Cluster name.
+    pub cluster: &'a str,
+    /// Control plane endpoint URL.
+    pub endpoint: &'a str,
+    /// Where the files go.
+    pub output_dir: &'a Path,
+    /// A bundle to reuse.
+    pub with_secrets: Option<&'a Path>,
+    /// Patches for both configurations.
+    pub patches: &'a [String],
+    /// The client certificate's role.
+    pub role: Role,
+    /// Overwrite existing files.
+    pub force: bool,
+}
+
+/// `gen config`: controlplane.yaml, worker.yaml and nodeconfig in the output
+/// directory. Everything is checked before the first file is written.
+pub fn config(out: &mut dyn Write, args: &GenConfig<'_>) -> Result<(), Error> {
+    let files: Vec<PathBuf> = ["controlplane.yaml", "worker.yaml", "nodeconfig"]
+        .iter()
+        .map(|f| args.output_dir.join(f))
+        .collect();
+    for f in &files {
+        refuse_existing(f, args.force)?;
+    }
+    let bundle = match args.with_secrets {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            SecretsBundle::from_yaml(&text).map_err(|e| Error::Input {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+        }
+        None => SecretsBundle::generate(args.cluster).map_err(pki_error("generating secrets"))?,
+    };
+    let patches = read_patches(args.patches)?;
+    let mut docs = Vec::new();
+    for kind in ["controlplane", "worker"] {
+        let mut yaml = machine_config(&bundle, kind, args.cluster, args.endpoint)?;
+        for (name, patch) in &patches {
+            yaml = bramble_config::apply_patch(&yaml, patch)
+                .map_err(|e| Error::Usage(format!("patch {name} on {kind}.yaml:\n{e}")))?;
+        }
+        MachineConfig::parse(&yaml)
+            .map_err(|e| Error::Usage(format!("the generated {kind}.yaml is invalid:\n{e}")))?;
+        docs.push(yaml);
+    }
+    let client = bundle
+        .os_ca
+        .issue_client(
+            args.role.as_str(),
+            args.role,
+            Validity::from_now(CLIENT_CERT_LIFETIME),
+        )
+        .map_err(pki_error("issuing the client certificate"))?;
+    let host = endpoint_host(args.endpoint).unwrap_or_default();
+    let mut nodeconfig = NodeConfig::default();
+    nodeconfig.merge(
+        args.cluster,
+        Context {
+            endpoints: if host.is_empty() { vec![] } else { vec![host] },
+            nodes: vec![],
+            ca: bundle.os_ca.cert_pem().to_owned(),
+            crt: client.cert_pem,
+            key: client.key_pem,
+        },
+    );
+    std::fs::create_dir_all(args.output_dir).map_err(|e| Error::Input {
+        path: args.output_dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for (path, doc) in files.iter().zip(&docs) {
+        write_secret_file(path, doc)?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    nodeconfig.save(&files[2])?;
+    writeln!(out, "wrote {}", files[2].display())?;
+    Ok(())
+}
+
+/// The host of `https://HOST:PORT/...`.
+fn endpoint_host(endpoint: &str) -> Option<String> {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_hosts() {
+        assert_eq!(
+            endpoint_host("https://10.0.0.1:6443").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            endpoint_host("https://[fd00::1]:6443/x").as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(endpoint_host("https://cp.lan").as_deref(), Some("cp.lan"));
+        assert_eq!(endpoint_host("https://:6443"), None);
+    }
+}

@@ -1,0 +1,441 @@
+//! The machine API end to end on loopback: `nodectl gen config`, a first
+//! `apply-config --insecure` that ends maintenance mode, then mutual TLS with
+//! role-carrying client certificates against every RPC.
+//!
+//! Real parts: the in-process `apid` (real TLS, real certificates from
+//! `nodectl gen`), the real `nodectl` binary, and a real supervisor (the one
+//! PID 1 runs) on a control socket, supervising a `sleep` service.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bramble_supervisor::{Options, ServiceDef, Shutdown, Supervisor};
+use common::{TestServer, fixture_info, nodectl, stderr, stdout};
+
+/// A real supervisor on `socket`, stepping on its own thread until the test
+/// ends or someone asks it to shut down (what `Reboot` and `Shutdown` do).
+struct TestSupervisor {
+    shutdown: mpsc::Receiver<Shutdown>,
+    stop: mpsc::Sender<()>,
+}
+
+impl TestSupervisor {
+    fn start(socket: PathBuf) -> Self {
+        let (shutdown_tx, shutdown) = mpsc::channel();
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut def = ServiceDef::new(
+                "sleeper",
+                ["/bin/sh", "-c", "echo sleeper up; exec sleep 600"],
+            );
+            def.description = "a test service".into();
+            let mut sup = Supervisor::new(
+                vec![def],
+                Options {
+                    control_socket: Some(socket),
+                    ..Options::default()
+                },
+            )
+            .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < deadline && stop_rx.try_recv().is_err() {
+                if let Some(kind) = sup.step(Duration::from_millis(50)) {
+                    let _ = shutdown_tx.send(kind);
+                    return;
+                }
+            }
+            sup.request_shutdown(Shutdown::PowerOff);
+            let _ = sup.run_until(Instant::now() + Duration::from_secs(20));
+        });
+        Self { shutdown, stop }
+    }
+}
+
+impl Drop for TestSupervisor {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+    }
+}
+
+fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no control socket at {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = nodectl(args);
+    (o.status.success(), stdout(&o), stderr(&o))
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, out, err) = run(args);
+    assert!(success, "nodectl {args:?} failed:\n{out}{err}");
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let (success, out, err) = run(args);
+    assert!(!success, "nodectl {args:?} should have failed:\n{out}");
+    err
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Cluster {
+    /// One secrets bundle; a config directory per role.
+    fn generate() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let secrets = root.join("secrets.yaml");
+        ok(&["gen", "secrets", "--output-file", secrets.to_str().unwrap()]);
+        for role in ["admin", "operator", "reader"] {
+            let out = root.join(role);
+            ok(&[
+                "gen",
+                "config",
+                "test",
+                "https://127.0.0.1:6443",
+                "--with-secrets",
+                secrets.to_str().unwrap(),
+                "--output-dir",
+                out.to_str().unwrap(),
+                "--role",
+                role,
+            ]);
+        }
+        Self { _dir: dir, root }
+    }
+
+    fn file(&self, role: &str, name: &str) -> String {
+        self.root.join(role).join(name).to_str().unwrap().to_owned()
+    }
+}
+
+/// Runs nodectl as `role` against `node`.
+fn as_role(c: &Cluster, role: &str, node: &str, args: &[&str]) -> (bool, String, String) {
+    let cfg = c.file(role, "nodeconfig");
+    let mut all = vec!["--nodeconfig", cfg.as_str(), "-n", node];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[test]
+fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let sup = TestSupervisor::start(state.path().join("init.sock"));
+    wait_for_socket(&state.path().join("init.sock"));
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    let cp = c.file("admin", "controlplane.yaml");
+    ok(&["validate", "-f", &cp]);
+
+    // Maintenance mode: only Version and ApplyConfiguration.
+    let err = fails(&["services", "--insecure", "-n", &node]);
+    assert!(err.contains("maintenance mode"), "{err}");
+
+    // A dry run changes nothing.
+    let out = ok(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &node,
+        "-f",
+        &cp,
+        "--dry-run",
+    ]);
+    assert!(out.contains("would be"), "{out}");
+    assert!(out.contains("+version: v1alpha1"), "{out}");
+    assert!(
+        !out.contains("BEGIN PRIVATE KEY"),
+        "the diff shows a secret:\n{out}"
+    );
+    assert!(!state.path().join("config/config.yaml").exists());
+
+    // A bad patch is refused before anything is sent, naming the field.
+    let err = fails(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &node,
+        "-f",
+        &cp,
+        "--config-patch",
+        "machine: {hostname: -bad-}",
+    ]);
+    assert!(err.contains("machine.hostname"), "{err}");
+    assert!(!state.path().join("config/config.yaml").exists());
+
+    // The first configuration.
+    let out = ok(&["apply-config", "--insecure", "-n", &node, "-f", &cp]);
+    assert!(out.contains(&node), "{out}");
+    let stored = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
+    assert_eq!(stored, std::fs::read_to_string(&cp).unwrap());
+
+    // From now on mutual TLS only: the listener restarts with the CA's
+    // certificate; insecure clients are refused at the handshake.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (success, out, err) = as_role(&c, "reader", &node, &["version", "-o", "json"]);
+        if success {
+            assert!(out.contains("\"maintenance\": false"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "mTLS never came up: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = fails(&["version", "--insecure", "-n", &node]);
+    assert!(!err.is_empty());
+
+    // Secrets only for admins.
+    let (_, admin_cfg, _) = as_role(&c, "admin", &node, &["get", "config"]);
+    assert!(admin_cfg.contains("BEGIN PRIVATE KEY"), "{admin_cfg}");
+    let (success, reader_cfg, err) = as_role(&c, "reader", &node, &["get", "config"]);
+    assert!(success, "{err}");
+    assert!(reader_cfg.contains("******") && !reader_cfg.contains("BEGIN PRIVATE KEY"));
+
+    // Every RPC against every role: allowed ones work against the real
+    // supervisor, refused ones say which role they need.
+    let cases: &[(&[&str], &str)] = &[
+        (&["version"], "reader"),
+        (&["services"], "reader"),
+        (&["logs", "sleeper"], "reader"),
+        (&["get", "config"], "reader"),
+        (&["memory"], "reader"),
+        (&["processes"], "reader"),
+        (&["mounts"], "reader"),
+        (&["events"], "reader"),
+        (&["dmesg", "--tail", "3"], "reader"),
+        (&["service", "sleeper", "restart"], "operator"),
+        (&["service", "sleeper", "stop"], "operator"),
+        (&["service", "sleeper", "start"], "operator"),
+        (&["apply-config", "-f", &cp, "--mode", "no-reboot"], "admin"),
+    ];
+    let rank = |r: &str| {
+        ["reader", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (args, needs) in cases {
+        for role in ["reader", "operator", "admin"] {
+            let (success, out, err) = as_role(&c, role, &node, args);
+            if rank(role) >= rank(needs) {
+                assert!(success, "{args:?} as {role}: {out}{err}");
+            } else {
+                assert!(!success, "{args:?} as {role} was allowed");
+                assert!(
+                    err.contains("does not have permission"),
+                    "{args:?} as {role}: {err}"
+                );
+                assert!(err.contains(&format!("needs the {needs} role")), "{err}");
+            }
+        }
+    }
+    let (_, services, _) = as_role(&c, "reader", &node, &["services"]);
+    assert!(services.contains("sleeper"), "{services}");
+    let (_, logs, _) = as_role(&c, "reader", &node, &["logs", "sleeper"]);
+    assert!(logs.contains("sleeper up"), "{logs}");
+    let err = as_role(&c, "operator", &node, &["service", "nosuch", "restart"]).2;
+    assert!(
+        err.contains("not found") || err.contains("no service"),
+        "{err}"
+    );
+
+    // An unchanged configuration is applied without restarting anything.
+    let out = as_role(&c, "admin", &node, &["apply-config", "-f", &cp]).1;
+    assert!(out.contains("unchanged"), "{out}");
+
+    // The live readers say something true about this machine.
+    let mem = as_role(&c, "reader", &node, &["memory", "-o", "json"]).1;
+    assert!(
+        mem.contains("\"total_bytes\"") && !mem.contains("\"total_bytes\": 0"),
+        "{mem}"
+    );
+    let ps = as_role(&c, "reader", &node, &["processes"]).1;
+    assert!(
+        ps.contains("sleep 600"),
+        "the supervised sleeper is not listed:\n{ps}"
+    );
+    let mounts = as_role(&c, "reader", &node, &["mounts"]).1;
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/")),
+        "{mounts}"
+    );
+    let events = as_role(&c, "reader", &node, &["events"]).1;
+    assert!(events.contains("sleeper"), "{events}");
+
+    // Try mode: the change is live, then the previous configuration returns
+    // by itself.
+    let (success, out, err) = as_role(
+        &c,
+        "admin",
+        &node,
+        &[
+            "apply-config",
+            "-f",
+            &cp,
+            "--mode",
+            "try",
+            "--try-timeout",
+            "2s",
+            "--config-patch",
+            "machine: {hostname: trial-host}",
+        ],
+    );
+    assert!(success, "{out}{err}");
+    assert!(
+        as_role(&c, "admin", &node, &["get", "config"])
+            .1
+            .contains("trial-host")
+    );
+    assert!(state.path().join("config/config.trying").exists());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while as_role(&c, "admin", &node, &["get", "config"])
+        .1
+        .contains("trial-host")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tried configuration was not reverted"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!state.path().join("config/config.trying").exists());
+    let stored = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
+    assert_eq!(stored, std::fs::read_to_string(&cp).unwrap());
+
+    // Reboot goes to the supervisor; readers may not.
+    assert!(!as_role(&c, "reader", &node, &["reboot"]).0);
+    let (success, out, err) = as_role(&c, "operator", &node, &["reboot"]);
+    assert!(success, "{out}{err}");
+    assert_eq!(
+        sup.shutdown.recv_timeout(Duration::from_secs(30)).unwrap(),
+        Shutdown::Reboot
+    );
+    server.stop();
+}
+
+#[test]
+fn a_client_of_another_cluster_is_refused() {
+    let ours = Cluster::generate();
+    let theirs = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    ok(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &node,
+        "-f",
+        &ours.file("admin", "controlplane.yaml"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !as_role(&ours, "reader", &node, &["version"]).0 {
+        assert!(Instant::now() < deadline, "mTLS never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (success, _, err) = as_role(&theirs, "admin", &node, &["version"]);
+    assert!(!success, "a certificate from another CA was accepted");
+    assert!(!err.is_empty());
+    server.stop();
+}
+
+#[test]
+fn the_configuration_survives_a_restart_and_staged_waits_for_it() {
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let cp = c.file("admin", "controlplane.yaml");
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    ok(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &server.node(),
+        "-f",
+        &cp,
+    ]);
+    server.stop();
+
+    // Restarted (as after a reboot): configured, mTLS from the start.
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    let out = as_role(&c, "reader", &node, &["version", "-o", "json"]).1;
+    assert!(out.contains("\"maintenance\": false"), "{out}");
+
+    // Staged: stored aside, the running configuration is unchanged.
+    let (success, out, err) = as_role(
+        &c,
+        "admin",
+        &node,
+        &[
+            "apply-config",
+            "-f",
+            &cp,
+            "--mode",
+            "staged",
+            "--config-patch",
+            "machine: {hostname: staged-host}",
+        ],
+    );
+    assert!(success, "{out}{err}");
+    assert!(out.contains("next boot"), "{out}");
+    let running = as_role(&c, "admin", &node, &["get", "config"]).1;
+    assert!(!running.contains("staged-host"));
+    server.stop();
+
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    let running = as_role(&c, "admin", &node, &["get", "config"]).1;
+    assert!(
+        running.contains("staged-host"),
+        "the staged configuration was not promoted:\n{running}"
+    );
+    assert!(state.path().join("config/config.previous.yaml").exists());
+
+    // A trial cut short by a restart (a reboot, a power cut) ends with the
+    // previous configuration back.
+    let (success, out, err) = as_role(
+        &c,
+        "admin",
+        &node,
+        &[
+            "apply-config",
+            "-f",
+            &cp,
+            "--mode",
+            "try",
+            "--try-timeout",
+            "10m",
+            "--config-patch",
+            "machine: {hostname: trial-host}",
+        ],
+    );
+    assert!(success, "{out}{err}");
+    server.stop();
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let running = as_role(&c, "admin", &server.node(), &["get", "config"]).1;
+    assert!(
+        running.contains("staged-host") && !running.contains("trial-host"),
+        "{running}"
+    );
+    server.stop();
+}

@@ -1,0 +1,268 @@
+//! Who may call what: the one table of required roles, enforced in one place.
+//!
+//! Every RPC of `bramble.machine.v1.MachineService` appears in [`RULES`] with
+//! the least role it needs and whether it is open in maintenance mode. The
+//! [`AuthLayer`] wraps the whole gRPC router: before a call reaches its
+//! handler it looks the method up, reads the caller's role from the verified
+//! client certificate (the TLS layer has already checked it chains to the
+//! node's CA and is in its validity period) and either lets the call through,
+//! with the [`Caller`] in its extensions, or answers with a gRPC status.
+//! A method missing from the table needs `admin`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bramble_pki::Role;
+use tonic::Status;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// gRPC path prefix of the service.
+const SERVICE: &str = "/bramble.machine.v1.MachineService/";
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Method name.
+    pub method: &'static str,
+    /// Least role a configured node requires.
+    pub role: Role,
+    /// Whether the call is open (without a client certificate) in
+    /// maintenance mode.
+    pub maintenance: bool,
+}
+
+const fn rule(method: &'static str, role: Role, maintenance: bool) -> Rule {
+    Rule {
+        method,
+        role,
+        maintenance,
+    }
+}
+
+/// Every RPC and what it needs.
+pub const RULES: &[Rule] = &[
+    rule("Version", Role::Reader, true),
+    rule("ApplyConfiguration", Role::Admin, true),
+    rule("GetConfig", Role::Reader, false),
+    rule("ServiceList", Role::Reader, false),
+    rule("Logs", Role::Reader, false),
+    rule("Dmesg", Role::Reader, false),
+    rule("Events", Role::Reader, false),
+    rule("Memory", Role::Reader, false),
+    rule("LoadAvg", Role::Reader, false),
+    rule("Processes", Role::Reader, false),
+    rule("Mounts", Role::Reader, false),
+    rule("Hostname", Role::Reader, false),
+    rule("ServiceStart", Role::Operator, false),
+    rule("ServiceStop", Role::Operator, false),
+    rule("ServiceRestart", Role::Operator, false),
+    rule("Reboot", Role::Operator, false),
+    rule("Shutdown", Role::Operator, false),
+    rule("Reset", Role::Admin, false),
+];
+
+/// The rule for a gRPC path; unknown methods need `admin` and are closed in
+/// maintenance mode.
+pub fn rule_for(path: &str) -> Rule {
+    let method = path.strip_prefix(SERVICE).unwrap_or(path);
+    RULES
+        .iter()
+        .find(|r| r.method == method)
+        .copied()
+        .unwrap_or(Rule {
+            method: "",
+            role: Role::Admin,
+            maintenance: false,
+        })
+}
+
+/// Who is calling, put into each authorised request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Maintenance mode: nobody is authenticated.
+    Anonymous,
+    /// A client certificate carrying this role.
+    Role(Role),
+}
+
+impl Caller {
+    /// Whether the caller may see secrets (an admin).
+    pub fn is_admin(self) -> bool {
+        self == Self::Role(Role::Admin)
+    }
+}
+
+/// Decides one call. `role` is what the client certificate carries: `None`
+/// when it carries none (or, in maintenance mode, when there is no
+/// certificate).
+pub fn authorize(path: &str, maintenance: bool, role: Option<Role>) -> Result<Caller, Status> {
+    let rule = rule_for(path);
+    let name = path.strip_prefix(SERVICE).unwrap_or(path);
+    if maintenance {
+        return if rule.maintenance {
+            Ok(Caller::Anonymous)
+        } else {
+            Err(Status::failed_precondition(format!(
+                "{name} is not available in maintenance mode: apply a configuration first \
+                 (nodectl apply-config --insecure -f controlplane.yaml)"
+            )))
+        };
+    }
+    match role {
+        None => Err(Status::permission_denied(
+            "the client certificate carries no role (its subject needs O=bramble:role:<admin|operator|reader>)",
+        )),
+        Some(role) if role.allows(rule.role) => Ok(Caller::Role(role)),
+        Some(role) => Err(Status::permission_denied(format!(
+            "{name} needs the {} role; this client certificate has {role}",
+            rule.role
+        ))),
+    }
+}
+
+/// Wraps the router with [`authorize`].
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    maintenance: bool,
+}
+
+impl AuthLayer {
+    /// For a server in maintenance mode (no client certificates) or not.
+    pub fn new(maintenance: bool) -> Self {
+        Self { maintenance }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            maintenance: self.maintenance,
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    maintenance: bool,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for Auth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let role = peer_role(&req);
+        match authorize(req.uri().path(), self.maintenance, role) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                tracing::info!(path = req.uri().path(), code = ?status.code(), "call refused");
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// The role in the verified client certificate of the connection.
+fn peer_role<B>(req: &http::Request<B>) -> Option<Role> {
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs: Arc<Vec<_>> = info.peer_certs()?;
+    certs.first().and_then(|leaf| bramble_pki::role_of(leaf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(m: &str) -> String {
+        format!("{SERVICE}{m}")
+    }
+
+    #[test]
+    fn every_rule_is_enforced_for_every_role() {
+        let roles = [Role::Reader, Role::Operator, Role::Admin];
+        for rule in RULES {
+            for role in roles {
+                let got = authorize(&path(rule.method), false, Some(role));
+                assert_eq!(
+                    got.is_ok(),
+                    role.allows(rule.role),
+                    "{} as {role}",
+                    rule.method
+                );
+                if let Err(s) = got {
+                    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+                    assert!(
+                        s.message().contains(&rule.role.to_string()),
+                        "{}",
+                        s.message()
+                    );
+                }
+            }
+            let none = authorize(&path(rule.method), false, None).unwrap_err();
+            assert_eq!(none.code(), tonic::Code::PermissionDenied);
+        }
+    }
+
+    #[test]
+    fn maintenance_mode_opens_only_version_and_apply() {
+        let open: Vec<_> = RULES
+            .iter()
+            .filter(|r| authorize(&path(r.method), true, None).is_ok())
+            .map(|r| r.method)
+            .collect();
+        assert_eq!(open, ["Version", "ApplyConfiguration"]);
+        let e = authorize(&path("Reboot"), true, None).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("maintenance mode"));
+    }
+
+    #[test]
+    fn every_rpc_of_the_proto_has_a_rule() {
+        let proto = include_str!("../../../api/proto/bramble/machine/v1/machine.proto");
+        let rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert!(rpcs.len() >= 18, "{rpcs:?}");
+        for rpc in &rpcs {
+            assert!(RULES.iter().any(|r| r.method == *rpc), "no rule for {rpc}");
+        }
+        assert_eq!(
+            rpcs.len(),
+            RULES.len(),
+            "a rule for an RPC that does not exist"
+        );
+    }
+
+    #[test]
+    fn unknown_methods_need_admin() {
+        assert!(authorize(&path("Nope"), false, Some(Role::Operator)).is_err());
+        assert!(authorize(&path("Nope"), false, Some(Role::Admin)).is_ok());
+        assert!(authorize(&path("Nope"), true, None).is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! The node's machine configuration on persistent state.
+//!
+//! ```text
+//! <dir>/config.yaml          the configuration in force (absent: maintenance mode)
+//! <dir>/config.previous.yaml the one it replaced, kept for rollback
+//! <dir>/config.staged.yaml   applied with `--mode staged`: promoted at the next start
+//! <dir>/config.trying        present while a `--mode try` configuration is on trial
+//! ```
+//!
+//! A trial that neither timed out nor was replaced before the server stopped
+//! (a reboot, a power cut) ends at the next start: the previous
+//! configuration returns.
+//!
+//! Every file is replaced atomically (temporary file, fsync, rename, fsync of
+//! the directory), and the order of the steps is chosen so that a power cut at
+//! any point leaves `config.yaml` holding either the old or the new document,
+//! never a mix and never nothing once there was something.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use bramble_config::MachineConfig;
+
+use crate::atomic;
+use crate::error::Error;
+
+/// File name of the configuration in force.
+pub const CURRENT: &str = "config.yaml";
+/// File name of the configuration it replaced.
+pub const PREVIOUS: &str = "config.previous.yaml";
+/// File name of a configuration waiting for the next start.
+pub const STAGED: &str = "config.staged.yaml";
+/// Marks the configuration in force as on trial.
+pub const TRYING: &str = "config.trying";
+
+/// The configuration holds secrets (CA keys, tokens): owner only.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// The configuration files in one directory.
+#[derive(Debug, Clone)]
+pub struct ConfigStore {
+    dir: PathBuf,
+}
+
+/// A configuration read from the store: the document as stored and parsed.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The YAML document exactly as applied.
+    pub raw: String,
+    /// Its parsed, validated form.
+    pub config: MachineConfig,
+}
+
+impl ConfigStore {
+    /// A store in `dir` (created on the first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Promotes a staged configuration, if there is one, to the one in force.
+    /// Called once at start, before [`ConfigStore::load`]. A staged document
+    /// that no longer parses is set aside (renamed `.rejected`) and reported.
+    pub fn promote_staged(&self) -> Result<bool, Error> {
+        let staged = self.path(STAGED);
+        let raw = match fs::read_to_string(&staged) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(Error::Persist {
+                    path: staged,
+                    source,
+                });
+            }
+        };
+        if let Err(e) = MachineConfig::parse(&raw) {
+            tracing::error!(error = %e, "the staged configuration is invalid; keeping the current one");
+            let rejected = self.path("config.staged.rejected.yaml");
+            fs::rename(&staged, &rejected).map_err(|source| Error::Persist {
+                path: rejected,
+                source,
+            })?;
+            return Ok(false);
+        }
+        self.store(&raw, false)?;
+        fs::remove_file(&staged).map_err(|source| Error::Persist {
+            path: staged.clone(),
+            source,
+        })?;
+        atomic::sync_dir(&self.dir).map_err(|source| Error::Persist {
+            path: staged,
+            source,
+        })?;
+        Ok(true)
+    }
+
+    /// Ends a trial the server did not see to its end: the previous
+    /// configuration returns. Called once at start, before
+    /// [`ConfigStore::load`].
+    pub fn end_unfinished_trial(&self) -> Result<bool, Error> {
+        if !self.path(TRYING).exists() {
+            return Ok(false);
+        }
+        if let Some(previous) = self.previous()? {
+            self.write(CURRENT, &previous)?;
+        }
+        self.set_trial(false)?;
+        Ok(true)
+    }
+
+    fn set_trial(&self, on: bool) -> Result<(), Error> {
+        let path = self.path(TRYING);
+        if on {
+            self.ensure_dir()?;
+            return self.write(TRYING, "");
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => atomic::sync_dir(&self.dir).map_err(|source| Error::Persist { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Persist { path, source }),
+        }
+    }
+
+    /// The configuration in force; `None` in maintenance mode.
+    ///
+    /// A stored document that does not parse (it was valid when written, so
+    /// only a newer schema or a damaged disk can cause this) is an error that
+    /// names the file: the server then stays in maintenance mode.
+    pub fn load(&self) -> Result<Option<Stored>, Error> {
+        let path = self.path(CURRENT);
+        let raw = match fs::read_to_string(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(Error::Persist { path, source }),
+        };
+        let config = MachineConfig::parse(&raw).map_err(|e| Error::StoredConfig {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Stored { raw, config }))
+    }
+
+    /// The configuration that the one in force replaced, if any.
+    pub fn previous(&self) -> Result<Option<String>, Error> {
+        let path = self.path(PREVIOUS);
+        match fs::read_to_string(&path) {
+            Ok(raw) => Ok(Some(raw)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Persist { path, source }),
+        }
+    }
+
+    /// Makes `raw` the configuration in force, keeping the one it replaces as
+    /// the previous one. The caller has validated `raw`. A trial in progress
+    /// ends.
+    ///
+    /// Order: the old document is first copied to `config.previous.yaml`
+    /// (atomically), then the new one replaces `config.yaml` (atomically).
+    /// A cut between the two leaves the old document in force.
+    ///
+    /// With `trial`, the new document goes in on trial: the marker is
+    /// written before it, so a cut at any point after leaves a trial that
+    /// the next start ends.
+    pub fn store(&self, raw: &str, trial: bool) -> Result<(), Error> {
+        self.ensure_dir()?;
+        if let Some(old) = self.read_current()? {
+            self.write(PREVIOUS, &old)?;
+        }
+        if trial {
+            self.set_trial(true)?;
+        }
+        self.write(CURRENT, raw)?;
+        if !trial {
+            self.set_trial(false)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `raw` aside for the next start.
+    pub fn stage(&self, raw: &str) -> Result<(), Error> {
+        self.ensure_dir()?;
+        self.write(STAGED, raw)
+    }
+
+    /// Removes every configuration file: the node returns to maintenance
+    /// mode at its next start.
+    pub fn wipe(&self) -> Result<(), Error> {
+        for name in [TRYING, STAGED, CURRENT, PREVIOUS] {
+            let path = self.path(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::Persist { path, source }),
+            }
+        }
+        if self.dir.is_dir() {
+            atomic::sync_dir(&self.dir).map_err(|source| Error::Persist {
+                path: self.dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn read_current(&self) -> Result<Option<String>, Error> {
+        let path = self.path(CURRENT);
+        match fs::read_to_string(&path) {
+            Ok(raw) => Ok(Some(raw)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Persist { path, source }),
+        }
+    }
+
+    fn write(&self, name: &str, raw: &str) -> Result<(), Error> {
+        let path = self.path(name);
+        atomic::write_file(&path, raw.as_bytes(), FILE_MODE)
+            .map_err(|source| Error::Persist { path, source })
+    }
+
+    fn ensure_dir(&self) -> Result<(), Error> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.dir)
+            .map_err(|source| Error::StateDir {
+                path: self.dir.clone(),
+                source,
+            })
+    }
+}
