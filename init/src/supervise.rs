@@ -17,6 +17,8 @@ use crate::stage2::{CONTROL_SOCKET, LOG_DIR, SERVICES_DIR};
 
 /// The service whose readiness makes the node "ready".
 const API_SERVICE: &str = "apid";
+/// Coldplug of the root filesystem's modules waits for "ready" at most this long.
+const COLDPLUG_LATEST: Duration = Duration::from_secs(10);
 /// How long after "ready" the idle memory report is taken.
 const IDLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -49,12 +51,19 @@ pub fn run() -> Result<Kind> {
     tracing::info!("supervising services");
 
     let mut report = BootReport::default();
+    // Drivers for devices the initramfs had no module for are loaded once the
+    // API is up (or after COLDPLUG_LATEST): walking sysfs takes a while on a
+    // slow machine, and this loop must not keep the node from being ready.
     let mut coldplug_pending = true;
+    let coldplug_latest = Instant::now() + COLDPLUG_LATEST;
     loop {
+        let now = Instant::now();
         let wait = if coldplug_pending {
-            Duration::ZERO
+            report
+                .wait(now)
+                .min(coldplug_latest.saturating_duration_since(now))
         } else {
-            report.wait(Instant::now())
+            report.wait(now)
         };
         if let Some(kind) = sup.step(wait) {
             return Ok(match kind {
@@ -77,8 +86,7 @@ pub fn run() -> Result<Kind> {
             }
         }
         report.update(&sup, Instant::now());
-        if coldplug_pending {
-            // The first step started the services that wait for nothing.
+        if coldplug_pending && (report.ready_at.is_some() || Instant::now() >= coldplug_latest) {
             coldplug_pending = false;
             crate::stage2::coldplug_rootfs_modules();
             // Input devices exist once their drivers are loaded; watch

@@ -211,3 +211,63 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_power_cut_during_apply_leaves_the_old_or_the_new_configuration() -> Result<()> {
+    let dir = paths::test_dir("apply-power-cut")?;
+    let disk = dir.path().join("disk.img");
+    qemu::prepare_disk(&paths::image()?, &disk, 0)?;
+    let port = qemu::free_port()?;
+    let mut node = start(dir.path(), &disk, port, 1)?;
+    let addr = node.api_addr();
+    let gen_dir = dir.path().join("cluster");
+    let out = nodectl::run(
+        &[
+            "gen",
+            "config",
+            "cut",
+            "https://127.0.0.1:6443",
+            "--output-dir",
+            gen_dir.to_str().context("path")?,
+        ],
+        CALL_TIMEOUT,
+    )?;
+    ensure!(out.success, "gen config: {}", out.stderr);
+    let cp = gen_dir.join("controlplane.yaml");
+    let cp = cp.to_str().context("path")?;
+    let cfg = gen_dir.join("nodeconfig");
+    let out = nodectl::run(
+        &["apply-config", "--insecure", "-n", &addr, "-f", cp],
+        CALL_TIMEOUT,
+    )?;
+    ensure!(out.success, "first apply-config: {}", out.stderr);
+    wait_mtls(&cfg, &node)?;
+
+    // Cut the power at a few points of an apply: before it reaches the node,
+    // while it is written, after it answered.
+    for (round, delay_ms) in [30u64, 150, 400].into_iter().enumerate() {
+        let old = mtls_ok(&cfg, &node, &["get", "config"])?;
+        let hostname = format!("cut-{round}");
+        let patch = format!("machine: {{hostname: {hostname}}}");
+        let mut apply = std::process::Command::new(paths::nodectl()?)
+            .args(["--nodeconfig", cfg.to_str().context("path")?, "-n", &addr])
+            .args(["apply-config", "-f", cp, "--config-patch", &patch])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        node.kill();
+        let _ = apply.kill();
+        let _ = apply.wait();
+
+        node = start(dir.path(), &disk, port, 2 + u32::try_from(round)?)?;
+        wait_mtls(&cfg, &node)?;
+        let now = mtls_ok(&cfg, &node, &["get", "config"])?;
+        let new_one = now.contains(&format!("hostname: {hostname}"));
+        ensure!(
+            now == old || new_one,
+            "after a power cut {delay_ms} ms into an apply the node runs neither the old nor the new configuration:\n{now}"
+        );
+    }
+    Ok(())
+}

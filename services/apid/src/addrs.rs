@@ -7,8 +7,10 @@ use std::net::IpAddr;
 /// covers the host name and loopback only, which clients that pin the
 /// fingerprint do not mind.
 ///
-/// At first boot apid may start before DHCP finished; the certificate keeps
-/// whatever was known then (it is reused as-is on later starts).
+/// At first boot apid may start before DHCP finished. In maintenance mode the
+/// certificate keeps whatever was known then (it is reused as-is on later
+/// starts, so its fingerprint stays); a configured node issues a new one
+/// whenever the list changes.
 pub fn local_addresses() -> Vec<IpAddr> {
     use nix::net::if_::InterfaceFlags;
     let iter = match nix::ifaddrs::getifaddrs() {
@@ -37,6 +39,8 @@ pub fn local_addresses() -> Vec<IpAddr> {
             out.push(ip);
         }
     }
+    // A stable order: the configured server compares lists to notice changes.
+    out.sort();
     out
 }
 

@@ -73,7 +73,7 @@ pub enum Origin {
 }
 
 /// The names the certificate is issued for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubjectNames {
     /// The node's host name (skipped if it is not a valid DNS name).
     pub hostname: String,

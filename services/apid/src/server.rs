@@ -118,6 +118,24 @@ fn subject_names() -> SubjectNames {
     }
 }
 
+/// How often a configured server checks whether its certificate still names
+/// the node's current host name and addresses.
+const NAMES_CHECK: Duration = Duration::from_secs(10);
+
+/// Resolves once the node's names differ from `issued_for` (never in
+/// maintenance mode, whose certificate is kept for its fingerprint).
+async fn names_changed(mutual: bool, issued_for: SubjectNames) {
+    if !mutual {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(NAMES_CHECK).await;
+        if subject_names() != issued_for {
+            return;
+        }
+    }
+}
+
 /// The TLS identity for the stored configuration (or its absence).
 fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Error> {
     let Some(stored) = stored else {
@@ -293,11 +311,17 @@ impl BoundServer {
 
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let mut reload = false;
+        let mutual = matches!(self.tls, Tls::Mutual { .. });
+        let issued_for = subject_names();
         let signal = async {
             tokio::select! {
                 () = shutdown.as_mut() => tracing::info!("shutting down"),
                 _ = reloads.changed() => {
                     tracing::info!("configuration changed: restarting the listener");
+                    reload = true;
+                }
+                () = names_changed(mutual, issued_for) => {
+                    tracing::info!("the node's names or addresses changed: issuing a new certificate");
                     reload = true;
                 }
             }

@@ -304,7 +304,11 @@ impl MachineApi {
             node.schedule_shutdown(Shutdown::Reboot, "rebooting into the new configuration");
             return Ok(response);
         }
-        self.take_up(&plan).await;
+        // The reply goes out now; the services restart behind it (each
+        // restart is reported in the node's events and logs).
+        let api = self.clone();
+        let (restarts, reload_self) = (plan.restarts.clone(), plan.reload_self);
+        tokio::spawn(async move { api.take_up(restarts, reload_self).await });
         if plan.mode == ApplyMode::Try {
             if let Some(previous) = previous {
                 self.schedule_revert(
@@ -318,8 +322,8 @@ impl MachineApi {
     }
 
     /// Makes the running services take up a stored configuration.
-    async fn take_up(&self, plan: &Plan) {
-        for service in &plan.restarts {
+    async fn take_up(&self, restarts: Vec<String>, reload_self: bool) {
+        for service in &restarts {
             let name = service.clone();
             match self
                 .node
@@ -332,7 +336,7 @@ impl MachineApi {
                 Err(e) => tracing::warn!(%service, error = %e.message(), "not restarted"),
             }
         }
-        if plan.reload_self {
+        if reload_self {
             self.node.request_reload();
         }
     }

@@ -1,11 +1,13 @@
 //! `make bench`: boots the image in QEMU and prints Bramble's figures:
-//! guest time from kernel start to "API ready", sizes, idle memory.
+//! guest time from kernel start to "API ready", sizes, idle memory, and the
+//! machine API's figures on a configured node (apply-config round trips,
+//! the API server's idle RSS with mutual TLS).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use bramble_tests::{paths, qemu};
+use anyhow::{Context, Result, bail, ensure};
+use bramble_tests::{nodectl, paths, qemu};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -85,6 +87,7 @@ fn main() -> Result<()> {
                 .to_owned();
         }
     }
+    let api = machine_api_figures(&dir, &args.image)?;
     let rss = |name: &str| {
         figure(&memory, "idle memory:", &format!("{name} rss"))
             .map_or("n/a".to_owned(), |kib| format!("{:.2} MiB", kib / 1024.0))
@@ -114,6 +117,21 @@ fn main() -> Result<()> {
         "  networkd idle RSS                  {:>12}   goal <= 6 MiB",
         rss("networkd")
     );
+    println!(
+        "Machine API (configured node, mutual TLS; nodectl on the host, median of {API_RUNS})"
+    );
+    println!(
+        "  apply-config --mode no-reboot, unchanged   {:>8.1} ms   goal <= 100 ms",
+        api.unchanged_ms
+    );
+    println!(
+        "  apply-config --mode no-reboot, hostname    {:>8.1} ms   goal <= 100 ms",
+        api.hostname_ms
+    );
+    println!(
+        "  apid idle RSS with mTLS                    {:>8.2} MiB  goal <= 12 MiB",
+        api.apid_rss_mib
+    );
     println!("Sizes");
     println!(
         "  raw image          {}",
@@ -135,6 +153,100 @@ fn main() -> Result<()> {
         println!("  {bin:<18} {}", size(&args.bin_dir.join(bin)));
     }
     Ok(())
+}
+
+/// Runs of each timed command.
+const API_RUNS: usize = 5;
+
+struct ApiFigures {
+    unchanged_ms: f64,
+    hostname_ms: f64,
+    apid_rss_mib: f64,
+}
+
+/// Boots a node, configures it, then times `apply-config` (the whole
+/// `nodectl` run: process start, TLS handshake, the call) and reads apid's
+/// RSS through the API.
+fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigures> {
+    let disk = dir.path().join("api-disk.img");
+    qemu::prepare_disk(image, &disk, 0)?;
+    let mut node = qemu::Node::start(&qemu::Options::new(disk, qemu::free_port()?))?;
+    node.wait_ready(Duration::from_secs(180))?;
+    let addr = node.api_addr();
+    let gen_dir = dir.path().join("cluster");
+    let gen_str = gen_dir.to_str().context("path")?;
+    let run = |args: &[&str]| -> Result<String> {
+        let out = nodectl::run(args, Duration::from_secs(60))?;
+        ensure!(out.success, "nodectl {args:?}: {}", out.stderr);
+        Ok(out.stdout)
+    };
+    run(&[
+        "gen",
+        "config",
+        "bench",
+        "https://127.0.0.1:6443",
+        "--output-dir",
+        gen_str,
+    ])?;
+    let cp = gen_dir.join("controlplane.yaml");
+    let cp = cp.to_str().context("path")?;
+    let cfg = gen_dir.join("nodeconfig");
+    let cfg = cfg.to_str().context("path")?;
+    run(&["apply-config", "--insecure", "-n", &addr, "-f", cp])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while run(&["--nodeconfig", cfg, "-n", &addr, "version"]).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "mutual TLS never came up"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let timed = |patch: Option<String>| -> Result<f64> {
+        let mut ms = Vec::new();
+        for i in 0..API_RUNS {
+            let mut args = vec![
+                "--nodeconfig",
+                cfg,
+                "-n",
+                &addr,
+                "apply-config",
+                "-f",
+                cp,
+                "--mode",
+                "no-reboot",
+            ];
+            let p = patch.as_ref().map(|p| p.replace("{i}", &i.to_string()));
+            if let Some(p) = &p {
+                args.extend(["--config-patch", p.as_str()]);
+            }
+            let started = std::time::Instant::now();
+            run(&args)?;
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(median(&mut ms))
+    };
+    let unchanged_ms = timed(None)?;
+    let hostname_ms = timed(Some("machine: {hostname: bench-{i}}".to_owned()))?;
+    // Settle, then read apid's RSS as the API reports it.
+    std::thread::sleep(Duration::from_secs(5));
+    let ps = run(&["--nodeconfig", cfg, "-n", &addr, "processes", "-o", "json"])?;
+    let ps: serde_json::Value = serde_json::from_str(&ps)?;
+    let apid = ps
+        .as_array()
+        .and_then(|a| {
+            a.iter().find(|p| {
+                p["command_line"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("/usr/bin/apid"))
+            })
+        })
+        .context("apid is not in the process list")?;
+    let rss = apid["rss_bytes"].as_f64().context("no rss_bytes")?;
+    Ok(ApiFigures {
+        unchanged_ms,
+        hostname_ms,
+        apid_rss_mib: rss / 1048576.0,
+    })
 }
 
 #[cfg(test)]
