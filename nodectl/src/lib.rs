@@ -10,6 +10,7 @@ pub mod nodeconfig;
 pub mod nodes;
 pub mod output;
 
+use std::future::Future;
 use std::io::Write;
 
 use bramble_api::machine::v1::{
@@ -18,6 +19,8 @@ use bramble_api::machine::v1::{
     ShutdownRequest,
 };
 use clap::CommandFactory;
+
+use crate::client::MachineClient;
 
 pub use cli::Cli;
 pub use error::{Error, NodeError};
@@ -103,6 +106,86 @@ fn report<T>(
         }
     }
     Ok((ok, all_ok))
+}
+
+/// Calls every node and prints, as one table (or list), the rows `rows_of`
+/// makes of each answer.
+async fn rows<T, R, F, Fut>(
+    g: &cli::GlobalArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    call: F,
+    rows_of: impl Fn(&str, T) -> Vec<R>,
+) -> Result<bool, Error>
+where
+    T: Send + 'static,
+    R: output::Row,
+    F: Fn(MachineClient) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send,
+{
+    let (targets, tls) = session(g)?;
+    let results = cmd::fan_out(&targets, &tls, g.timeout, move |c| {
+        let fut = call(c);
+        async move { fut.await.map(tonic::Response::into_inner) }
+    })
+    .await;
+    let (answers, ok) = report(err, results)?;
+    let rows: Vec<R> = answers
+        .into_iter()
+        .flat_map(|(node, answer)| rows_of(&node, answer))
+        .collect();
+    output::print(out, g.output, &rows)?;
+    Ok(ok)
+}
+
+/// Calls every node; prints `NODE: done` for each that answered.
+async fn each<T, F, Fut>(
+    g: &cli::GlobalArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    done: &str,
+    call: F,
+) -> Result<bool, Error>
+where
+    T: Send + 'static,
+    F: Fn(MachineClient) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send,
+{
+    let (targets, tls) = session(g)?;
+    let results = cmd::fan_out(&targets, &tls, g.timeout, move |c| {
+        let fut = call(c);
+        async move { fut.await.map(drop) }
+    })
+    .await;
+    let (answers, ok) = report(err, results)?;
+    for (node, ()) in answers {
+        writeln!(out, "{node}: {done}")?;
+    }
+    Ok(ok)
+}
+
+/// Opens a stream on every node and prints each item as a row as it comes.
+async fn streamed<T, R, F, Fut>(
+    g: &cli::GlobalArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    follow: bool,
+    call: F,
+    row_of: impl Fn(&str, T) -> R,
+) -> Result<bool, Error>
+where
+    T: Send + 'static,
+    R: output::Row,
+    F: Fn(MachineClient) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>> + Send,
+{
+    let (targets, tls) = session(g)?;
+    let format = g.output;
+    let results = cmd::stream_each(&targets, &tls, g.timeout, follow, call, |t, item| {
+        output::print_streamed(out, format, &row_of(&t.node.to_string(), item))
+    })
+    .await?;
+    Ok(report(err, results)?.1)
 }
 
 /// Runs a parsed command line. Results go to `out`, per-node errors to
@@ -207,28 +290,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
             Ok(ok)
         }
         cli::Command::Services => {
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
-                c.service_list(ServiceListRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
+            let call =
+                |mut c: MachineClient| async move { c.service_list(ServiceListRequest {}).await };
+            rows(&cli.global, out, err, call, |node, r| {
+                r.services
+                    .into_iter()
+                    .map(|s| cmd::node::ServiceRow::new(node, s))
+                    .collect()
             })
-            .await;
-            let (answers, ok) = report(err, results)?;
-            let rows: Vec<_> = answers
-                .into_iter()
-                .flat_map(|(node, r)| {
-                    r.services
-                        .into_iter()
-                        .map(move |s| cmd::node::ServiceRow::new(&node, s))
-                })
-                .collect();
-            output::print(out, cli.global.output, &rows)?;
-            Ok(ok)
+            .await
         }
         cli::Command::Service { name, action } => {
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, move |mut c| {
+            let call = move |mut c: MachineClient| {
                 let req = ServiceRequest { name: name.clone() };
                 async move {
                     match action {
@@ -236,183 +309,95 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
                         cli::ServiceAction::Stop => c.service_stop(req).await,
                         cli::ServiceAction::Restart => c.service_restart(req).await,
                     }
-                    .map(drop)
                 }
-            })
-            .await;
-            let (answers, ok) = report(err, results)?;
-            for (node, ()) in answers {
-                writeln!(out, "{node}: {action:?} done")?;
-            }
-            Ok(ok)
+            };
+            let done = format!("{action:?} done").to_lowercase();
+            each(&cli.global, out, err, &done, call).await
         }
         cli::Command::Logs {
             service,
             tail,
             follow,
         } => {
-            let (targets, tls) = session(&cli.global)?;
-            let format = cli.global.output;
-            let results = cmd::stream_each(
-                &targets,
-                &tls,
-                cli.global.timeout,
-                follow,
-                move |mut c| {
-                    let req = LogsRequest {
-                        service: service.clone(),
-                        tail,
-                        follow,
-                    };
-                    async move { c.logs(req).await }
-                },
-                |t, l| {
-                    output::print_streamed(
-                        out,
-                        format,
-                        &cmd::node::LogRow::new(&t.node.to_string(), l),
-                    )
-                },
-            )
-            .await?;
-            Ok(report(err, results)?.1)
+            let call = move |mut c: MachineClient| {
+                let req = LogsRequest {
+                    service: service.clone(),
+                    tail,
+                    follow,
+                };
+                async move { c.logs(req).await }
+            };
+            streamed(&cli.global, out, err, follow, call, cmd::node::LogRow::new).await
         }
         cli::Command::Dmesg { tail, follow } => {
-            let (targets, tls) = session(&cli.global)?;
-            let format = cli.global.output;
-            let results = cmd::stream_each(
-                &targets,
-                &tls,
-                cli.global.timeout,
+            let call = move |mut c: MachineClient| async move {
+                c.dmesg(DmesgRequest { tail, follow }).await
+            };
+            streamed(
+                &cli.global,
+                out,
+                err,
                 follow,
-                move |mut c| async move { c.dmesg(DmesgRequest { tail, follow }).await },
-                |t, l| {
-                    output::print_streamed(
-                        out,
-                        format,
-                        &cmd::node::KernelRow::new(&t.node.to_string(), l),
-                    )
-                },
+                call,
+                cmd::node::KernelRow::new,
             )
-            .await?;
-            Ok(report(err, results)?.1)
+            .await
         }
         cli::Command::Events { since, follow } => {
-            let (targets, tls) = session(&cli.global)?;
-            let format = cli.global.output;
-            let results = cmd::stream_each(
-                &targets,
-                &tls,
-                cli.global.timeout,
+            let call = move |mut c: MachineClient| async move {
+                c.events(EventsRequest { since, follow }).await
+            };
+            streamed(
+                &cli.global,
+                out,
+                err,
                 follow,
-                move |mut c| async move { c.events(EventsRequest { since, follow }).await },
-                |t, e| {
-                    output::print_streamed(
-                        out,
-                        format,
-                        &cmd::node::EventRow::new(&t.node.to_string(), e),
-                    )
-                },
+                call,
+                cmd::node::EventRow::new,
             )
-            .await?;
-            Ok(report(err, results)?.1)
+            .await
         }
         cli::Command::Reset { wipe_data } => {
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(
-                &targets,
-                &tls,
-                cli.global.timeout,
-                move |mut c| async move { c.reset(ResetRequest { wipe_data }).await.map(drop) },
-            )
-            .await;
-            let (answers, ok) = report(err, results)?;
-            for (node, ()) in answers {
-                writeln!(
-                    out,
-                    "{node}: configuration wiped; rebooting into maintenance mode"
-                )?;
-            }
-            Ok(ok)
+            let call = move |mut c: MachineClient| async move {
+                c.reset(ResetRequest { wipe_data }).await
+            };
+            let done = "configuration wiped; rebooting into maintenance mode";
+            each(&cli.global, out, err, done, call).await
         }
         cli::Command::Memory => {
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
-                c.memory(MemoryRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
+            let call = |mut c: MachineClient| async move { c.memory(MemoryRequest {}).await };
+            rows(&cli.global, out, err, call, |node, m| {
+                vec![cmd::node::MemoryRow::new(node, m)]
             })
-            .await;
-            let (answers, ok) = report(err, results)?;
-            let rows: Vec<_> = answers
-                .into_iter()
-                .map(|(node, m)| cmd::node::MemoryRow::new(&node, m))
-                .collect();
-            output::print(out, cli.global.output, &rows)?;
-            Ok(ok)
+            .await
         }
         cli::Command::Processes => {
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
-                c.processes(ProcessesRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
+            let call = |mut c: MachineClient| async move { c.processes(ProcessesRequest {}).await };
+            rows(&cli.global, out, err, call, |node, r| {
+                r.processes
+                    .into_iter()
+                    .map(|p| cmd::node::ProcessRow::new(node, p))
+                    .collect()
             })
-            .await;
-            let (answers, ok) = report(err, results)?;
-            let rows: Vec<_> = answers
-                .into_iter()
-                .flat_map(|(node, r)| {
-                    r.processes
-                        .into_iter()
-                        .map(move |p| cmd::node::ProcessRow::new(&node, p))
-                })
-                .collect();
-            output::print(out, cli.global.output, &rows)?;
-            Ok(ok)
+            .await
         }
         cli::Command::Mounts => {
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(&targets, &tls, cli.global.timeout, |mut c| async move {
-                c.mounts(MountsRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
+            let call = |mut c: MachineClient| async move { c.mounts(MountsRequest {}).await };
+            rows(&cli.global, out, err, call, |node, r| {
+                r.mounts
+                    .into_iter()
+                    .map(|m| cmd::node::MountRow::new(node, m))
+                    .collect()
             })
-            .await;
-            let (answers, ok) = report(err, results)?;
-            let rows: Vec<_> = answers
-                .into_iter()
-                .flat_map(|(node, r)| {
-                    r.mounts
-                        .into_iter()
-                        .map(move |m| cmd::node::MountRow::new(&node, m))
-                })
-                .collect();
-            output::print(out, cli.global.output, &rows)?;
-            Ok(ok)
+            .await
         }
-        cli::Command::Reboot | cli::Command::Shutdown => {
-            let reboot = matches!(cli.command, cli::Command::Reboot);
-            let (targets, tls) = session(&cli.global)?;
-            let results = cmd::fan_out(
-                &targets,
-                &tls,
-                cli.global.timeout,
-                move |mut c| async move {
-                    if reboot {
-                        c.reboot(RebootRequest {}).await.map(drop)
-                    } else {
-                        c.shutdown(ShutdownRequest {}).await.map(drop)
-                    }
-                },
-            )
-            .await;
-            let (answers, ok) = report(err, results)?;
-            let what = if reboot { "rebooting" } else { "powering off" };
-            for (node, ()) in answers {
-                writeln!(out, "{node}: {what}")?;
-            }
-            Ok(ok)
+        cli::Command::Reboot => {
+            let call = |mut c: MachineClient| async move { c.reboot(RebootRequest {}).await };
+            each(&cli.global, out, err, "rebooting", call).await
+        }
+        cli::Command::Shutdown => {
+            let call = |mut c: MachineClient| async move { c.shutdown(ShutdownRequest {}).await };
+            each(&cli.global, out, err, "powering off", call).await
         }
         cli::Command::Config { what } => {
             let path = nodeconfig_path(&cli.global)?;

@@ -272,13 +272,19 @@ fn non_tls_port_is_explained() {
 
 #[test]
 fn without_insecure_or_client_config_it_says_what_to_do() {
-    let o = nodectl(&["version", "-n", "127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nodeconfig");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .args(["version", "-n", "127.0.0.1"])
+        .env("NODECONFIG", &missing)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stdout(&o), "");
     assert_eq!(
         stderr(&o).trim_end(),
-        "error: no client configuration: use --insecure for a node in maintenance mode \
-         (client certificates arrive with `nodectl gen config`)"
+        "error: no client configuration: use --insecure for a node in maintenance mode, or \
+         --nodeconfig FILE (written by `nodectl gen config`)"
     );
 }
 
