@@ -24,8 +24,7 @@ const DEFAULT_SERVER_CN: &str = "bramble node";
 /// SHA-256 fingerprint of a DER certificate, shown as `SHA256:<hex>` (the
 /// way `apid` prints its certificate and `nodectl --cert-fingerprint` takes it).
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
-    format!("SHA256:{}", crate::hex(digest.as_ref()))
+    crate::Fingerprint::of_der(cert_der).to_string()
 }
 
 /// A certificate authority: its certificate and private key, both PEM.

@@ -17,6 +17,7 @@
 
 mod ca;
 mod error;
+mod fingerprint;
 mod inspect;
 mod role;
 mod secrets;
@@ -25,6 +26,7 @@ mod validity;
 
 pub use ca::{CertificateAuthority, IssuedCert, fingerprint};
 pub use error::Error;
+pub use fingerprint::Fingerprint;
 pub use inspect::{SubjectNames, not_after, role_from_organizations, role_of, subject_names};
 pub use role::{ROLE_ORGANIZATION_PREFIX, Role, UnknownRole};
 pub use secrets::{SecretsBundle, is_bootstrap_token};

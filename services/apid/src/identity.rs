@@ -28,40 +28,7 @@ const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o700;
 
-/// SHA-256 fingerprint of a DER certificate, shown as `SHA256:<hex>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    /// Fingerprint of a DER-encoded certificate.
-    pub fn of_der(der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
-    }
-
-    /// The raw digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SHA256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+pub use bramble_pki::Fingerprint;
 
 /// Where the identity in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
