@@ -5,7 +5,7 @@ use std::time::Duration;
 use bramble_api::machine::v1::{VersionRequest, VersionResponse};
 use serde::Serialize;
 
-use crate::client::{ClientTls, connect};
+use crate::client::ClientTls;
 use crate::error::NodeError;
 use crate::nodes::Target;
 use crate::output::{Row, human_duration};
@@ -90,41 +90,17 @@ impl Row for VersionRow {
     }
 }
 
-/// Asks one node.
-pub async fn version_of(
-    target: &Target,
-    tls: &ClientTls,
-    timeout: Duration,
-) -> Result<VersionResponse, NodeError> {
-    let call = async {
-        let mut client = connect(&target.dial, tls, timeout).await?;
-        let response = client.version(VersionRequest {}).await?;
-        Ok(response.into_inner())
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| NodeError::Timeout { after: timeout })?
-}
-
 /// Asks every target concurrently; results come back in the targets' order.
 pub async fn fan_out(
     targets: &[Target],
     tls: &ClientTls,
     timeout: Duration,
 ) -> Vec<(Target, Result<VersionResponse, NodeError>)> {
-    let handles: Vec<_> = targets
-        .iter()
-        .map(|t| {
-            let (t, tls) = (t.clone(), tls.clone());
-            tokio::spawn(async move { version_of(&t, &tls, timeout).await })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(targets.len());
-    for (target, handle) in targets.iter().zip(handles) {
-        let result = handle
+    super::fan_out(targets, tls, timeout, |mut client| async move {
+        client
+            .version(VersionRequest {})
             .await
-            .unwrap_or_else(|e| Err(NodeError::Transport(format!("internal error: {e}"))));
-        out.push((target.clone(), result));
-    }
-    out
+            .map(tonic::Response::into_inner)
+    })
+    .await
 }
