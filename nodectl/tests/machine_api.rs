@@ -31,7 +31,11 @@ impl TestSupervisor {
         std::thread::spawn(move || {
             let mut def = ServiceDef::new(
                 "sleeper",
-                ["/bin/sh", "-c", "echo sleeper up; exec sleep 600"],
+                [
+                    "/bin/sh",
+                    "-c",
+                    "echo sleeper up; i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+                ],
             );
             def.description = "a test service".into();
             let mut sup = Supervisor::new(
@@ -249,7 +253,7 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     }
     let (_, services, _) = as_role(&c, "reader", &node, &["services"]);
     assert!(services.contains("sleeper"), "{services}");
-    let (_, logs, _) = as_role(&c, "reader", &node, &["logs", "sleeper"]);
+    let (_, logs, _) = as_role(&c, "reader", &node, &["logs", "sleeper", "--tail", "10000"]);
     assert!(logs.contains("sleeper up"), "{logs}");
     let err = as_role(&c, "operator", &node, &["service", "nosuch", "restart"]).2;
     assert!(
@@ -269,7 +273,7 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     );
     let ps = as_role(&c, "reader", &node, &["processes"]).1;
     assert!(
-        ps.contains("sleep 600"),
+        ps.contains("echo sleeper up"),
         "the supervised sleeper is not listed:\n{ps}"
     );
     let mounts = as_role(&c, "reader", &node, &["mounts"]).1;
@@ -279,6 +283,39 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
             .any(|l| l.split_whitespace().nth(1) == Some("/")),
         "{mounts}"
     );
+    // A followed log keeps delivering new lines.
+    let cfg = c.file("reader", "nodeconfig");
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .args([
+            "--nodeconfig",
+            &cfg,
+            "-n",
+            &node,
+            "logs",
+            "sleeper",
+            "--tail",
+            "1",
+            "-f",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let tick = |l: &str| l.rsplit(' ').next().and_then(|n| n.parse::<u32>().ok());
+    let ticks: Vec<u32> = lines
+        .by_ref()
+        .take(20)
+        .filter_map(|l| tick(&l.unwrap()))
+        .take(6)
+        .collect();
+    let (first, last) = (ticks[0], ticks[ticks.len() - 1]);
+    assert!(
+        last >= first + 5,
+        "followed log went from tick {first} to {last}"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
     let events = as_role(&c, "reader", &node, &["events"]).1;
     assert!(events.contains("sleeper"), "{events}");
 
@@ -437,5 +474,106 @@ fn the_configuration_survives_a_restart_and_staged_waits_for_it() {
         running.contains("staged-host") && !running.contains("trial-host"),
         "{running}"
     );
+    server.stop();
+}
+
+#[test]
+fn expired_certificates_and_bad_documents_are_refused_by_the_node() {
+    use bramble_api::machine::v1::ApplyConfigurationRequest;
+    use bramble_pki::{Role, SecretsBundle, Validity};
+    use nodectl::nodeconfig::{Context, NodeConfig};
+
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    let cp = c.file("admin", "controlplane.yaml");
+    ok(&["apply-config", "--insecure", "-n", &node, "-f", &cp]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !as_role(&c, "admin", &node, &["version"]).0 {
+        assert!(Instant::now() < deadline, "mTLS never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A certificate from the right CA, with the admin role, but expired.
+    let bundle =
+        SecretsBundle::from_yaml(&std::fs::read_to_string(c.root.join("secrets.yaml")).unwrap())
+            .unwrap();
+    let now = bramble_pki::time::OffsetDateTime::now_utc();
+    let expired = bundle
+        .os_ca
+        .issue_client(
+            "old-admin",
+            Role::Admin,
+            Validity::new(
+                now - bramble_pki::time::Duration::days(30),
+                now - bramble_pki::time::Duration::days(1),
+            ),
+        )
+        .unwrap();
+    let mut file = NodeConfig::default();
+    file.merge(
+        "expired",
+        Context {
+            endpoints: vec![],
+            nodes: vec![],
+            ca: bundle.os_ca.cert_pem().to_owned(),
+            crt: expired.cert_pem.clone(),
+            key: expired.key_pem.clone(),
+        },
+    );
+    let expired_cfg = c.root.join("expired-nodeconfig");
+    file.save(&expired_cfg).unwrap();
+    let err = fails(&[
+        "--nodeconfig",
+        expired_cfg.to_str().unwrap(),
+        "-n",
+        &node,
+        "version",
+    ]);
+    assert!(!err.is_empty());
+
+    // The node checks documents itself (not only nodectl): every error with
+    // its field path, InvalidArgument, and nothing stored.
+    let before = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
+    let admin = c.file("admin", "nodeconfig");
+    let admin = NodeConfig::load(Path::new(&admin)).unwrap().unwrap();
+    let ctx = admin.context(None).unwrap().1.clone();
+    let tls = nodectl::client::ClientTls::from_rustls(
+        bramble_pki::client_config_mtls(
+            &ctx.ca,
+            &bramble_pki::IssuedCert {
+                cert_pem: ctx.crt,
+                key_pem: ctx.key,
+            },
+        )
+        .unwrap(),
+    );
+    let bad = before.replace("version: v1alpha1", "version: v1alpha1\nmachine2: {}") + "\n";
+    let bad_hostname = before.replacen("machine:\n", "machine:\n  hostname: -x-\n", 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (doc, path) in [(bad, "machine2"), (bad_hostname, "machine.hostname")] {
+        let status = rt
+            .block_on(async {
+                let addr = nodectl::nodes::NodeAddr::parse(&node).unwrap();
+                let mut client = nodectl::client::connect(&addr, &tls, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                client
+                    .apply_configuration(ApplyConfigurationRequest {
+                        data: doc.into_bytes(),
+                        ..Default::default()
+                    })
+                    .await
+            })
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(path), "{}", status.message());
+        let after = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
+        assert_eq!(after, before, "a refused document changed the stored one");
+    }
     server.stop();
 }
