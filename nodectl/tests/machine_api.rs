@@ -318,6 +318,10 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
 
     let events = as_role(&c, "reader", &node, &["events"]).1;
     assert!(events.contains("sleeper"), "{events}");
+    assert!(
+        events.contains("configuration applied (no-reboot)"),
+        "configuration changes are not among the events:\n{events}"
+    );
 
     // Try mode: the change is live, then the previous configuration returns
     // by itself.

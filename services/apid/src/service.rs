@@ -117,6 +117,18 @@ impl Node {
         });
     }
 
+    /// Records a node-wide event with PID 1's supervisor, where every event
+    /// is kept (best effort: a node without a supervisor logs it only).
+    fn note(self: &Arc<Self>, message: String) {
+        tracing::info!("{message}");
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = node.control("event", move |c| c.note(&message)).await {
+                tracing::debug!(error = %e.message(), "event not recorded");
+            }
+        });
+    }
+
     fn request_reload(&self) {
         self.reload.send_modify(|n| *n += 1);
     }
@@ -243,6 +255,16 @@ fn plan(
     })
 }
 
+fn mode_name(mode: ApplyMode) -> &'static str {
+    match mode {
+        ApplyMode::Auto => "auto",
+        ApplyMode::NoReboot => "no-reboot",
+        ApplyMode::Reboot => "reboot",
+        ApplyMode::Staged => "staged",
+        ApplyMode::Try => "try",
+    }
+}
+
 fn summary(plan: &Plan, dry_run: bool, timeout: u32) -> String {
     let verb = if dry_run { "would be" } else { "was" };
     let what = match plan.mode {
@@ -287,7 +309,7 @@ impl MachineApi {
         };
         if plan.mode == ApplyMode::Staged {
             persist(node.store.stage(&raw))?;
-            tracing::info!("configuration staged for the next boot");
+            node.note("configuration staged for the next boot".into());
             return Ok(response);
         }
         let previous = current.as_ref().map(|s| s.raw.clone());
@@ -298,7 +320,15 @@ impl MachineApi {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        tracing::info!(mode = ?plan.mode, "configuration applied");
+        node.note(format!(
+            "configuration applied ({}){}",
+            mode_name(plan.mode),
+            if plan.restarts.is_empty() {
+                String::new()
+            } else {
+                format!("; restarting {}", plan.restarts.join(", "))
+            }
+        ));
 
         if plan.mode == ApplyMode::Reboot {
             node.schedule_shutdown(Shutdown::Reboot, "rebooting into the new configuration");
@@ -349,7 +379,7 @@ impl MachineApi {
             if node.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
                 return;
             }
-            tracing::warn!("try timeout passed: returning to the previous configuration");
+            node.note("try timeout passed: returning to the previous configuration".into());
             let req = ApplyConfigurationRequest {
                 data: previous.into_bytes(),
                 mode: ApplyMode::Auto as i32,
@@ -632,10 +662,14 @@ impl MachineService for MachineApi {
             .map_err(|e| Status::internal(format!("cannot wipe the configuration: {e}")))?;
         *current = None;
         drop(current);
-        tracing::warn!(
-            wipe_data = req.wipe_data,
-            "reset: configuration wiped; rebooting"
-        );
+        self.node.note(format!(
+            "reset: configuration wiped{}; rebooting into maintenance mode",
+            if req.wipe_data {
+                ", /var is emptied at the next boot"
+            } else {
+                ""
+            }
+        ));
         self.node
             .schedule_shutdown(Shutdown::Reboot, "rebooting after the reset");
         Ok(Response::new(ResetResponse {}))

@@ -139,6 +139,14 @@ impl Client {
         .map(drop)
     }
 
+    /// Records a node-wide event.
+    pub fn note(&mut self, message: &str) -> Result<(), Error> {
+        self.checked(&Request::Note {
+            message: message.into(),
+        })
+        .map(drop)
+    }
+
     /// Asks for a shutdown; the supervisor answers before stopping services.
     pub fn shutdown(&mut self, kind: Shutdown) -> Result<(), Error> {
         self.checked(&Request::Shutdown { kind }).map(drop)

@@ -9,6 +9,7 @@
 //! {"op":"logs","service":"apid","tail":100}
 //! {"op":"start","service":"apid"}   (also "stop", "restart")
 //! {"op":"shutdown","kind":"poweroff"}   ("reboot")
+//! {"op":"note","message":"configuration applied (no-reboot)"}
 //! ```
 //!
 //! Responses always carry `ok`; on failure `error`, e.g.
@@ -78,6 +79,12 @@ pub enum Request {
     Shutdown {
         /// poweroff or reboot.
         kind: Shutdown,
+    },
+    /// Record a node-wide event (not about one service), e.g. a
+    /// configuration change, so that every event is in one place.
+    Note {
+        /// What happened; at most 1024 bytes are kept.
+        message: String,
     },
 }
 

@@ -1596,9 +1596,24 @@ impl Supervisor {
                 self.request_shutdown(kind);
                 Response::ok()
             }
+            Request::Note { mut message } => {
+                if message.len() > MAX_NOTE_BYTES {
+                    let mut end = MAX_NOTE_BYTES;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    message.truncate(end);
+                }
+                info!("{message}");
+                self.record(None, None, None, message);
+                Response::ok()
+            }
         }
     }
 }
+
+/// Longest message a `note` request keeps.
+const MAX_NOTE_BYTES: usize = 1024;
 
 fn shutdown_name(kind: Shutdown) -> &'static str {
     match kind {

@@ -361,3 +361,22 @@ fn stale_socket_is_replaced_and_bad_path_is_not_fatal() {
         "not clobbered"
     );
 }
+
+#[test]
+fn notes_become_node_wide_events() {
+    let mut sup = Supervisor::new(vec![sh("a", "exec sleep 30")], Options::default()).unwrap();
+    let long = "é".repeat(2000);
+    for message in ["configuration applied", long.as_str()] {
+        let r = sup.handle_request(Request::Note {
+            message: message.into(),
+        });
+        assert!(r.ok, "{r:?}");
+    }
+    let r = sup.handle_request(Request::Events { since: 0 });
+    let events = r.events.unwrap();
+    let notes: Vec<_> = events.iter().filter(|e| e.service.is_none()).collect();
+    assert_eq!(notes.len(), 2, "{events:?}");
+    assert_eq!(notes[0].message, "configuration applied");
+    assert!(notes[1].message.len() <= 1024 && notes[1].message.starts_with('é'));
+    shutdown(&mut sup);
+}
