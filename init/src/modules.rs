@@ -29,6 +29,34 @@ pub struct Database {
     builtin: HashSet<String>,
     loaded: HashSet<String>,
     handled_aliases: HashSet<String>,
+    /// Where coldplug time went, for the boot log.
+    pub stats: ColdplugStats,
+}
+
+/// Time spent by coldplug passes since the database was loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColdplugStats {
+    /// Passes over sysfs.
+    pub passes: u32,
+    /// Walking sysfs for `modalias` files.
+    pub walk: std::time::Duration,
+    /// Matching modaliases against `modules.alias`.
+    pub matching: std::time::Duration,
+    /// In `finit_module(2)` (the kernel linking and initialising modules).
+    pub loading: std::time::Duration,
+}
+
+impl std::fmt::Display for ColdplugStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pass(es): sysfs walk {} ms, alias matching {} ms, module loading {} ms",
+            self.passes,
+            self.walk.as_millis(),
+            self.matching.as_millis(),
+            self.loading.as_millis()
+        )
+    }
 }
 
 /// Module names compare with `-` and `_` as the same character.
@@ -144,12 +172,22 @@ impl Database {
     /// loaded. Failures are reported and do not stop the pass.
     pub fn coldplug_once(&mut self, sysfs_devices: &Path) -> usize {
         let mut loaded = 0;
-        for modalias in collect_modaliases(sysfs_devices) {
+        let started = std::time::Instant::now();
+        let modaliases = collect_modaliases(sysfs_devices);
+        self.stats.passes += 1;
+        self.stats.walk += started.elapsed();
+        for modalias in modaliases {
             if !self.handled_aliases.insert(modalias.clone()) {
                 continue;
             }
-            for module in self.modules_for(&modalias) {
-                match self.load_module(&module) {
+            let matching = std::time::Instant::now();
+            let modules = self.modules_for(&modalias);
+            self.stats.matching += matching.elapsed();
+            for module in modules {
+                let loading = std::time::Instant::now();
+                let result = self.load_module(&module);
+                self.stats.loading += loading.elapsed();
+                match result {
                     Ok(true) => loaded += 1,
                     Ok(false) => {}
                     Err(err) => tracing::warn!("{err} (for device {modalias})"),

@@ -196,8 +196,9 @@ fn wait_for_layout(db: &mut Database, slot: char) -> Layout {
         let loaded = db.coldplug(Path::new("/sys/devices"), 8);
         if loaded > 0 {
             tracing::info!(
-                "coldplug: {loaded} module(s) loaded in {} ms",
-                round.elapsed().as_millis()
+                "coldplug: {loaded} module(s) loaded in {} ms ({})",
+                round.elapsed().as_millis(),
+                db.stats
             );
         }
         let devs = disk::list_block_devices(Path::new("/sys/class/block"));

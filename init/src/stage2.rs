@@ -79,8 +79,9 @@ pub fn coldplug_rootfs_modules() {
         Ok(mut db) => {
             let loaded = db.coldplug(Path::new("/sys/devices"), 8);
             tracing::info!(
-                "coldplug: {loaded} more module(s) in {} ms",
-                started.elapsed().as_millis()
+                "coldplug: {loaded} more module(s) in {} ms ({})",
+                started.elapsed().as_millis(),
+                db.stats
             );
         }
         Err(err) => tracing::warn!("{err}"),
