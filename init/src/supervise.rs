@@ -1,10 +1,11 @@
 //! Stage 2's main loop: the service supervisor, the power button, and the
 //! boot reports on the console.
 
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bramble_supervisor::{
@@ -48,7 +49,12 @@ pub fn run() -> Result<Kind> {
     )
     .map_err(|e| Error::Supervisor(e.to_string()))?;
 
-    tracing::info!("supervising services");
+    // Input devices whose drivers the initramfs loaded are watched from the
+    // start; ones that appear with the root filesystem's modules are added
+    // after coldplug. Each is opened once.
+    let mut watched_inputs = HashSet::new();
+    let watched = watch_power_buttons(&mut sup, Path::new("/dev/input"), &mut watched_inputs);
+    tracing::info!("supervising services; {watched} input device(s) watched for the power key");
 
     let mut report = BootReport::default();
     // Drivers for devices the initramfs had no module for are loaded once the
@@ -89,23 +95,29 @@ pub fn run() -> Result<Kind> {
         if coldplug_pending && (report.ready_at.is_some() || Instant::now() >= coldplug_latest) {
             coldplug_pending = false;
             crate::stage2::coldplug_rootfs_modules();
-            // Input devices exist once their drivers are loaded; watch
-            // them only then, each once.
-            let buttons = power_buttons(Path::new("/dev/input"));
-            tracing::info!(
-                "{} input device(s) watched for the power key",
-                buttons.len()
-            );
-            for fd in buttons {
-                sup.watch(fd);
+            let added = watch_power_buttons(&mut sup, Path::new("/dev/input"), &mut watched_inputs);
+            if added > 0 {
+                tracing::info!("{added} more input device(s) watched for the power key");
             }
         }
     }
 }
 
-/// Opens every evdev device, non-blocking. Any of them may send KEY_POWER:
-/// QEMU's power button (gpio-keys), a Pi's GPIO shutdown button, a keyboard.
-fn power_buttons(dir: &Path) -> Vec<OwnedFd> {
+/// Watches every evdev device in `dir` not in `seen` yet; returns how many.
+fn watch_power_buttons(sup: &mut Supervisor, dir: &Path, seen: &mut HashSet<PathBuf>) -> usize {
+    let mut added = 0;
+    for (path, fd) in power_buttons(dir, seen) {
+        seen.insert(path);
+        sup.watch(fd);
+        added += 1;
+    }
+    added
+}
+
+/// Opens every evdev device not in `skip`, non-blocking. Any of them may send
+/// KEY_POWER: QEMU's power button (gpio-keys), a Pi's GPIO shutdown button, a
+/// keyboard.
+fn power_buttons(dir: &Path, skip: &HashSet<PathBuf>) -> Vec<(PathBuf, OwnedFd)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -115,6 +127,7 @@ fn power_buttons(dir: &Path) -> Vec<OwnedFd> {
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("event"))
+                && !skip.contains(p)
         })
         .collect();
     names.sort();
@@ -127,7 +140,7 @@ fn power_buttons(dir: &Path) -> Vec<OwnedFd> {
                 .open(&path)
                 .map_err(|e| tracing::warn!("opening {}: {e}", path.display()))
                 .ok()
-                .map(OwnedFd::from)
+                .map(|f| (path, OwnedFd::from(f)))
         })
         .collect()
 }
