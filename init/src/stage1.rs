@@ -193,7 +193,7 @@ fn wait_for_layout(db: &mut Database, slot: char) -> Layout {
     let mut delay = Duration::from_millis(20);
     loop {
         let round = Instant::now();
-        let loaded = db.coldplug(Path::new("/sys/devices"), 8);
+        let loaded = db.coldplug(Path::new("/sys"), 8);
         if loaded > 0 {
             tracing::info!(
                 "coldplug: {loaded} module(s) loaded in {} ms ({})",

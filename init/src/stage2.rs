@@ -77,7 +77,7 @@ pub fn coldplug_rootfs_modules() {
     let started = std::time::Instant::now();
     match crate::modules::Database::load(&Path::new("/lib/modules").join(&kernel)) {
         Ok(mut db) => {
-            let loaded = db.coldplug(Path::new("/sys/devices"), 8);
+            let loaded = db.coldplug(Path::new("/sys"), 8);
             tracing::info!(
                 "coldplug: {loaded} more module(s) in {} ms ({})",
                 started.elapsed().as_millis(),

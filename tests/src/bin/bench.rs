@@ -219,6 +219,17 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
             if let Some(p) = &p {
                 args.extend(["--config-patch", p.as_str()]);
             }
+            // A change can restart the network daemon, which takes the
+            // node off the network for a moment: wait until it answers
+            // again, untimed, so each figure is one apply's round trip.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while run(&["--nodeconfig", cfg, "-n", &addr, "version"]).is_err() {
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the node did not come back"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let started = std::time::Instant::now();
             run(&args)?;
             ms.push(started.elapsed().as_secs_f64() * 1000.0);
