@@ -2,8 +2,9 @@
 //!
 //! The image builder ships `modules.dep` and `modules.alias` (depmod formats)
 //! for the modules it selected. Coldplug reads the `modalias` of every device
-//! on a bus or in a class (`/sys/bus/*/devices/*`, `/sys/class/*/*`), matches each against the alias patterns and loads the matching
-//! modules, dependencies first, with `finit_module(2)`. Loading a driver can
+//! on a bus and of every input device (`/sys/bus/*/devices/*`,
+//! `/sys/class/input/*`), matches each against the alias patterns and loads
+//! the matching modules, dependencies first, with `finit_module(2)`. Loading a driver can
 //! make new devices appear (a PCI bus reveals virtio devices), so coldplug runs
 //! in rounds until a round loads nothing.
 
@@ -210,24 +211,22 @@ impl Database {
 }
 
 /// Every distinct `modalias` of the devices under `sysfs` (normally `/sys`):
-/// those on a bus (`bus/*/devices/*/modalias`) and those of a class
-/// (`class/*/*/modalias`; input devices, whose modalias loads `evdev`, are
-/// only there).
+/// those on a bus (`bus/*/devices/*/modalias`) and input devices
+/// (`class/input/*/modalias`: they are on no bus, and their modalias loads
+/// `evdev`). Devices of other classes with a modalias are bus devices too.
 ///
 /// This finds what walking all of `/sys/devices` finds, while reading one
-/// small directory per bus or class instead of every attribute directory of
+/// small directory per bus instead of every attribute directory of
 /// every device (on an emulated CPU the walk took half a second a pass).
 pub fn collect_modaliases(sysfs: &Path) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut seen = 0usize;
-    let groups = |dir: &str, devices: &'static str| {
-        fs::read_dir(sysfs.join(dir))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(move |group| group.path().join(devices))
-    };
-    for dir in groups("bus", "devices").chain(groups("class", "")) {
+    let buses = fs::read_dir(sysfs.join("bus"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|bus| bus.path().join("devices"));
+    for dir in buses.chain([sysfs.join("class/input")]) {
         let Ok(devices) = fs::read_dir(&dir) else {
             continue;
         };
