@@ -35,7 +35,7 @@ pub fn local_addresses() -> Vec<IpAddr> {
         } else {
             continue;
         };
-        if !ip.is_loopback() && !ip.is_unspecified() && !out.contains(&ip) {
+        if !ip.is_loopback() && !ip.is_unspecified() && !is_link_local(ip) && !out.contains(&ip) {
             out.push(ip);
         }
     }
@@ -44,12 +44,33 @@ pub fn local_addresses() -> Vec<IpAddr> {
     out
 }
 
+/// Link-local addresses (169.254/16, fe80::/10) name no node from elsewhere,
+/// and come and go as links do: they stay out of the certificate.
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn no_loopback_addresses() {
-        for ip in super::local_addresses() {
-            assert!(!ip.is_loopback(), "{ip}");
+    fn no_loopback_or_link_local_addresses() {
+        for ip in local_addresses() {
+            assert!(!ip.is_loopback() && !is_link_local(ip), "{ip}");
+        }
+    }
+
+    #[test]
+    fn link_local_addresses_are_recognised() {
+        for ip in ["169.254.1.2", "fe80::1", "febf::1"] {
+            assert!(is_link_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.2.15", "fd00::1", "2001:db8::1", "fec0::1"] {
+            assert!(!is_link_local(ip.parse().unwrap()), "{ip}");
         }
     }
 }

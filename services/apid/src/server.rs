@@ -122,16 +122,25 @@ fn subject_names() -> SubjectNames {
 /// the node's current host name and addresses.
 const NAMES_CHECK: Duration = Duration::from_secs(10);
 
-/// Resolves once the node's names differ from `issued_for` (never in
-/// maintenance mode, whose certificate is kept for its fingerprint).
+/// Resolves once the node's names differ from `issued_for` in two checks in
+/// a row, the same way both times: an address that goes and comes back (a
+/// network daemon restarting, a DHCP renewal) does not restart the listener.
+/// Never resolves in maintenance mode, whose certificate is kept for its
+/// fingerprint.
 async fn names_changed(mutual: bool, issued_for: SubjectNames) {
     if !mutual {
         return std::future::pending().await;
     }
+    let mut candidate: Option<SubjectNames> = None;
     loop {
         tokio::time::sleep(NAMES_CHECK).await;
-        if subject_names() != issued_for {
+        let now = subject_names();
+        if now == issued_for {
+            candidate = None;
+        } else if candidate.as_ref() == Some(&now) {
             return;
+        } else {
+            candidate = Some(now);
         }
     }
 }
