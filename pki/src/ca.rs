@@ -444,7 +444,7 @@ fn server_sans(
 /// A DNS name: dot-separated labels of 1–63 letters, digits and hyphens, not
 /// starting or ending with a hyphen, 253 characters at most; with
 /// `wildcard`, the first label may be `*`.
-fn is_dns_name(name: &str, wildcard: bool) -> bool {
+pub fn is_dns_name(name: &str, wildcard: bool) -> bool {
     let rest = match name.strip_prefix("*.") {
         Some(rest) if wildcard => rest,
         _ => name,

@@ -24,7 +24,7 @@ mod secrets;
 mod tls;
 mod validity;
 
-pub use ca::{CertificateAuthority, IssuedCert, fingerprint};
+pub use ca::{CertificateAuthority, IssuedCert, fingerprint, is_dns_name};
 pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use inspect::{SubjectNames, not_after, role_from_organizations, role_of, subject_names};

@@ -52,7 +52,7 @@ impl SubjectNames {
     fn to_sans(&self) -> Vec<SanType> {
         let mut sans = Vec::new();
         let mut dns = Vec::new();
-        if is_dns_name(&self.hostname) {
+        if bramble_pki::is_dns_name(&self.hostname, false) {
             dns.push(self.hostname.to_ascii_lowercase());
         }
         if !dns.iter().any(|n| n == "localhost") {
@@ -75,23 +75,6 @@ impl SubjectNames {
         sans.extend(ips.into_iter().map(SanType::IpAddress));
         sans
     }
-}
-
-/// A host name usable as a DNS subject alternative name: dot-separated
-/// labels of 1–63 letters, digits and hyphens, not starting or ending with a
-/// hyphen, 253 characters at most.
-fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// Certificate and key of the API server.
@@ -320,6 +303,10 @@ mod tests {
             f.to_string(),
             "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    fn is_dns_name(name: &str) -> bool {
+        bramble_pki::is_dns_name(name, false)
     }
 
     #[test]
