@@ -228,6 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn required_roles_are_as_documented() {
+        // The table in docs/architecture.md, written out independently.
+        let expected = [
+            (
+                Role::Reader,
+                "Version GetConfig ServiceList Logs Dmesg Events Memory LoadAvg Processes Mounts Hostname",
+            ),
+            (
+                Role::Operator,
+                "ServiceStart ServiceStop ServiceRestart Reboot Shutdown",
+            ),
+            (Role::Admin, "ApplyConfiguration Reset"),
+        ];
+        let mut listed = 0;
+        for (role, methods) in expected {
+            for method in methods.split_whitespace() {
+                assert_eq!(rule_for(&path(method)).role, role, "{method}");
+                listed += 1;
+            }
+        }
+        assert_eq!(listed, RULES.len());
+    }
+
+    #[test]
     fn maintenance_mode_opens_only_version_and_apply() {
         let open: Vec<_> = RULES
             .iter()
