@@ -221,6 +221,10 @@ pub struct Route {
     /// Route priority; lower wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<u32>,
+    /// The gateway is reachable directly on the link even though no address
+    /// of the link covers it (a provider's router outside the subnet).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub on_link: bool,
 }
 
 /// A static hosts entry (`machine.network.extraHosts[]`).

@@ -76,6 +76,7 @@ fn machine(c: &mut Checker, m: &Machine) {
             names.insert(&iface.interface, i);
         }
     }
+    addressing(c, &net.interfaces);
     for (i, ns) in net.nameservers.iter().enumerate() {
         c.check(&format!("machine.network.nameservers[{i}]"), check_ip(ns));
     }
@@ -253,6 +254,114 @@ fn routes(c: &mut Checker, path: &str, routes: &[Route]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One link's addressing as written: where it is in the document, its static
+/// prefixes (those that parse) and whether DHCP runs on it.
+struct LinkAddressing<'a> {
+    path: String,
+    name: String,
+    dhcp: bool,
+    addresses: Vec<(usize, IpNet)>,
+    routes: &'a [Route],
+}
+
+/// Checks that span links: a subnet configured on two links, the same
+/// address twice on one link, and route gateways no address of their link
+/// reaches.
+fn addressing(c: &mut Checker, interfaces: &[Interface]) {
+    let parsed = |list: &[String]| -> Vec<(usize, IpNet)> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.parse::<IpNet>().ok().map(|n| (i, n)))
+            .collect()
+    };
+    let mut links = Vec::new();
+    for (i, iface) in interfaces.iter().enumerate() {
+        let path = format!("machine.network.interfaces[{i}]");
+        links.push(LinkAddressing {
+            path: path.clone(),
+            name: iface.interface.clone(),
+            dhcp: iface.dhcp,
+            addresses: parsed(&iface.addresses),
+            routes: &iface.routes,
+        });
+        for (j, v) in iface.vlans.iter().enumerate() {
+            links.push(LinkAddressing {
+                path: format!("{path}.vlans[{j}]"),
+                name: format!("{}.{}", iface.interface, v.vlan_id),
+                dhcp: v.dhcp,
+                addresses: parsed(&v.addresses),
+                routes: &v.routes,
+            });
+        }
+    }
+
+    let mut seen: Vec<(&LinkAddressing<'_>, usize, IpNet)> = Vec::new();
+    for link in &links {
+        for &(i, net) in &link.addresses {
+            let path = format!("{}.addresses[{i}]", link.path);
+            let clash = seen.iter().find(|(other, _, o)| {
+                if std::ptr::eq(*other, link) {
+                    o.addr() == net.addr()
+                } else {
+                    o.contains(&net.network()) || net.contains(&o.network())
+                }
+            });
+            match clash {
+                Some((other, j, o)) if std::ptr::eq(*other, link) => c.error(
+                    path,
+                    format!("address {} is already listed at addresses[{j}] ({o})", net.addr()),
+                ),
+                Some((other, j, o)) => c.error(
+                    path,
+                    format!(
+                        "{net} overlaps {o} on {} ({}.addresses[{j}]); a subnet belongs to one link",
+                        other.name, other.path
+                    ),
+                ),
+                None => {}
+            }
+            seen.push((link, i, net));
+        }
+    }
+
+    for link in &links {
+        for (i, r) in link.routes.iter().enumerate() {
+            let Some(gw) = r.gateway.as_deref().and_then(|g| g.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let link_local = matches!(gw, IpAddr::V6(v6) if v6.is_unicast_link_local());
+            let covered = link.addresses.iter().any(|(_, n)| n.contains(&gw));
+            // A DHCP lease brings an IPv4 subnet nobody can check in advance.
+            let by_dhcp = link.dhcp && gw.is_ipv4();
+            if r.on_link || link_local || covered || by_dhcp {
+                continue;
+            }
+            let have: Vec<String> = link
+                .addresses
+                .iter()
+                .filter(|(_, n)| n.addr().is_ipv4() == gw.is_ipv4())
+                .map(|(_, n)| n.to_string())
+                .collect();
+            let why = if have.is_empty() {
+                format!("{} has no {} address", link.name, family(gw))
+            } else {
+                format!(
+                    "none of {}'s addresses ({}) covers it",
+                    link.name,
+                    have.join(", ")
+                )
+            };
+            c.error(
+                format!("{}.routes[{i}].gateway", link.path),
+                format!(
+                    "gateway {gw} is unreachable: {why}; add an address in its subnet, \
+                     or set onLink: true if the router is directly reachable"
+                ),
+            );
         }
     }
 }

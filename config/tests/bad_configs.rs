@@ -214,6 +214,27 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
         "\"router\" is not an IP address",
     ),
     (
+        "route gateway outside every address of its link",
+        "              - 10.10.0.10/24\n",
+        "              - 10.10.0.10/24\n            routes:\n              - network: 10.20.0.0/16\n                gateway: 10.9.0.1\n",
+        "machine.network.interfaces[0].vlans[0].routes[0].gateway",
+        "gateway 10.9.0.1 is unreachable: none of eth0.10's addresses (10.10.0.10/24) covers it",
+    ),
+    (
+        "same address twice on a link",
+        "          - fd00::10/64\n",
+        "          - fd00::10/64\n          - 10.0.0.10/16\n",
+        "machine.network.interfaces[0].addresses[2]",
+        "address 10.0.0.10 is already listed at addresses[0]",
+    ),
+    (
+        "subnet on two links",
+        "              - 10.10.0.10/24\n",
+        "              - 10.0.0.99/24\n",
+        "machine.network.interfaces[0].vlans[0].addresses[0]",
+        "10.0.0.99/24 overlaps 10.0.0.10/24 on eth0 (machine.network.interfaces[0].addresses[0])",
+    ),
+    (
         "duplicate interface",
         DUP_IFACE,
         DUP_IFACE_TO,
