@@ -22,6 +22,15 @@ pub enum Error {
         source: rtnetlink::Error,
     },
 
+    /// A route the kernel's message format cannot express (mixed families).
+    #[error("{what}: {reason}")]
+    BadRoute {
+        /// What the request tried to do.
+        what: String,
+        /// Why the message could not be built.
+        reason: String,
+    },
+
     /// A link named on the command line (or by the caller) does not exist.
     #[error("link {0:?} not found")]
     LinkNotFound(String),

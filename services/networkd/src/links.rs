@@ -47,6 +47,10 @@ pub struct Link {
     pub carrier: bool,
     /// Virtual link kind (`veth`, `bridge`, ...), when the kernel reports one.
     pub kind: Option<String>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// `ifalias`: marks the links this daemon created.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -56,9 +60,13 @@ impl Link {
         let mut mac = None;
         let mut carrier = None;
         let mut kind = None;
+        let mut mtu = None;
+        let mut alias = None;
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Mtu(m) => mtu = Some(*m),
+                LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
                 LinkAttribute::Address(a) => mac = Some(a.clone()),
                 LinkAttribute::Carrier(c) => carrier = Some(*c != 0),
                 LinkAttribute::LinkInfo(infos) => {
@@ -80,6 +88,8 @@ impl Link {
             flags,
             carrier: carrier.unwrap_or_else(|| flags.contains(LinkFlags::LowerUp)),
             kind,
+            mtu,
+            alias,
         })
     }
 
@@ -118,7 +128,7 @@ impl Link {
 /// A handle on the rtnetlink socket.
 #[derive(Debug, Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 impl Netlink {
@@ -382,7 +392,7 @@ fn default_route(
     msg
 }
 
-fn nl(what: &str, source: rtnetlink::Error) -> Error {
+pub(crate) fn nl(what: &str, source: rtnetlink::Error) -> Error {
     Error::Netlink {
         what: what.to_owned(),
         source,
@@ -390,7 +400,7 @@ fn nl(what: &str, source: rtnetlink::Error) -> Error {
 }
 
 /// Whether a netlink error means "no such object" (already removed).
-fn is_gone(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_gone(e: &rtnetlink::Error) -> bool {
     match e {
         rtnetlink::Error::NetlinkError(msg) => {
             matches!(
@@ -415,6 +425,8 @@ mod tests {
             flags,
             carrier: false,
             kind: kind.map(str::to_owned),
+            mtu: Some(1500),
+            alias: None,
         }
     }
 

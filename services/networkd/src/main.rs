@@ -8,11 +8,13 @@
 //! `status` (state.json, online marker, console lines), `ready`, `daemon`.
 
 mod daemon;
+mod desired;
 mod dhcp;
 mod error;
 mod fsutil;
 mod links;
 mod ready;
+mod reconcile;
 mod resolv;
 mod status;
 
@@ -52,6 +54,19 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     route_metric: u32,
 
+    /// The machine configuration (`machine.network`, `machine.hostname`),
+    /// read at start and again on SIGHUP. Missing: DHCP on every port.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/system/state/config/config.yaml"
+    )]
+    config: PathBuf,
+
+    /// Give the kernel the host name in force (configured, else from DHCP).
+    #[arg(long)]
+    set_hostname: bool,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: LevelFilter,
@@ -74,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         route_metric: cli.route_metric,
         ready_fd: std::env::var(ready::READY_FD_ENV).ok(),
         hostname: daemon::kernel_hostname(),
+        config: cli.config,
+        set_hostname: cli.set_hostname,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tracing::info;
 
+use crate::desired::Desired;
 use crate::dhcp::{Lease, LossReason, Phase};
 use crate::error::Error;
 use crate::fsutil;
@@ -77,8 +78,29 @@ struct LeaseRecord {
 pub struct StateDoc {
     /// Whether any link holds a lease.
     pub online: bool,
-    /// Managed links, by interface index.
+    /// Links running the DHCP client, by interface index.
     pub links: Vec<LinkDoc>,
+    /// The last reconciliation of the configured network, if any ran.
+    pub applied: Option<AppliedDoc>,
+}
+
+/// One reconciliation pass in `state.json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AppliedDoc {
+    /// Counts passes since the daemon started (1: the one at start).
+    pub generation: u64,
+    /// Wall-clock time the pass ended, Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// How long the pass took, in microseconds.
+    pub duration_us: u64,
+    /// Whether a configuration was found (otherwise: the defaults).
+    pub configured: bool,
+    /// The configuration could not be read; the previous network is kept.
+    pub config_error: Option<String>,
+    /// The changes made, one line each.
+    pub changes: Vec<String>,
+    /// Problems, one line each (a missing link, a refusal by the kernel).
+    pub problems: Vec<String>,
 }
 
 /// One link in `state.json`.
@@ -145,6 +167,9 @@ pub struct Status {
     written_online: Option<bool>,
     written_resolv: Option<String>,
     written_hostname: Option<String>,
+    written_hosts: Option<String>,
+    desired: Desired,
+    applied: Option<AppliedDoc>,
 }
 
 impl Status {
@@ -157,7 +182,30 @@ impl Status {
             written_online: None,
             written_resolv: None,
             written_hostname: None,
+            written_hosts: None,
+            desired: Desired::default(),
+            applied: None,
         }
+    }
+
+    /// Takes the configured resolvers, host name and hosts entries into
+    /// account from the next [`Status::flush`] on.
+    pub fn set_desired(&mut self, desired: &Desired) {
+        self.desired = desired.clone();
+    }
+
+    /// Records a reconciliation pass for `state.json`.
+    pub fn set_applied(&mut self, applied: AppliedDoc) {
+        self.applied = Some(applied);
+    }
+
+    /// The host name in force: the configured one, else one from a lease.
+    pub fn hostname(&self) -> Option<String> {
+        self.desired.hostname.clone().or_else(|| {
+            self.links
+                .values()
+                .find_map(|l| l.lease.as_ref().and_then(|r| r.lease.hostname.clone()))
+        })
     }
 
     /// `<run-dir>/network`.
@@ -272,6 +320,7 @@ impl Status {
                     lease: l.lease.as_ref().map(lease_doc),
                 })
                 .collect(),
+            applied: self.applied.clone(),
         }
     }
 
@@ -303,25 +352,30 @@ impl Status {
             .links
             .values()
             .filter_map(|l| l.lease.as_ref().map(|r| &r.lease));
-        let resolvers = Resolvers::from_leases(leases);
+        let mut resolvers = Resolvers::from_leases(leases);
+        resolvers.override_with(&self.desired.nameservers, &self.desired.search);
         let text = resolvers.render();
         // Only write resolv.conf once there is something to say, or to clear it.
+        let configured = !self.desired.nameservers.is_empty();
         if self.written_resolv.as_deref() != Some(text.as_str())
-            && (online || self.written_resolv.is_some())
+            && (online || configured || self.written_resolv.is_some())
         {
             resolv::write_resolv_conf(&self.run_dir, &resolvers)?;
             self.written_resolv = Some(text);
         }
 
-        let hostname = self
-            .links
-            .values()
-            .find_map(|l| l.lease.as_ref().and_then(|r| r.lease.hostname.clone()));
-        if let Some(name) = hostname
-            && self.written_hostname.as_deref() != Some(name.as_str())
+        let hostname = self.hostname();
+        if let Some(name) = &hostname
+            && self.written_hostname.as_ref() != Some(name)
         {
-            resolv::write_hostname(&self.run_dir, &name)?;
-            self.written_hostname = Some(name);
+            resolv::write_hostname(&self.run_dir, name)?;
+            self.written_hostname = Some(name.clone());
+        }
+
+        let hosts = resolv::render_hosts(hostname.as_deref(), &self.desired.extra_hosts);
+        if self.written_hosts.as_ref() != Some(&hosts) {
+            resolv::write_hosts(&self.run_dir, &hosts)?;
+            self.written_hosts = Some(hosts);
         }
         Ok(())
     }
@@ -371,6 +425,8 @@ mod tests {
             flags: LinkFlags::Up,
             carrier: true,
             kind: None,
+            mtu: Some(1500),
+            alias: None,
         }
     }
 
@@ -434,7 +490,7 @@ mod tests {
         assert_eq!(doc["links"][1]["lease"], serde_json::Value::Null);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("resolv.conf")).unwrap(),
-            "# Generated by bramble-networkd from DHCP. Do not edit.\nnameserver 10.0.2.3\nsearch lab\n"
+            "# Generated by bramble-networkd. Do not edit.\nnameserver 10.0.2.3\nsearch lab\n"
         );
         assert_eq!(
             std::fs::read_to_string(dir.path().join("hostname")).unwrap(),

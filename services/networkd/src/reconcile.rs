@@ -1,0 +1,508 @@
+//! Makes the kernel's links, static addresses and static routes match
+//! [`Desired`], touching only what differs.
+//!
+//! Ownership is recorded in the kernel itself, so it survives a restart of
+//! this daemon: static addresses carry the address protocol
+//! [`ADDRESS_PROTOCOL`] (`IFA_PROTO`), static routes the route protocol
+//! `static` in the main table, and VLAN links this daemon created the alias
+//! [`OWNER_ALIAS`]. Whatever carries those marks and is no longer wanted is
+//! removed; nothing else is (DHCP leases, kernel routes, IPv6 link-local
+//! addresses, links made by other software).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+};
+use rtnetlink::{LinkUnspec, LinkVlan, RouteMessageBuilder};
+use tracing::{debug, info, warn};
+
+use crate::desired::{Desired, DesiredRoute};
+use crate::error::Error;
+use crate::links::{Link, Netlink, is_gone, nl as netlink_error};
+
+/// `IFA_PROTO` value on the static addresses this daemon adds. Values 0–3
+/// are the kernel's; this one is Bramble's.
+pub const ADDRESS_PROTOCOL: u8 = 0x62;
+/// `ifalias` of the links this daemon creates.
+pub const OWNER_ALIAS: &str = "bramble-networkd";
+
+/// One change made to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A VLAN link was created.
+    VlanCreated(String),
+    /// A VLAN link this daemon created is no longer configured.
+    VlanDeleted(String),
+    /// The MTU was set.
+    Mtu(String, u32),
+    /// The link was set up.
+    Up(String),
+    /// A static address was added.
+    AddressAdded(String, IpNet),
+    /// A static address was removed.
+    AddressRemoved(String, IpNet),
+    /// A static route was added.
+    RouteAdded(String, DesiredRoute),
+    /// A static route was removed.
+    RouteRemoved(String, DesiredRoute),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::VlanCreated(l) => write!(f, "created VLAN link {l}"),
+            Self::VlanDeleted(l) => write!(f, "deleted VLAN link {l}"),
+            Self::Mtu(l, m) => write!(f, "{l}: MTU {m}"),
+            Self::Up(l) => write!(f, "{l}: up"),
+            Self::AddressAdded(l, a) => write!(f, "{l}: added address {a}"),
+            Self::AddressRemoved(l, a) => write!(f, "{l}: removed address {a}"),
+            Self::RouteAdded(l, r) => write!(f, "{l}: added route {}", RouteText(r)),
+            Self::RouteRemoved(l, r) => write!(f, "{l}: removed route {}", RouteText(r)),
+        }
+    }
+}
+
+struct RouteText<'a>(&'a DesiredRoute);
+
+impl fmt::Display for RouteText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        write!(f, "{}", r.destination)?;
+        if let Some(gw) = r.gateway {
+            write!(f, " via {gw}")?;
+        }
+        write!(f, " metric {}", r.metric)?;
+        if r.on_link {
+            f.write_str(" onlink")?;
+        }
+        Ok(())
+    }
+}
+
+/// What one pass did: the changes made and the problems met. A problem with
+/// one link (missing, refused by the kernel) does not stop the others.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Changes made, in order.
+    pub changes: Vec<Change>,
+    /// Problems, each naming its link.
+    pub problems: Vec<String>,
+}
+
+/// An address as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelAddress {
+    /// Link index.
+    pub index: u32,
+    /// Address and prefix length.
+    pub net: IpNet,
+    /// Added by this daemon as a static address.
+    pub ours: bool,
+}
+
+/// A main-table route with protocol `static`, as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KernelRoute {
+    index: u32,
+    route: DesiredRoute,
+}
+
+/// One reconciliation pass.
+pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
+    let mut report = Report::default();
+    let mut links = match nl.links().await {
+        Ok(l) => l,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return report;
+        }
+    };
+
+    // Links: VLANs first created (parents come first in `desired`), then
+    // MTU and up, then VLANs no longer configured removed.
+    for want in &desired.links {
+        if links.iter().any(|l| l.name == want.name) {
+            continue;
+        }
+        let Some((parent, id)) = &want.vlan else {
+            report
+                .problems
+                .push(format!("{}: no such link (yet)", want.name));
+            continue;
+        };
+        let Some(parent_index) = links.iter().find(|l| &l.name == parent).map(|l| l.index) else {
+            report
+                .problems
+                .push(format!("{}: parent link {parent} not present", want.name));
+            continue;
+        };
+        let msg = LinkVlan::new(&want.name, parent_index, *id)
+            .alias(OWNER_ALIAS)
+            .build();
+        match nl.handle.link().add(msg).execute().await {
+            Ok(()) => report.changes.push(Change::VlanCreated(want.name.clone())),
+            Err(e) => {
+                report
+                    .problems
+                    .push(netlink_error(&format!("create VLAN {}", want.name), e).to_string());
+                continue;
+            }
+        }
+        match nl.link_by_name(&want.name).await {
+            Ok(link) => links.push(link),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    for link in &links {
+        let Some(want) = desired.link(&link.name) else {
+            continue;
+        };
+        if let Some(mtu) = want.mtu
+            && link.mtu != Some(mtu)
+        {
+            let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
+            match nl.handle.link().set(msg).execute().await {
+                Ok(()) => report.changes.push(Change::Mtu(link.name.clone(), mtu)),
+                Err(e) => report
+                    .problems
+                    .push(netlink_error(&format!("set MTU {mtu} on {}", link.name), e).to_string()),
+            }
+        }
+        if !link.is_up() {
+            match nl.set_up(link).await {
+                Ok(()) => report.changes.push(Change::Up(link.name.clone())),
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+    }
+    for link in links.iter().filter(|l| desired.link(&l.name).is_some()) {
+        promote_secondaries(&link.name);
+    }
+    let by_index: HashMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+    let name_of = |index: u32| {
+        by_index
+            .get(&index)
+            .map_or_else(|| format!("link {index}"), |l| l.name.clone())
+    };
+
+    // Static routes no longer wanted go before the addresses they may rely on.
+    let routes = match static_routes(nl).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let wanted_route = |r: &KernelRoute| {
+        by_index
+            .get(&r.index)
+            .and_then(|l| desired.link(&l.name))
+            .is_some_and(|w| w.routes.contains(&r.route))
+    };
+    for r in routes.iter().filter(|r| !wanted_route(r)) {
+        match del_route(nl, r).await {
+            Ok(()) => report
+                .changes
+                .push(Change::RouteRemoved(name_of(r.index), r.route)),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+
+    // Addresses.
+    let addresses = match addresses(nl).await {
+        Ok(a) => a,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            Vec::new()
+        }
+    };
+    for link in &links {
+        let Some(want) = desired.link(&link.name) else {
+            continue;
+        };
+        for net in &want.addresses {
+            let present = addresses
+                .iter()
+                .any(|a| a.index == link.index && a.net == *net);
+            if present {
+                continue;
+            }
+            match add_address(nl, link.index, *net).await {
+                Ok(()) => report
+                    .changes
+                    .push(Change::AddressAdded(link.name.clone(), *net)),
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+    }
+
+    // Old addresses go after the new ones are in: a subnet never empties on
+    // the way, so the kernel keeps the routes through it.
+    for a in addresses.iter().filter(|a| a.ours) {
+        let wanted = by_index
+            .get(&a.index)
+            .and_then(|l| desired.link(&l.name))
+            .is_some_and(|w| w.addresses.contains(&a.net));
+        if !wanted {
+            match del_address(nl, a.index, a.net).await {
+                Ok(()) => report
+                    .changes
+                    .push(Change::AddressRemoved(name_of(a.index), a.net)),
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+    }
+    // Routes to add.
+    for link in &links {
+        let Some(want) = desired.link(&link.name) else {
+            continue;
+        };
+        for route in &want.routes {
+            let present = routes
+                .iter()
+                .any(|r| r.index == link.index && r.route == *route);
+            if present {
+                continue;
+            }
+            match add_route(nl, link.index, route).await {
+                Ok(()) => report
+                    .changes
+                    .push(Change::RouteAdded(link.name.clone(), *route)),
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+    }
+
+    // VLAN links this daemon made that are no longer configured.
+    for link in &links {
+        if link.alias.as_deref() == Some(OWNER_ALIAS) && desired.link(&link.name).is_none() {
+            match nl.handle.link().del(link.index).execute().await {
+                Ok(()) => report.changes.push(Change::VlanDeleted(link.name.clone())),
+                Err(e) if is_gone(&e) => {}
+                Err(e) => report
+                    .problems
+                    .push(netlink_error(&format!("delete VLAN {}", link.name), e).to_string()),
+            }
+        }
+    }
+
+    for change in &report.changes {
+        info!("{change}");
+    }
+    report
+}
+
+/// Makes the kernel keep the other IPv4 addresses of a subnet when its
+/// primary address is removed (by default it deletes them with it), so a
+/// changed address does not take its neighbours along.
+fn promote_secondaries(link: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{link}/promote_secondaries");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => {
+            if let Err(e) = std::fs::write(&path, "1\n") {
+                warn!("{path}: {e}");
+            }
+        }
+        // A link without IPv4 configuration (rare) has no such file.
+        Err(e) => debug!("{path}: {e}"),
+    }
+}
+
+/// Every address on every link.
+pub async fn addresses(nl: &Netlink) -> Result<Vec<KernelAddress>, Error> {
+    let mut stream = nl.handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| netlink_error("dump addresses", e))?
+    {
+        if let Some(a) = kernel_address(&msg) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+fn kernel_address(msg: &AddressMessage) -> Option<KernelAddress> {
+    let mut local = None;
+    let mut address = None;
+    let mut ours = false;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            AddressAttribute::Protocol(p) => {
+                ours = u8::from(*p) == ADDRESS_PROTOCOL;
+            }
+            _ => {}
+        }
+    }
+    // IPv4 lists the interface's own address as IFA_LOCAL (IFA_ADDRESS is
+    // the peer on point-to-point links); IPv6 has only IFA_ADDRESS.
+    let ip = local.or(address)?;
+    let net = IpNet::new(ip, msg.header.prefix_len).ok()?;
+    Some(KernelAddress {
+        index: msg.header.index,
+        net,
+        ours,
+    })
+}
+
+async fn add_address(nl: &Netlink, index: u32, net: IpNet) -> Result<(), Error> {
+    let mut req = nl.handle.address().add(index, net.addr(), net.prefix_len());
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::Protocol(AddressProtocol::from(
+            ADDRESS_PROTOCOL,
+        )));
+    req.execute()
+        .await
+        .map_err(|e| netlink_error(&format!("add address {net} on link {index}"), e))
+}
+
+async fn del_address(nl: &Netlink, index: u32, net: IpNet) -> Result<(), Error> {
+    let mut msg = AddressMessage::default();
+    msg.header.index = index;
+    msg.header.prefix_len = net.prefix_len();
+    msg.header.family = match net {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
+    msg.attributes.push(AddressAttribute::Local(net.addr()));
+    if net.addr().is_ipv6() {
+        msg.attributes.push(AddressAttribute::Address(net.addr()));
+    }
+    match nl.handle.address().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) => Ok(()),
+        Err(e) => Err(netlink_error(
+            &format!("delete address {net} on link {index}"),
+            e,
+        )),
+    }
+}
+
+/// Main-table routes with protocol `static`, both families.
+async fn static_routes(nl: &Netlink) -> Result<Vec<KernelRoute>, Error> {
+    let mut out = Vec::new();
+    let dumps = [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ];
+    for dump in dumps {
+        let mut stream = nl.handle.route().get(dump).execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| netlink_error("dump routes", e))?
+        {
+            if let Some(r) = kernel_route(&msg) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    if msg.header.protocol != RouteProtocol::Static {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let mut destination = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut metric = 0;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => destination = route_ip(a),
+            RouteAttribute::Gateway(a) => gateway = route_ip(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let unspecified = if msg.header.address_family == AddressFamily::Inet6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
+    let destination = IpNet::new(
+        destination.unwrap_or(unspecified),
+        msg.header.destination_prefix_length,
+    )
+    .ok()?;
+    Some(KernelRoute {
+        index: oif?,
+        route: DesiredRoute {
+            destination,
+            gateway,
+            metric,
+            on_link: msg.header.flags.contains(RouteFlags::Onlink),
+        },
+    })
+}
+
+fn route_message(index: u32, r: &DesiredRoute) -> Result<RouteMessage, String> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.destination.addr(), r.destination.prefix_len())
+        .map_err(|e| e.to_string())?
+        .output_interface(index)
+        .protocol(RouteProtocol::Static)
+        .priority(r.metric);
+    if let Some(gw) = r.gateway {
+        b = b.gateway(gw).map_err(|e| e.to_string())?;
+    }
+    if r.on_link {
+        b = b.onlink();
+    }
+    Ok(b.build())
+}
+
+async fn add_route(nl: &Netlink, index: u32, r: &DesiredRoute) -> Result<(), Error> {
+    let what = format!("add route {} on link {index}", RouteText(r));
+    let msg = route_message(index, r).map_err(|reason| Error::BadRoute {
+        what: what.clone(),
+        reason,
+    })?;
+    nl.handle
+        .route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(|e| netlink_error(&what, e))
+}
+
+async fn del_route(nl: &Netlink, r: &KernelRoute) -> Result<(), Error> {
+    let what = format!("delete route {} on link {}", RouteText(&r.route), r.index);
+    let msg = route_message(r.index, &r.route).map_err(|reason| Error::BadRoute {
+        what: what.clone(),
+        reason,
+    })?;
+    match nl.handle.route().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) => Ok(()),
+        Err(e) => Err(netlink_error(&what, e)),
+    }
+}

@@ -1,0 +1,475 @@
+//! The configured network applied by the real `bramble-networkd` in a network
+//! namespace the test creates, checked against the kernel with `ip`.
+//!
+//! One veth pair lives in the namespace; the machine configuration names one
+//! end with an MTU, IPv4 and IPv6 addresses, a route and a VLAN. The test
+//! checks the kernel state, then changes one address and one route and
+//! checks, with `ip monitor` running, that nothing else was touched; then
+//! that a restarted daemon changes nothing, that an unreadable configuration
+//! changes nothing, and that removing the configuration removes exactly what
+//! the daemon had added (an address added by someone else stays).
+//!
+//! Needs root and `ip` (iproute2); without them the test prints why and
+//! passes without doing anything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::{self, File};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LINK: &str = "nrc0";
+const PEER: &str = "nrc1";
+
+/// The VLAN part of the interface, when the kernel has 802.1Q support.
+const VLAN: &str =
+    "        vlans:\n          - vlanId: 42\n            addresses: [10.79.0.2/24]\n";
+
+const CA: &str = "    crt: |\n      -----BEGIN CERTIFICATE-----\n      MIIBszCCAVmgAwIBAgIUQnJhbWJsZSBPUyBDQQ==\n      -----END CERTIFICATE-----\n";
+
+fn config(network: &str, vlan: bool) -> String {
+    let network = network.replace("VLAN", if vlan { VLAN } else { "" });
+    format!(
+        "version: v1alpha1\nmachine:\n  type: worker\n  ca:\n{CA}{network}cluster:\n  name: lab\n  controlPlane:\n    endpoint: https://10.77.0.1:6443\n"
+    )
+}
+
+const FIRST: &str = "  network:
+    interfaces:
+      - interface: nrc0
+        mtu: 1400
+        addresses: [10.77.0.2/24, fd77::2/64]
+        routes:
+          - network: 10.78.0.0/16
+            gateway: 10.77.0.1
+          - network: 10.90.0.0/16
+            gateway: 10.77.0.1
+            metric: 50
+VLAN    nameservers: [10.77.0.53]
+    extraHosts:
+      - ip: 10.77.0.9
+        aliases: [registry.lab]
+";
+
+/// FIRST with one address and one route changed.
+const SECOND: &str = "  network:
+    interfaces:
+      - interface: nrc0
+        mtu: 1400
+        addresses: [10.77.0.3/24, fd77::2/64]
+        routes:
+          - network: 10.88.0.0/16
+            gateway: 10.77.0.1
+          - network: 10.90.0.0/16
+            gateway: 10.77.0.1
+            metric: 50
+VLAN    nameservers: [10.77.0.53]
+    extraHosts:
+      - ip: 10.77.0.9
+        aliases: [registry.lab]
+";
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn have_ip() -> bool {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .any(|p| Path::new(p).is_file())
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Lab {
+    ns: String,
+    dir: tempfile::TempDir,
+    networkd: Option<Child>,
+    monitor: Option<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in [self.networkd.take(), self.monitor.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+impl Lab {
+    fn new() -> Self {
+        let lab = Self {
+            ns: format!("bramble-nrc-{}", std::process::id()),
+            dir: tempfile::tempdir().unwrap(),
+            networkd: None,
+            monitor: None,
+        };
+        run(&["ip", "netns", "add", &lab.ns]);
+        run(&[
+            "ip", "-n", &lab.ns, "link", "add", LINK, "type", "veth", "peer", "name", PEER,
+        ]);
+        run(&["ip", "-n", &lab.ns, "link", "set", PEER, "up"]);
+        lab
+    }
+
+    /// Whether the kernel can make VLAN links (the 802.1Q code is a module
+    /// some hosts do not have).
+    fn vlans_supported(&self) -> bool {
+        let ok = Command::new("ip")
+            .args([
+                "-n", &self.ns, "link", "add", "link", PEER, "name", "probe.7",
+            ])
+            .args(["type", "vlan", "id", "7"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            self.ip(&["link", "del", "probe.7"]);
+        }
+        ok
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_config(&self, text: &str) {
+        let tmp = self.path("config.yaml.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, self.path("config.yaml")).unwrap();
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.ns];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&all)).unwrap()
+    }
+
+    /// `a.b.c.d/len` (or IPv6) of every global address on `link`.
+    fn addresses(&self, link: &str) -> Vec<String> {
+        let v = self.json(&["addr", "show", "dev", link, "scope", "global"]);
+        let mut out = Vec::new();
+        // `ip -j` lists filtered-out addresses as empty objects.
+        for a in v[0]["addr_info"].as_array().cloned().unwrap_or_default() {
+            if let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
+                out.push(format!("{local}/{len}"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `dst via gw metric N` of every static route.
+    fn static_routes(&self) -> Vec<String> {
+        let v = self.json(&["route", "show", "proto", "static"]);
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} via {} dev {} metric {}",
+                    r["dst"].as_str().unwrap(),
+                    r["gateway"].as_str().unwrap_or("-"),
+                    r["dev"].as_str().unwrap(),
+                    r["metric"].as_u64().unwrap_or(0)
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn state(&self) -> serde_json::Value {
+        fs::read_to_string(self.path("run/network/state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits for reconciliation pass `generation` and returns its record.
+    fn applied(&self, generation: u64) -> serde_json::Value {
+        wait_for(
+            &format!("reconciliation pass {generation}"),
+            Duration::from_secs(10),
+            || {
+                let s = self.state();
+                (s["applied"]["generation"].as_u64() == Some(generation))
+                    .then(|| s["applied"].clone())
+            },
+        )
+    }
+
+    fn start_networkd(&mut self) {
+        let ready = File::create(self.path("ready")).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_bramble-networkd"),
+            ])
+            .arg("--run-dir")
+            .arg(self.path("run"))
+            .arg("--config")
+            .arg(self.path("config.yaml"))
+            .env("BRAMBLE_READY_FD", "0")
+            .stdin(ready)
+            .stdout(Stdio::null())
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.path("networkd.stderr"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.networkd = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.networkd.as_ref().unwrap().id().to_string();
+        run(&["kill", sig, &pid]);
+    }
+
+    fn stop_networkd(&mut self) {
+        self.signal("-TERM");
+        let mut child = self.networkd.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "networkd exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "networkd did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_monitor(&mut self) {
+        let out = File::create(self.path("monitor.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["-n", &self.ns, "monitor", "link", "address", "route"])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.monitor = Some(child);
+        // `ip monitor` subscribes before it prints anything; give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    fn stop_monitor(&mut self) -> String {
+        // Let the last notifications arrive.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut child = self.monitor.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut text = String::new();
+        File::open(self.path("monitor.log"))
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.path("networkd.stderr")).unwrap_or_default()
+    }
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn configured_network_is_applied_and_only_differences_change() {
+    if !is_root() || !have_ip() {
+        eprintln!("skipped: needs root and iproute2 (`ip`) to create a network namespace");
+        return;
+    }
+    let mut lab = Lab::new();
+    let vlan = lab.vlans_supported();
+    if !vlan {
+        eprintln!("this kernel cannot make VLAN links (no 802.1Q); the VLAN checks are skipped");
+    }
+    lab.write_config(&config(FIRST, vlan));
+    lab.start_networkd();
+
+    // 1. Everything the configuration names.
+    let first = lab.applied(1);
+    assert_eq!(first["configured"], true, "{first}");
+    assert_eq!(
+        strings(&first["problems"]),
+        Vec::<String>::new(),
+        "{}",
+        lab.stderr()
+    );
+    let link = lab.json(&["link", "show", "dev", LINK]);
+    assert_eq!(link[0]["mtu"], 1400);
+    assert!(
+        link[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "UP"),
+        "{link}"
+    );
+    assert_eq!(lab.addresses(LINK), vec!["10.77.0.2/24", "fd77::2/64"]);
+    if vlan {
+        let link = lab.json(&["-d", "link", "show", "dev", "nrc0.42"]);
+        assert_eq!(link[0]["linkinfo"]["info_kind"], "vlan", "{link}");
+        assert_eq!(link[0]["linkinfo"]["info_data"]["id"], 42, "{link}");
+        assert_eq!(lab.addresses("nrc0.42"), vec!["10.79.0.2/24"]);
+    }
+    assert_eq!(
+        lab.static_routes(),
+        vec![
+            "10.78.0.0/16 via 10.77.0.1 dev nrc0 metric 1024",
+            "10.90.0.0/16 via 10.77.0.1 dev nrc0 metric 50",
+        ]
+    );
+    let resolv = fs::read_to_string(lab.path("run/resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 10.77.0.53\n"), "{resolv}");
+    let hosts = fs::read_to_string(lab.path("run/hosts")).unwrap();
+    assert!(hosts.contains("10.77.0.9\tregistry.lab\n"), "{hosts}");
+    // The veth end is not a physical port and is configured without DHCP.
+    assert_eq!(lab.state()["links"], serde_json::json!([]));
+
+    // 2. One address and one route change; nothing else is touched.
+    lab.start_monitor();
+    lab.write_config(&config(SECOND, vlan));
+    lab.signal("-HUP");
+    let second = lab.applied(2);
+    let monitor = lab.stop_monitor();
+    assert_eq!(
+        strings(&second["changes"]),
+        vec![
+            "nrc0: removed route 10.78.0.0/16 via 10.77.0.1 metric 1024",
+            "nrc0: added address 10.77.0.3/24",
+            "nrc0: removed address 10.77.0.2/24",
+            "nrc0: added route 10.88.0.0/16 via 10.77.0.1 metric 1024",
+        ],
+        "{}",
+        lab.stderr()
+    );
+    assert_eq!(lab.addresses(LINK), vec!["10.77.0.3/24", "fd77::2/64"]);
+    assert_eq!(
+        lab.static_routes(),
+        vec![
+            "10.88.0.0/16 via 10.77.0.1 dev nrc0 metric 1024",
+            "10.90.0.0/16 via 10.77.0.1 dev nrc0 metric 50",
+        ]
+    );
+    // The kernel reported changes only for what changed (and the prefix
+    // route that follows the changed address).
+    assert!(monitor.contains("10.77.0.3/24"), "{monitor}");
+    assert!(monitor.contains("10.88.0.0/16"), "{monitor}");
+    for untouched in ["fd77::2", "10.79.0.2", "10.90.0.0/16", "mtu", "nrc0.42:"] {
+        assert!(
+            !monitor.contains(untouched),
+            "{untouched} was touched:\n{monitor}"
+        );
+    }
+
+    // 3. A restarted daemon finds everything in place and changes nothing.
+    lab.stop_networkd();
+    assert_eq!(lab.addresses(LINK), vec!["10.77.0.3/24", "fd77::2/64"]);
+    lab.start_networkd();
+    let restarted = lab.applied(1);
+    assert_eq!(strings(&restarted["changes"]), Vec::<String>::new());
+
+    // 4. An unreadable configuration changes nothing and says why.
+    lab.write_config("version: v1alpha1\nmachine: [\n");
+    lab.signal("-HUP");
+    let bad = lab.applied(2);
+    assert!(
+        bad["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("config.yaml"),
+        "{bad}"
+    );
+    assert_eq!(strings(&bad["changes"]), Vec::<String>::new());
+    assert_eq!(lab.addresses(LINK), vec!["10.77.0.3/24", "fd77::2/64"]);
+
+    // 5. Without the network section, what the daemon added goes away and
+    // an address added by someone else stays.
+    lab.ip(&["addr", "add", "10.77.5.5/24", "dev", LINK]);
+    lab.write_config(&config("", vlan));
+    lab.signal("-HUP");
+    let cleared = lab.applied(3);
+    let mut changes = strings(&cleared["changes"]);
+    changes.sort();
+    let mut expected = vec![
+        "nrc0: removed address 10.77.0.3/24",
+        "nrc0: removed address fd77::2/64",
+        "nrc0: removed route 10.88.0.0/16 via 10.77.0.1 metric 1024",
+        "nrc0: removed route 10.90.0.0/16 via 10.77.0.1 metric 50",
+    ];
+    if vlan {
+        expected.splice(
+            0..0,
+            [
+                "deleted VLAN link nrc0.42",
+                "nrc0.42: removed address 10.79.0.2/24",
+            ],
+        );
+    }
+    assert_eq!(changes, expected, "{}", lab.stderr());
+    assert_eq!(lab.addresses(LINK), vec!["10.77.5.5/24"]);
+    assert_eq!(lab.static_routes(), Vec::<String>::new());
+    assert!(
+        !lab.ip(&["link", "show"]).contains("nrc0.42"),
+        "the VLAN link is still there"
+    );
+    lab.stop_networkd();
+}
