@@ -88,6 +88,9 @@ pub struct Diff {
     pub changed: Vec<&'static str>,
     /// Services that must restart.
     pub restart: BTreeSet<Service>,
+    /// Services that take the change while running, by re-reading the
+    /// configuration (SIGHUP), and are not in `restart`.
+    pub reload: BTreeSet<Service>,
     /// Whether the node must reboot (machine type, `config.txt` or cluster name changed).
     pub reboot: bool,
 }
@@ -146,6 +149,10 @@ impl fmt::Display for Diff {
             let names: Vec<&str> = self.restart.iter().map(|s| s.name()).collect();
             writeln!(f, "restart: {}", names.join(", "))?;
         }
+        if !self.reload.is_empty() {
+            let names: Vec<&str> = self.reload.iter().map(|s| s.name()).collect();
+            writeln!(f, "reload: {}", names.join(", "))?;
+        }
         if self.reboot {
             writeln!(f, "reboot required")?;
         }
@@ -192,10 +199,17 @@ pub fn diff(old: &MachineConfig, new: &MachineConfig) -> Diff {
     let mut changes = Changes::default();
     machine(&mut changes, &old.machine, &new.machine);
     cluster(&mut changes, &old.cluster, &new.cluster);
+    // A service that restarts picks the change up anyway.
+    let reload = changes
+        .reload
+        .difference(&changes.restart)
+        .copied()
+        .collect();
     Diff {
         lines,
         changed: changes.changed,
         restart: changes.restart,
+        reload,
         reboot: changes.reboot,
     }
 }
@@ -204,6 +218,7 @@ pub fn diff(old: &MachineConfig, new: &MachineConfig) -> Diff {
 struct Changes {
     changed: Vec<&'static str>,
     restart: BTreeSet<Service>,
+    reload: BTreeSet<Service>,
     reboot: bool,
 }
 
@@ -211,6 +226,8 @@ struct Changes {
 #[derive(Debug, Clone, Copy)]
 enum Effect {
     Restart(Service),
+    /// The running service re-reads the configuration.
+    Reload(Service),
     Reboot,
 }
 
@@ -224,13 +241,16 @@ impl Changes {
             Effect::Restart(service) => {
                 self.restart.insert(service);
             }
+            Effect::Reload(service) => {
+                self.reload.insert(service);
+            }
             Effect::Reboot => self.reboot = true,
         }
     }
 }
 
 fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
-    use Effect::{Reboot, Restart};
+    use Effect::{Reboot, Reload, Restart};
     // Destructured so a new field cannot be left out of the comparison.
     let Machine {
         machine_type,
@@ -249,7 +269,7 @@ fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
         "machine.hostname",
         hostname,
         &new.hostname,
-        Restart(Service::Networkd),
+        Reload(Service::Networkd),
     );
     c.field(
         "machine.token",
@@ -279,9 +299,9 @@ fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
         "machine.network",
         network,
         &new.network,
-        Restart(Service::Networkd),
+        Reload(Service::Networkd),
     );
-    c.field("machine.time", time, &new.time, Restart(Service::Timed));
+    c.field("machine.time", time, &new.time, Reload(Service::Timed));
     c.field(
         "machine.kubelet",
         kubelet,
@@ -433,6 +453,7 @@ mod tests {
             lines,
             changed: vec!["machine.hostname"],
             restart: BTreeSet::new(),
+            reload: BTreeSet::new(),
             reboot: false,
         };
         let text = d.to_string();

@@ -14,7 +14,8 @@
 //!   bootstrap token, the secretbox key) with `"******"` for display.
 //! - [`apply_patch`] applies a strategic-merge YAML patch or an RFC 6902 JSON
 //!   Patch to a configuration document; [`diff`] compares two configurations
-//!   and says which services must restart and whether the node must reboot.
+//!   and says which services must restart or re-read the configuration, and
+//!   whether the node must reboot.
 //!
 //! # Example
 //!
@@ -41,7 +42,8 @@
 //! let new = bramble_config::MachineConfig::parse(&patched).expect("still valid");
 //! let diff = bramble_config::diff(&config, &new);
 //! assert!(!diff.reboot);
-//! assert!(diff.restart.contains(&bramble_config::Service::Networkd));
+//! assert!(diff.restart.is_empty());
+//! assert!(diff.reload.contains(&bramble_config::Service::Networkd));
 //! ```
 
 #![warn(missing_docs)]

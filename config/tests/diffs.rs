@@ -24,12 +24,13 @@ fn no_change_is_empty() {
 }
 
 #[test]
-fn hostname_change_restarts_networkd_without_reboot() {
+fn hostname_change_reloads_networkd_without_restart_or_reboot() {
     let d = diff(&base(), &patched("machine: {hostname: node-2}"));
     assert!(!d.is_empty());
     assert_eq!(d.changed, ["machine.hostname"]);
+    assert!(d.restart.is_empty());
     assert_eq!(
-        d.restart.iter().copied().collect::<Vec<_>>(),
+        d.reload.iter().copied().collect::<Vec<_>>(),
         [Service::Networkd]
     );
     assert!(!d.reboot);
@@ -50,7 +51,7 @@ fn hostname_change_restarts_networkd_without_reboot() {
         "   token: '******'",
         "   ca:",
         "     crt: |",
-        "restart: networkd",
+        "reload: networkd",
     ];
     assert_eq!(d.to_string(), expected.map(|l| format!("{l}\n")).concat());
 }
@@ -65,12 +66,20 @@ fn type_change_needs_a_reboot() {
 
 #[test]
 fn each_section_maps_to_its_service() {
-    for (patch, service, reboot) in [
+    // Reloaded in place: the network and time sync re-read the configuration.
+    for (patch, service) in [
+        ("machine: {time: {disabled: true}}", Service::Timed),
         (
-            "machine: {time: {disabled: true}}",
-            Some(Service::Timed),
-            false,
+            "machine: {network: {nameservers: [9.9.9.9]}}",
+            Service::Networkd,
         ),
+    ] {
+        let d = diff(&base(), &patched(patch));
+        assert!(d.restart.is_empty(), "{patch}: {:?}", d.restart);
+        assert_eq!(d.reload.iter().copied().collect::<Vec<_>>(), [service]);
+        assert!(!d.reboot, "{patch}");
+    }
+    for (patch, service, reboot) in [
         (
             "machine: {certSANs: [10.0.0.11]}",
             Some(Service::Apid),
@@ -79,11 +88,6 @@ fn each_section_maps_to_its_service() {
         (
             "machine: {kubelet: {extraArgs: {max-pods: '80'}}}",
             Some(Service::Kubelet),
-            false,
-        ),
-        (
-            "machine: {network: {nameservers: [9.9.9.9]}}",
-            Some(Service::Networkd),
             false,
         ),
         (

@@ -165,6 +165,8 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     ]);
     assert!(out.contains("would be"), "{out}");
     assert!(out.contains("+version: v1alpha1"), "{out}");
+    // The services that ran on defaults re-read the first configuration.
+    assert!(out.contains("would reload: networkd, timed"), "{out}");
     assert!(
         !out.contains("BEGIN PRIVATE KEY"),
         "the diff shows a secret:\n{out}"

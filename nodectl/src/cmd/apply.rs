@@ -93,6 +93,10 @@ pub fn print(
         };
         writeln!(out, "{node}: {verb}: {}", r.restarted.join(", "))?;
     }
+    if !r.reloaded.is_empty() {
+        let verb = if dry_run { "would reload" } else { "reloaded" };
+        writeln!(out, "{node}: {verb}: {}", r.reloaded.join(", "))?;
+    }
     if dry_run {
         out.write_all(r.diff.as_bytes())?;
     }

@@ -192,6 +192,17 @@ impl BoundServer {
         if store.promote_staged()? {
             tracing::info!("the staged configuration is now in force");
         }
+        // A failure here must not keep the API down: the node then stays in
+        // maintenance mode, reachable for an apply-config.
+        match store.adopt_from_boot() {
+            Ok(true) => tracing::info!(
+                "the configuration placed on the boot partition at flash time is now in force"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                "the configuration placed on the boot partition could not be adopted: {e}"
+            ),
+        }
         let stored = store.load()?;
         let (tls, origin) = tls_for(&config, stored.as_ref())?;
         let node = Node::new(

@@ -51,6 +51,12 @@ const MAX_TRY: Duration = Duration::from_secs(24 * 3600);
 /// The API server's own service name: its changes are applied by the server
 /// itself (it restarts its listener), not by the supervisor.
 const SELF_SERVICE: &str = "apid";
+/// Services that run on defaults in maintenance mode and re-read the first
+/// configuration when it arrives.
+const FIRST_CONFIG_RELOADS: &[bramble_config::Service] = &[
+    bramble_config::Service::Networkd,
+    bramble_config::Service::Timed,
+];
 
 /// State shared by every call and by the server loop.
 #[derive(Debug)]
@@ -190,6 +196,8 @@ struct Plan {
     mode: ApplyMode,
     diff: String,
     restarts: Vec<String>,
+    /// Services that re-read the configuration while running.
+    reloads: Vec<String>,
     reboot: bool,
     reload_self: bool,
 }
@@ -201,14 +209,16 @@ fn plan(
 ) -> Result<Plan, Status> {
     let asked = ApplyMode::try_from(req.mode)
         .map_err(|_| Status::invalid_argument(format!("mode: unknown apply mode {}", req.mode)))?;
-    let (diff, mut restarts, reboot) = match old {
+    let names = |set: &std::collections::BTreeSet<bramble_config::Service>| -> Vec<String> {
+        set.iter().map(|s| s.name().to_owned()).collect()
+    };
+    let (diff, mut restarts, reloads, reboot) = match old {
         Some(old) => {
             let d = bramble_config::diff(old, new);
-            let restarts = d.restart.iter().map(|s| s.name().to_owned()).collect();
-            (d.to_string(), restarts, d.reboot)
+            (d.to_string(), names(&d.restart), names(&d.reload), d.reboot)
         }
-        // Leaving maintenance mode: everything is new, and only the API
-        // server itself has anything to take up yet.
+        // Leaving maintenance mode: everything is new. The API server
+        // takes it up itself; the services that ran on defaults re-read it.
         None => (
             new.redacted()
                 .to_yaml()
@@ -216,6 +226,10 @@ fn plan(
                 .map(|l| format!("+{l}\n"))
                 .collect(),
             vec![SELF_SERVICE.to_owned()],
+            FIRST_CONFIG_RELOADS
+                .iter()
+                .map(|s| s.name().to_owned())
+                .collect(),
             false,
         ),
     };
@@ -250,9 +264,22 @@ fn plan(
         mode,
         diff,
         restarts,
+        reloads,
         reboot,
         reload_self,
     })
+}
+
+/// `; restarting a, b; reloading c` for the event that records an apply.
+fn taking_up(restarts: &[String], reloads: &[String]) -> String {
+    let mut s = String::new();
+    if !restarts.is_empty() {
+        s.push_str(&format!("; restarting {}", restarts.join(", ")));
+    }
+    if !reloads.is_empty() {
+        s.push_str(&format!("; reloading {}", reloads.join(", ")));
+    }
+    s
 }
 
 fn mode_name(mode: ApplyMode) -> &'static str {
@@ -300,6 +327,7 @@ impl MachineApi {
             restarted: plan.restarts.clone(),
             reboot_required: plan.reboot,
             summary: summary(&plan, req.dry_run, req.try_timeout_seconds),
+            reloaded: plan.reloads.clone(),
         };
         if req.dry_run {
             return Ok(response);
@@ -323,11 +351,7 @@ impl MachineApi {
         node.note(format!(
             "configuration applied ({}){}",
             mode_name(plan.mode),
-            if plan.restarts.is_empty() {
-                String::new()
-            } else {
-                format!("; restarting {}", plan.restarts.join(", "))
-            }
+            taking_up(&plan.restarts, &plan.reloads)
         ));
 
         if plan.mode == ApplyMode::Reboot {
@@ -337,8 +361,12 @@ impl MachineApi {
         // The reply goes out now; the services restart behind it (each
         // restart is reported in the node's events and logs).
         let api = self.clone();
-        let (restarts, reload_self) = (plan.restarts.clone(), plan.reload_self);
-        tokio::spawn(async move { api.take_up(restarts, reload_self).await });
+        let (restarts, reloads, reload_self) = (
+            plan.restarts.clone(),
+            plan.reloads.clone(),
+            plan.reload_self,
+        );
+        tokio::spawn(async move { api.take_up(restarts, reloads, reload_self).await });
         if plan.mode == ApplyMode::Try {
             if let Some(previous) = previous {
                 self.schedule_revert(
@@ -352,7 +380,16 @@ impl MachineApi {
     }
 
     /// Makes the running services take up a stored configuration.
-    async fn take_up(&self, restarts: Vec<String>, reload_self: bool) {
+    async fn take_up(&self, restarts: Vec<String>, reloads: Vec<String>, reload_self: bool) {
+        for service in &reloads {
+            let name = service.clone();
+            match self.node.control("reload", move |c| c.reload(&name)).await {
+                Ok(()) => tracing::info!(%service, "asked to re-read the configuration"),
+                // Not every service exists on every node (or yet).
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => tracing::warn!(%service, error = %e.message(), "not reloaded"),
+            }
+        }
         for service in &restarts {
             let name = service.clone();
             match self

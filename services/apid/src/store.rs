@@ -34,6 +34,9 @@ pub const PREVIOUS: &str = "config.previous.yaml";
 pub const STAGED: &str = "config.staged.yaml";
 /// Marks the configuration in force as on trial.
 pub const TRYING: &str = "config.trying";
+/// A configuration placed on the boot partition by `nodectl image flash
+/// --config`, copied here byte for byte by PID 1 at boot (`init/src/stage1.rs`).
+pub const FROM_BOOT: &str = "config.from-boot.yaml";
 
 /// The configuration holds secrets (CA keys, tokens): owner only.
 const FILE_MODE: u32 = 0o600;
@@ -103,6 +106,58 @@ impl ConfigStore {
             source,
         })?;
         Ok(true)
+    }
+
+    /// Adopts a configuration placed on the card at flash time ([`FROM_BOOT`]),
+    /// in maintenance mode only: validated and stored exactly as a first
+    /// `ApplyConfiguration` stores it. Called once at start, before
+    /// [`ConfigStore::load`]. An invalid one is reported with its errors and
+    /// kept aside as `config.from-boot.rejected.yaml` (the node stays in
+    /// maintenance mode); one that arrives while a configuration is in force
+    /// is kept aside as `config.from-boot.ignored.yaml`. True if it is now in
+    /// force.
+    pub fn adopt_from_boot(&self) -> Result<bool, Error> {
+        let path = self.path(FROM_BOOT);
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(Error::Persist { path, source }),
+        };
+        let set_aside = |what: &str| -> Result<bool, Error> {
+            let to = self.path(&format!("config.from-boot.{what}.yaml"));
+            fs::rename(&path, &to)
+                .and_then(|()| atomic::sync_dir(&self.dir))
+                .map_err(|source| Error::Persist { path: to, source })?;
+            Ok(false)
+        };
+        if self.path(CURRENT).exists() {
+            tracing::warn!(
+                "the configuration placed on the boot partition is ignored: this node is already configured (kept as config.from-boot.ignored.yaml)"
+            );
+            return set_aside("ignored");
+        }
+        let checked = String::from_utf8(raw)
+            .map_err(|_| "the file is not UTF-8 text".to_owned())
+            .and_then(|raw| match MachineConfig::parse(&raw) {
+                Ok(_) => Ok(raw),
+                Err(e) => Err(e.to_string()),
+            });
+        match checked {
+            Ok(raw) => {
+                self.store(&raw, false)?;
+                fs::remove_file(&path)
+                    .and_then(|()| atomic::sync_dir(&self.dir))
+                    .map_err(|source| Error::Persist { path, source })?;
+                Ok(true)
+            }
+            Err(reason) => {
+                tracing::error!(
+                    "the configuration placed on the boot partition is invalid and was not applied; \
+                     the node stays in maintenance mode (kept as config.from-boot.rejected.yaml):\n{reason}"
+                );
+                set_aside("rejected")
+            }
+        }
     }
 
     /// Ends a trial the server did not see to its end: the previous
@@ -237,5 +292,44 @@ impl ConfigStore {
                 path: self.dir.clone(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = include_str!("../../../config/tests/data/full.yaml");
+
+    #[test]
+    fn adopts_a_config_placed_at_flash_time_only_in_maintenance_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("config"));
+        assert!(!store.adopt_from_boot().unwrap(), "nothing to adopt");
+
+        // Invalid: set aside, still maintenance mode.
+        fs::create_dir_all(store.dir()).unwrap();
+        let bad = VALID.replace("type: controlplane", "type: toaster");
+        fs::write(store.path(FROM_BOOT), &bad).unwrap();
+        assert!(!store.adopt_from_boot().unwrap());
+        assert!(store.load().unwrap().is_none());
+        assert_eq!(
+            fs::read_to_string(store.path("config.from-boot.rejected.yaml")).unwrap(),
+            bad
+        );
+        assert!(!store.path(FROM_BOOT).exists());
+
+        // Valid: stored byte for byte as the configuration in force.
+        fs::write(store.path(FROM_BOOT), VALID).unwrap();
+        assert!(store.adopt_from_boot().unwrap());
+        assert_eq!(store.load().unwrap().unwrap().raw, VALID);
+        assert!(!store.path(FROM_BOOT).exists());
+        assert!(store.previous().unwrap().is_none());
+
+        // Configured already: another one is ignored, set aside.
+        fs::write(store.path(FROM_BOOT), "version: v1alpha1\n").unwrap();
+        assert!(!store.adopt_from_boot().unwrap());
+        assert_eq!(store.load().unwrap().unwrap().raw, VALID);
+        assert!(store.path("config.from-boot.ignored.yaml").exists());
     }
 }

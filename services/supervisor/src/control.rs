@@ -139,6 +139,14 @@ impl Client {
         .map(drop)
     }
 
+    /// Asks a service to re-read its configuration.
+    pub fn reload(&mut self, service: &str) -> Result<(), Error> {
+        self.checked(&Request::Reload {
+            service: service.into(),
+        })
+        .map(drop)
+    }
+
     /// Records a node-wide event.
     pub fn note(&mut self, message: &str) -> Result<(), Error> {
         self.checked(&Request::Note {

@@ -75,6 +75,12 @@ pub enum Request {
         /// Service name.
         service: String,
     },
+    /// Ask a running service to re-read its configuration (SIGHUP); start
+    /// it if it is not running.
+    Reload {
+        /// Service name.
+        service: String,
+    },
     /// Stop everything and make `run()` return.
     Shutdown {
         /// poweroff or reboot.

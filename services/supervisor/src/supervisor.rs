@@ -519,6 +519,32 @@ impl Supervisor {
         }
     }
 
+    /// Asks a running service to re-read its configuration (SIGHUP); a
+    /// service that is not running is started instead, which reads it too.
+    pub fn reload(&mut self, name: &str) -> Result<(), Error> {
+        let idx = self.lookup(name)?;
+        if self.shutdown.is_some() {
+            return Err(Error::ShuttingDown);
+        }
+        let running = self.services[idx]
+            .proc
+            .as_ref()
+            .filter(|_| self.services[idx].stop.is_none())
+            .map(|proc| {
+                signal_proc(proc, Signal::HUP);
+                proc.pid.as_raw_nonzero().get()
+            });
+        match running {
+            Some(pid) => {
+                let msg = format!("reload requested: sent SIGHUP to pid {pid}");
+                info!(service = name, "{msg}");
+                self.record(Some(idx), None, None, msg);
+                Ok(())
+            }
+            None => self.start(name),
+        }
+    }
+
     /// Starts an orderly shutdown: every service is stopped in reverse
     /// dependency order, then `run()` returns `kind`. The first request wins.
     pub fn request_shutdown(&mut self, kind: Shutdown) {
@@ -1592,6 +1618,7 @@ impl Supervisor {
             Request::Start { service } => done(self.start(&service)),
             Request::Stop { service } => done(self.stop(&service)),
             Request::Restart { service } => done(self.restart(&service)),
+            Request::Reload { service } => done(self.reload(&service)),
             Request::Shutdown { kind } => {
                 self.request_shutdown(kind);
                 Response::ok()

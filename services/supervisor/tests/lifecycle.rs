@@ -330,6 +330,37 @@ fn restart_request_restarts_only_that_service() {
 }
 
 #[test]
+fn reload_sends_sighup_to_the_running_process_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("reloaded");
+    // The shell counts SIGHUPs in a file; `sleep` in the background keeps
+    // it waiting so the trap runs as soon as the signal arrives.
+    let script = format!(
+        "trap 'echo hup >> {m}' HUP; while :; do sleep 0.05 & wait $!; done",
+        m = marker.display()
+    );
+    let mut s = sup(vec![sh("net", &script)]);
+    assert!(wait_for(&mut s, LONG, all_ready));
+    let before = pid(&s, "net");
+    s.reload("net").unwrap();
+    assert!(wait_for(&mut s, LONG, |_| std::fs::read_to_string(&marker)
+        .is_ok_and(|t| t == "hup\n")));
+    assert_eq!(
+        pid(&s, "net"),
+        before,
+        "a reload must not restart the process"
+    );
+    assert!(
+        s.events_since(0)
+            .iter()
+            .any(|e| e.message.starts_with("reload requested: sent SIGHUP")),
+        "the reload is recorded as an event"
+    );
+    assert!(s.reload("nope").is_err());
+    shutdown(&mut s);
+}
+
+#[test]
 fn backoff_resets_after_staying_up() {
     let mut d = sh("flaky", "sleep 0.4; exit 1");
     d.restart_delay = Duration::from_millis(50);
