@@ -87,7 +87,7 @@ impl Daemon {
             return want.dhcp;
         }
         if self.opts.links.is_empty() {
-            link.is_physical_ethernet(&self.opts.sysfs)
+            crate::links::is_physical_ethernet(link, &self.opts.sysfs)
         } else {
             self.opts.links.contains(&link.name)
         }

@@ -22,6 +22,10 @@ pub enum Error {
         source: rtnetlink::Error,
     },
 
+    /// Listing links, addresses or routes failed.
+    #[error(transparent)]
+    Dump(#[from] bramble_netlink::DumpError),
+
     /// A route the kernel's message format cannot express (mixed families).
     #[error("{what}: {reason}")]
     BadRoute {

@@ -1,8 +1,6 @@
-//! Links, addresses and routes over rtnetlink.
-//!
-//! Everything that changes kernel network state goes through [`Netlink`], so
-//! the later config-driven reconciliation (static addresses, routes, VLANs,
-//! bonds) can grow here.
+//! The rtnetlink connection, link classification, and the changes the DHCP
+//! client makes (lease addresses, default routes). Reading the kernel's state
+//! is `bramble-netlink`'s; the configured network is `reconcile`'s.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -11,9 +9,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
-use rtnetlink::packet_route::link::{
-    LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkLayerType, LinkMessage,
-};
+use rtnetlink::packet_route::link::{LinkFlags, LinkLayerType};
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, RouteMessageBuilder};
 use tracing::debug;
@@ -30,99 +26,23 @@ const EADDRNOTAVAIL: i32 = 99;
 /// The kernel's "forever" address lifetime.
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
-/// What we know about one link from a link dump or notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// Interface index.
-    pub index: u32,
-    /// Interface name.
-    pub name: String,
-    /// Hardware address, if the link has one.
-    pub mac: Option<Vec<u8>>,
-    /// `ARPHRD_*` type.
-    pub link_type: LinkLayerType,
-    /// `IFF_*` flags.
-    pub flags: LinkFlags,
-    /// Carrier present (IFLA_CARRIER, or IFF_LOWER_UP).
-    pub carrier: bool,
-    /// Virtual link kind (`veth`, `bridge`, ...), when the kernel reports one.
-    pub kind: Option<String>,
-    /// MTU.
-    pub mtu: Option<u32>,
-    /// `ifalias`: marks the links this daemon created.
-    pub alias: Option<String>,
-}
+pub use bramble_netlink::Link;
 
-impl Link {
-    /// Parses a link message; `None` if it has no name.
-    pub fn from_message(msg: &LinkMessage) -> Option<Self> {
-        let mut name = None;
-        let mut mac = None;
-        let mut carrier = None;
-        let mut kind = None;
-        let mut mtu = None;
-        let mut alias = None;
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => name = Some(n.clone()),
-                LinkAttribute::Mtu(m) => mtu = Some(*m),
-                LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
-                LinkAttribute::Address(a) => mac = Some(a.clone()),
-                LinkAttribute::Carrier(c) => carrier = Some(*c != 0),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let NlLinkInfo::Kind(k) = info {
-                            kind = Some(k.to_string());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let flags = msg.header.flags;
-        Some(Self {
-            index: msg.header.index,
-            name: name?,
-            mac,
-            link_type: msg.header.link_layer_type,
-            flags,
-            carrier: carrier.unwrap_or_else(|| flags.contains(LinkFlags::LowerUp)),
-            kind,
-            mtu,
-            alias,
-        })
+/// Whether `link` is a physical wired Ethernet port: an `ARPHRD_ETHER`
+/// link, not loopback, not a virtual kind, backed by a device in sysfs
+/// (`<sysfs>/class/net/<name>/device`) and not wireless.
+pub fn is_physical_ethernet(link: &Link, sysfs: &Path) -> bool {
+    if link.link_type != LinkLayerType::Ether
+        || link.flags.contains(LinkFlags::Loopback)
+        || link.kind.is_some()
+        || link.ethernet_mac().is_none()
+        || link.name.contains('/')
+        || link.name.starts_with('.')
+    {
+        return false;
     }
-
-    /// The 6-byte Ethernet address, if the link has one.
-    pub fn ethernet_mac(&self) -> Option<[u8; 6]> {
-        self.mac
-            .as_deref()
-            .and_then(|m| <[u8; 6]>::try_from(m).ok())
-    }
-
-    /// Whether the link is administratively up.
-    pub fn is_up(&self) -> bool {
-        self.flags.contains(LinkFlags::Up)
-    }
-
-    /// Whether this is a physical wired Ethernet port: an `ARPHRD_ETHER`
-    /// link, not loopback, not a virtual kind, backed by a device in sysfs
-    /// (`<sysfs>/class/net/<name>/device`) and not wireless.
-    pub fn is_physical_ethernet(&self, sysfs: &Path) -> bool {
-        if self.link_type != LinkLayerType::Ether
-            || self.flags.contains(LinkFlags::Loopback)
-            || self.kind.is_some()
-            || self.ethernet_mac().is_none()
-            || self.name.contains('/')
-            || self.name.starts_with('.')
-        {
-            return false;
-        }
-        let dir = sysfs.join("class/net").join(&self.name);
-        dir.join("device").exists()
-            && !dir.join("wireless").exists()
-            && !dir.join("phy80211").exists()
-    }
+    let dir = sysfs.join("class/net").join(&link.name);
+    dir.join("device").exists() && !dir.join("wireless").exists() && !dir.join("phy80211").exists()
 }
 
 /// A handle on the rtnetlink socket.
@@ -142,14 +62,9 @@ impl Netlink {
 
     /// All links.
     pub async fn links(&self) -> Result<Vec<Link>, Error> {
-        let mut stream = self.handle.link().get().execute();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| nl("dump links", e))? {
-            if let Some(link) = Link::from_message(&msg) {
-                out.push(link);
-            }
-        }
-        Ok(out)
+        bramble_netlink::links(&self.handle)
+            .await
+            .map_err(Error::Dump)
     }
 
     /// One link by index; `None` if it is gone.
@@ -441,25 +356,33 @@ mod tests {
         std::fs::create_dir_all(net.join("lo")).unwrap();
 
         let eth = LinkLayerType::Ether;
-        assert!(link("eth0", eth, LinkFlags::empty(), None).is_physical_ethernet(sys.path()));
-        assert!(!link("wlan0", eth, LinkFlags::empty(), None).is_physical_ethernet(sys.path()));
+        assert!(is_physical_ethernet(
+            &link("eth0", eth, LinkFlags::empty(), None),
+            sys.path()
+        ));
+        assert!(!is_physical_ethernet(
+            &link("wlan0", eth, LinkFlags::empty(), None),
+            sys.path()
+        ));
+        assert!(!is_physical_ethernet(
+            &link("veth0", eth, LinkFlags::empty(), Some("veth")),
+            sys.path()
+        ));
         assert!(
-            !link("veth0", eth, LinkFlags::empty(), Some("veth")).is_physical_ethernet(sys.path())
-        );
-        assert!(
-            !link("veth0", eth, LinkFlags::empty(), None).is_physical_ethernet(sys.path()),
+            !is_physical_ethernet(&link("veth0", eth, LinkFlags::empty(), None), sys.path()),
             "no device in sysfs"
         );
-        assert!(
-            !link("lo", LinkLayerType::Loopback, LinkFlags::Loopback, None)
-                .is_physical_ethernet(sys.path())
-        );
+        assert!(!is_physical_ethernet(
+            &link("lo", LinkLayerType::Loopback, LinkFlags::Loopback, None),
+            sys.path()
+        ));
         // A device-backed link of another kind (e.g. an eth0 with a bridge kind) is not physical.
-        assert!(
-            !link("eth0", eth, LinkFlags::empty(), Some("bridge")).is_physical_ethernet(sys.path())
-        );
+        assert!(!is_physical_ethernet(
+            &link("eth0", eth, LinkFlags::empty(), Some("bridge")),
+            sys.path()
+        ));
         let mut no_mac = link("eth0", eth, LinkFlags::empty(), None);
         no_mac.mac = None;
-        assert!(!no_mac.is_physical_ethernet(sys.path()));
+        assert!(!is_physical_ethernet(&no_mac, sys.path()));
     }
 }

@@ -11,15 +11,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use futures_util::TryStreamExt;
+use bramble_netlink::Address;
 use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol};
 use rtnetlink::{LinkUnspec, LinkVlan, RouteMessageBuilder};
 use tracing::{debug, info, warn};
 
@@ -94,17 +92,6 @@ pub struct Report {
     pub changes: Vec<Change>,
     /// Problems, each naming its link.
     pub problems: Vec<String>,
-}
-
-/// An address as the kernel lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelAddress {
-    /// Link index.
-    pub index: u32,
-    /// Address and prefix length.
-    pub net: IpNet,
-    /// Added by this daemon as a static address.
-    pub ours: bool,
 }
 
 /// A main-table route with protocol `static`, as the kernel lists it.
@@ -216,7 +203,7 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
     }
 
     // Addresses.
-    let addresses = match addresses(nl).await {
+    let addresses = match bramble_netlink::addresses(&nl.handle).await {
         Ok(a) => a,
         Err(e) => {
             report.problems.push(e.to_string());
@@ -245,7 +232,7 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
 
     // Old addresses go after the new ones are in: a subnet never empties on
     // the way, so the kernel keeps the routes through it.
-    for a in addresses.iter().filter(|a| a.ours) {
+    for a in addresses.iter().filter(|a| ours(a)) {
         let wanted = by_index
             .get(&a.index)
             .and_then(|l| desired.link(&l.name))
@@ -316,45 +303,9 @@ fn promote_secondaries(link: &str) {
     }
 }
 
-/// Every address on every link.
-pub async fn addresses(nl: &Netlink) -> Result<Vec<KernelAddress>, Error> {
-    let mut stream = nl.handle.address().get().execute();
-    let mut out = Vec::new();
-    while let Some(msg) = stream
-        .try_next()
-        .await
-        .map_err(|e| netlink_error("dump addresses", e))?
-    {
-        if let Some(a) = kernel_address(&msg) {
-            out.push(a);
-        }
-    }
-    Ok(out)
-}
-
-fn kernel_address(msg: &AddressMessage) -> Option<KernelAddress> {
-    let mut local = None;
-    let mut address = None;
-    let mut ours = false;
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            AddressAttribute::Protocol(p) => {
-                ours = u8::from(*p) == ADDRESS_PROTOCOL;
-            }
-            _ => {}
-        }
-    }
-    // IPv4 lists the interface's own address as IFA_LOCAL (IFA_ADDRESS is
-    // the peer on point-to-point links); IPv6 has only IFA_ADDRESS.
-    let ip = local.or(address)?;
-    let net = IpNet::new(ip, msg.header.prefix_len).ok()?;
-    Some(KernelAddress {
-        index: msg.header.index,
-        net,
-        ours,
-    })
+/// The static addresses this daemon added (marked with [`ADDRESS_PROTOCOL`]).
+fn ours(a: &Address) -> bool {
+    a.protocol == ADDRESS_PROTOCOL
 }
 
 async fn add_address(nl: &Netlink, index: u32, net: IpNet) -> Result<(), Error> {
@@ -393,75 +344,22 @@ async fn del_address(nl: &Netlink, index: u32, net: IpNet) -> Result<(), Error> 
 
 /// Main-table routes with protocol `static`, both families.
 async fn static_routes(nl: &Netlink) -> Result<Vec<KernelRoute>, Error> {
-    let mut out = Vec::new();
-    let dumps = [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ];
-    for dump in dumps {
-        let mut stream = nl.handle.route().get(dump).execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| netlink_error("dump routes", e))?
-        {
-            if let Some(r) = kernel_route(&msg) {
-                out.push(r);
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
-    if msg.header.protocol != RouteProtocol::Static {
-        return None;
-    }
-    let mut table = u32::from(msg.header.table);
-    let mut destination = None;
-    let mut gateway = None;
-    let mut oif = None;
-    let mut metric = 0;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(a) => destination = route_ip(a),
-            RouteAttribute::Gateway(a) => gateway = route_ip(a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Priority(p) => metric = *p,
-            _ => {}
-        }
-    }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-        return None;
-    }
-    let unspecified = if msg.header.address_family == AddressFamily::Inet6 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    };
-    let destination = IpNet::new(
-        destination.unwrap_or(unspecified),
-        msg.header.destination_prefix_length,
-    )
-    .ok()?;
-    Some(KernelRoute {
-        index: oif?,
-        route: DesiredRoute {
-            destination,
-            gateway,
-            metric,
-            on_link: msg.header.flags.contains(RouteFlags::Onlink),
-        },
-    })
+    let routes = bramble_netlink::routes(&nl.handle).await?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| r.protocol == RouteProtocol::Static && r.in_main_table())
+        .filter_map(|r| {
+            Some(KernelRoute {
+                index: r.oif?,
+                route: DesiredRoute {
+                    destination: r.destination,
+                    gateway: r.gateway,
+                    metric: r.metric,
+                    on_link: r.on_link,
+                },
+            })
+        })
+        .collect())
 }
 
 fn route_message(index: u32, r: &DesiredRoute) -> Result<RouteMessage, String> {

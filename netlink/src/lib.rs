@@ -1,0 +1,315 @@
+//! Typed snapshots of the kernel's network state over rtnetlink: links,
+//! addresses and routes as plain values.
+//!
+//! The network daemon reads the kernel through this crate before it changes
+//! anything; the machine API server reads it to answer `get links`,
+//! `get addresses` and `get routes`. Both see the same fields the same way.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use rtnetlink::packet_route::link::{
+    LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkLayerType, LinkMessage,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+pub use rtnetlink;
+
+/// A dump the kernel refused or that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink dump of {what} failed: {source}")]
+pub struct DumpError {
+    /// What was being listed: `links`, `addresses` or `routes`.
+    pub what: &'static str,
+    /// The error from the kernel (or rtnetlink).
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+/// One link, from a link dump or notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Hardware address, if the link has one.
+    pub mac: Option<Vec<u8>>,
+    /// `ARPHRD_*` type.
+    pub link_type: LinkLayerType,
+    /// `IFF_*` flags.
+    pub flags: LinkFlags,
+    /// Carrier present (IFLA_CARRIER, or IFF_LOWER_UP).
+    pub carrier: bool,
+    /// Virtual link kind (`veth`, `bridge`, `vlan`, ...), when the kernel reports one.
+    pub kind: Option<String>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// `ifalias`.
+    pub alias: Option<String>,
+}
+
+impl Link {
+    /// Parses a link message; `None` if it has no name.
+    pub fn from_message(msg: &LinkMessage) -> Option<Self> {
+        let mut name = None;
+        let mut mac = None;
+        let mut carrier = None;
+        let mut kind = None;
+        let mut mtu = None;
+        let mut alias = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Mtu(m) => mtu = Some(*m),
+                LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
+                LinkAttribute::Address(a) => mac = Some(a.clone()),
+                LinkAttribute::Carrier(c) => carrier = Some(*c != 0),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let NlLinkInfo::Kind(k) = info {
+                            kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let flags = msg.header.flags;
+        Some(Self {
+            index: msg.header.index,
+            name: name?,
+            mac,
+            link_type: msg.header.link_layer_type,
+            flags,
+            carrier: carrier.unwrap_or_else(|| flags.contains(LinkFlags::LowerUp)),
+            kind,
+            mtu,
+            alias,
+        })
+    }
+
+    /// The 6-byte Ethernet address, if the link has one.
+    pub fn ethernet_mac(&self) -> Option<[u8; 6]> {
+        self.mac
+            .as_deref()
+            .and_then(|m| <[u8; 6]>::try_from(m).ok())
+    }
+
+    /// The hardware address as `aa:bb:cc:dd:ee:ff` (empty without one).
+    pub fn mac_text(&self) -> String {
+        self.mac
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Whether the link is administratively up.
+    pub fn is_up(&self) -> bool {
+        self.flags.contains(LinkFlags::Up)
+    }
+}
+
+/// One address on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// Link index.
+    pub index: u32,
+    /// Address and prefix length.
+    pub net: IpNet,
+    /// `IFA_PROTO`: who added it (0 when the kernel does not say).
+    pub protocol: u8,
+    /// Scope: `global`, `link`, `host`, ...
+    pub scope: &'static str,
+}
+
+impl Address {
+    fn from_message(msg: &AddressMessage) -> Option<Self> {
+        let mut local = None;
+        let mut address = None;
+        let mut protocol = 0;
+        for attr in &msg.attributes {
+            match attr {
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Address(ip) => address = Some(*ip),
+                AddressAttribute::Protocol(p) => protocol = u8::from(*p),
+                _ => {}
+            }
+        }
+        // IPv4 lists the interface's own address as IFA_LOCAL (IFA_ADDRESS is
+        // the peer on point-to-point links); IPv6 has only IFA_ADDRESS.
+        let ip = local.or(address)?;
+        Some(Self {
+            index: msg.header.index,
+            net: IpNet::new(ip, msg.header.prefix_len).ok()?,
+            protocol,
+            scope: match msg.header.scope {
+                AddressScope::Universe => "global",
+                AddressScope::Site => "site",
+                AddressScope::Link => "link",
+                AddressScope::Host => "host",
+                AddressScope::Nowhere => "nowhere",
+                _ => "other",
+            },
+        })
+    }
+}
+
+/// One unicast route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Routing table.
+    pub table: u32,
+    /// Who installed it.
+    pub protocol: RouteProtocol,
+    /// Destination prefix (`0.0.0.0/0` or `::/0` for a default route).
+    pub destination: IpNet,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Output link index.
+    pub oif: Option<u32>,
+    /// Priority; lower wins.
+    pub metric: u32,
+    /// Preferred source address.
+    pub source: Option<IpAddr>,
+    /// Scope: `global`, `link`, `host`, ...
+    pub scope: &'static str,
+    /// The gateway is used on the link without an address covering it.
+    pub on_link: bool,
+}
+
+impl Route {
+    /// Whether the route is in the main table.
+    pub fn in_main_table(&self) -> bool {
+        self.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+    }
+
+    fn from_message(msg: &RouteMessage) -> Option<Self> {
+        if msg.header.kind != RouteType::Unicast {
+            return None;
+        }
+        let mut table = u32::from(msg.header.table);
+        let mut destination = None;
+        let mut gateway = None;
+        let mut oif = None;
+        let mut metric = 0;
+        let mut source = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(a) => destination = route_ip(a),
+                RouteAttribute::Gateway(a) => gateway = route_ip(a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Priority(p) => metric = *p,
+                RouteAttribute::PrefSource(a) => source = route_ip(a),
+                _ => {}
+            }
+        }
+        let unspecified = if msg.header.address_family == AddressFamily::Inet6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let destination = IpNet::new(
+            destination.unwrap_or(unspecified),
+            msg.header.destination_prefix_length,
+        )
+        .ok()?;
+        Some(Self {
+            table,
+            protocol: msg.header.protocol,
+            destination,
+            gateway,
+            oif,
+            metric,
+            source,
+            scope: match msg.header.scope {
+                RouteScope::Universe => "global",
+                RouteScope::Site => "site",
+                RouteScope::Link => "link",
+                RouteScope::Host => "host",
+                RouteScope::NoWhere => "nowhere",
+                _ => "other",
+            },
+            on_link: msg.header.flags.contains(RouteFlags::Onlink),
+        })
+    }
+}
+
+/// The usual name of a route protocol (`kernel`, `boot`, `static`, `dhcp`, ...).
+pub fn protocol_name(p: RouteProtocol) -> String {
+    match p {
+        RouteProtocol::Kernel => "kernel".into(),
+        RouteProtocol::Boot => "boot".into(),
+        RouteProtocol::Static => "static".into(),
+        RouteProtocol::Dhcp => "dhcp".into(),
+        RouteProtocol::Ra => "ra".into(),
+        other => u8::from(other).to_string(),
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// Every link.
+pub async fn links(handle: &Handle) -> Result<Vec<Link>, DumpError> {
+    let err = |source| DumpError {
+        what: "links",
+        source,
+    };
+    let mut stream = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.try_next().await.map_err(err)? {
+        out.extend(Link::from_message(&msg));
+    }
+    Ok(out)
+}
+
+/// Every address on every link.
+pub async fn addresses(handle: &Handle) -> Result<Vec<Address>, DumpError> {
+    let err = |source| DumpError {
+        what: "addresses",
+        source,
+    };
+    let mut stream = handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.try_next().await.map_err(err)? {
+        out.extend(Address::from_message(&msg));
+    }
+    Ok(out)
+}
+
+/// Every unicast route of both families, in every table.
+pub async fn routes(handle: &Handle) -> Result<Vec<Route>, DumpError> {
+    let err = |source| DumpError {
+        what: "routes",
+        source,
+    };
+    let mut out = Vec::new();
+    let dumps = [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ];
+    for dump in dumps {
+        let mut stream = handle.route().get(dump).execute();
+        while let Some(msg) = stream.try_next().await.map_err(err)? {
+            out.extend(Route::from_message(&msg));
+        }
+    }
+    Ok(out)
+}
