@@ -22,6 +22,24 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 pub use rtnetlink;
 
+/// `IFA_PROTO` of the static addresses the network daemon adds from the
+/// machine configuration. Values 0–3 are the kernel's.
+pub const ADDRESS_PROTOCOL_STATIC: u8 = 0x62;
+/// `IFA_PROTO` of the addresses the network daemon's DHCP client adds.
+pub const ADDRESS_PROTOCOL_DHCP: u8 = 0x63;
+
+/// Who added an address, from its `IFA_PROTO`: `static` (the machine
+/// configuration), `dhcp`, `kernel` (loopback, router advertisement,
+/// link-local) or `other`.
+pub fn address_origin(protocol: u8) -> &'static str {
+    match protocol {
+        ADDRESS_PROTOCOL_STATIC => "static",
+        ADDRESS_PROTOCOL_DHCP => "dhcp",
+        1..=3 => "kernel",
+        _ => "other",
+    }
+}
+
 /// A dump the kernel refused or that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("netlink dump of {what} failed: {source}")]

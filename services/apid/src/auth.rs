@@ -56,6 +56,11 @@ pub const RULES: &[Rule] = &[
     rule("Processes", Role::Reader, false),
     rule("Mounts", Role::Reader, false),
     rule("Hostname", Role::Reader, false),
+    rule("Links", Role::Reader, false),
+    rule("Addresses", Role::Reader, false),
+    rule("Routes", Role::Reader, false),
+    rule("Resolvers", Role::Reader, false),
+    rule("Time", Role::Reader, false),
     rule("ServiceStart", Role::Operator, false),
     rule("ServiceStop", Role::Operator, false),
     rule("ServiceRestart", Role::Operator, false),
@@ -233,7 +238,8 @@ mod tests {
         let expected = [
             (
                 Role::Reader,
-                "Version GetConfig ServiceList Logs Dmesg Events Memory LoadAvg Processes Mounts Hostname",
+                "Version GetConfig ServiceList Logs Dmesg Events Memory LoadAvg Processes Mounts Hostname \
+                 Links Addresses Routes Resolvers Time",
             ),
             (
                 Role::Operator,

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod identity;
 pub mod info;
+pub mod network;
 pub mod ready;
 pub mod server;
 pub mod service;

@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use bramble_api::machine::v1::machine_service_server::MachineService;
 use bramble_api::machine::v1::{
-    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, DmesgRequest, Event,
-    EventsRequest, GetConfigRequest, GetConfigResponse, HostnameRequest, HostnameResponse,
-    KernelLogLine, LoadAvgRequest, LoadAvgResponse, LogLine, LogsRequest, MemoryRequest,
-    MemoryResponse, MountsRequest, MountsResponse, ProcessesRequest, ProcessesResponse,
-    RebootRequest, RebootResponse, ResetRequest, ResetResponse, Service, ServiceListRequest,
-    ServiceListResponse, ServiceRequest, ServiceResponse, ShutdownRequest, ShutdownResponse,
-    VersionRequest, VersionResponse,
+    AddressesRequest, AddressesResponse, ApplyConfigurationRequest, ApplyConfigurationResponse,
+    ApplyMode, DmesgRequest, Event, EventsRequest, GetConfigRequest, GetConfigResponse,
+    HostnameRequest, HostnameResponse, KernelLogLine, LinksRequest, LinksResponse, LoadAvgRequest,
+    LoadAvgResponse, LogLine, LogsRequest, MemoryRequest, MemoryResponse, MountsRequest,
+    MountsResponse, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
+    ResetRequest, ResetResponse, ResolversRequest, ResolversResponse, RoutesRequest,
+    RoutesResponse, Service, ServiceListRequest, ServiceListResponse, ServiceRequest,
+    ServiceResponse, ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse, VersionRequest,
+    VersionResponse,
 };
 use bramble_config::MachineConfig;
 use bramble_supervisor::Shutdown;
@@ -765,6 +767,50 @@ impl MachineService for MachineApi {
         Ok(Response::new(HostnameResponse {
             hostname: Uname::get().nodename,
         }))
+    }
+
+    async fn links(
+        &self,
+        _request: Request<LinksRequest>,
+    ) -> Result<Response<LinksResponse>, Status> {
+        // A copy, so an apply is not held up while the kernel answers.
+        let config = self
+            .node
+            .current
+            .lock()
+            .await
+            .as_ref()
+            .map(|s| s.config.clone());
+        crate::network::links(config.as_ref(), &self.node.system.run)
+            .await
+            .map(Response::new)
+    }
+
+    async fn addresses(
+        &self,
+        _request: Request<AddressesRequest>,
+    ) -> Result<Response<AddressesResponse>, Status> {
+        crate::network::addresses().await.map(Response::new)
+    }
+
+    async fn routes(
+        &self,
+        _request: Request<RoutesRequest>,
+    ) -> Result<Response<RoutesResponse>, Status> {
+        crate::network::routes().await.map(Response::new)
+    }
+
+    async fn resolvers(
+        &self,
+        _request: Request<ResolversRequest>,
+    ) -> Result<Response<ResolversResponse>, Status> {
+        let current = self.node.current.lock().await;
+        let config = current.as_ref().map(|s| &s.config);
+        crate::network::resolvers(config, &self.node.system.resolv_conf).map(Response::new)
+    }
+
+    async fn time(&self, _request: Request<TimeRequest>) -> Result<Response<TimeResponse>, Status> {
+        Ok(Response::new(crate::network::time(&self.node.system.run)))
     }
 
     async fn reboot(

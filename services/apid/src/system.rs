@@ -18,6 +18,10 @@ pub struct SystemSource {
     pub proc: PathBuf,
     /// The kernel log device.
     pub kmsg: PathBuf,
+    /// Where networkd and timed publish their status (`/run/bramble`).
+    pub run: PathBuf,
+    /// The resolver configuration in force.
+    pub resolv_conf: PathBuf,
 }
 
 impl Default for SystemSource {
@@ -25,6 +29,8 @@ impl Default for SystemSource {
         Self {
             proc: "/proc".into(),
             kmsg: "/dev/kmsg".into(),
+            run: "/run/bramble".into(),
+            resolv_conf: "/etc/resolv.conf".into(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressProtocol, CacheInfo};
 use rtnetlink::packet_route::link::{LinkFlags, LinkLayerType};
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, RouteMessageBuilder};
@@ -139,6 +139,11 @@ impl Netlink {
         req.message_mut()
             .attributes
             .push(AddressAttribute::CacheInfo(cache));
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::from(
+                bramble_netlink::ADDRESS_PROTOCOL_DHCP,
+            )));
         req.execute()
             .await
             .map_err(|e| nl(&format!("add address {} on link {index}", lease.cidr()), e))

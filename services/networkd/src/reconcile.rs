@@ -25,9 +25,8 @@ use crate::desired::{Desired, DesiredRoute};
 use crate::error::Error;
 use crate::links::{Link, Netlink, is_gone, nl as netlink_error};
 
-/// `IFA_PROTO` value on the static addresses this daemon adds. Values 0–3
-/// are the kernel's; this one is Bramble's.
-pub const ADDRESS_PROTOCOL: u8 = 0x62;
+/// `IFA_PROTO` value on the static addresses this daemon adds.
+pub const ADDRESS_PROTOCOL: u8 = bramble_netlink::ADDRESS_PROTOCOL_STATIC;
 /// `ifalias` of the links this daemon creates.
 pub const OWNER_ALIAS: &str = "bramble-networkd";
 
