@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 /// Errors from talking to the kernel (netlink, sockets) and from writing the
 /// daemon's status files.
@@ -59,30 +58,17 @@ pub enum Error {
     #[error("cannot encode DHCP message: {0}")]
     Encode(#[from] dhcproto::error::EncodeError),
 
-    /// A file-system operation on a status file failed.
-    #[error("{what} {path}: {source}")]
-    File {
-        /// The operation, for example `write` or `rename`.
-        what: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The error from the kernel.
-        #[source]
-        source: io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] bramble_daemon::FileError),
 
     /// Serialising the status document failed.
     #[error("cannot serialise network state: {0}")]
     Json(#[from] serde_json::Error),
 
     /// The readiness file descriptor named in `BRAMBLE_READY_FD` is not usable.
-    #[error("BRAMBLE_READY_FD={value:?}: {reason}")]
-    ReadyFd {
-        /// The raw value of the environment variable.
-        value: String,
-        /// Why it could not be used.
-        reason: String,
-    },
+    #[error(transparent)]
+    Ready(#[from] bramble_daemon::ReadyError),
 }
 
 /// Why a DHCPACK could not be turned into a lease.

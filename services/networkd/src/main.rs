@@ -11,12 +11,13 @@ mod daemon;
 mod desired;
 mod dhcp;
 mod error;
-mod fsutil;
 mod links;
-mod ready;
 mod reconcile;
 mod resolv;
 mod status;
+
+use bramble_daemon::fs as fsutil;
+use bramble_daemon::ready;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -79,7 +79,10 @@ impl Resolvers {
 
 /// Atomically writes `<run-dir>/resolv.conf`.
 pub fn write_resolv_conf(run_dir: &Path, resolvers: &Resolvers) -> Result<(), Error> {
-    fsutil::write_atomic(&run_dir.join("resolv.conf"), resolvers.render().as_bytes())
+    Ok(fsutil::write_atomic(
+        &run_dir.join("resolv.conf"),
+        resolvers.render().as_bytes(),
+    )?)
 }
 
 /// The `hosts` text: localhost, this node's name, then the configured entries.
@@ -100,12 +103,18 @@ pub fn render_hosts(hostname: Option<&str>, extra: &[(IpAddr, Vec<String>)]) -> 
 
 /// Atomically writes `<run-dir>/hosts`.
 pub fn write_hosts(run_dir: &Path, text: &str) -> Result<(), Error> {
-    fsutil::write_atomic(&run_dir.join("hosts"), text.as_bytes())
+    Ok(fsutil::write_atomic(
+        &run_dir.join("hosts"),
+        text.as_bytes(),
+    )?)
 }
 
 /// Atomically writes `<run-dir>/hostname`.
 pub fn write_hostname(run_dir: &Path, name: &str) -> Result<(), Error> {
-    fsutil::write_atomic(&run_dir.join("hostname"), format!("{name}\n").as_bytes())
+    Ok(fsutil::write_atomic(
+        &run_dir.join("hostname"),
+        format!("{name}\n").as_bytes(),
+    )?)
 }
 
 #[cfg(test)]

@@ -15,9 +15,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bramble_testkit::{read, run, skip_reason, wait_exit, wait_for};
 
 const CLIENT_IF: &str = "ndc0";
 const SERVER_IF: &str = "nds0";
@@ -26,81 +28,6 @@ const SERVER_IP: &str = "10.123.0.1";
 const LEASED_IP: &str = "10.123.0.50";
 const T1_SECS: u32 = 3;
 const T2_SECS: u32 = 6;
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Why the test cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !is_root() {
-        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    if find_program("ip").is_none() {
-        return Some("`ip` (iproute2) not found".into());
-    }
-    if find_program("dnsmasq").is_none() {
-        return Some("`dnsmasq` not found (install the Debian package dnsmasq-base)".into());
-    }
-    None
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
-}
 
 /// Owns the namespaces and child processes; tears everything down on drop,
 /// including when an assertion fails.
@@ -282,7 +209,7 @@ impl Drop for Lab {
 
 #[test]
 fn dhcp_lease_renew_keep_rebind_release() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&[("dnsmasq", "dnsmasq-base")]) {
         eprintln!("SKIPPED dhcp_lease_renew_keep_rebind_release: {reason}");
         return;
     }
@@ -432,7 +359,7 @@ impl Drop for NsGuard {
 /// up, readiness is signalled, and SIGTERM exits 0.
 #[test]
 fn auto_detection_skips_virtual_links() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&[("dnsmasq", "dnsmasq-base")]) {
         eprintln!("SKIPPED auto_detection_skips_virtual_links: {reason}");
         return;
     }

@@ -16,9 +16,11 @@
 
 use std::fs::{self, File};
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use bramble_testkit::{run, skip_reason, wait_for};
 
 const LINK: &str = "nrc0";
 const PEER: &str = "nrc1";
@@ -70,47 +72,6 @@ VLAN    nameservers: [10.77.0.53]
       - ip: 10.77.0.9
         aliases: [registry.lab]
 ";
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn have_ip() -> bool {
-    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .iter()
-        .any(|p| Path::new(p).is_file())
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 struct Lab {
     ns: String,
@@ -332,8 +293,8 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn configured_network_is_applied_and_only_differences_change() {
-    if !is_root() || !have_ip() {
-        eprintln!("skipped: needs root and iproute2 (`ip`) to create a network namespace");
+    if let Some(why) = skip_reason(&[]) {
+        eprintln!("skipped: {why}");
         return;
     }
     let mut lab = Lab::new();

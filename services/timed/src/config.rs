@@ -59,11 +59,11 @@ pub fn load(path: &Path) -> Result<Settings, Error> {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Settings::defaults()),
         Err(source) => {
-            return Err(Error::File {
+            return Err(Error::File(bramble_daemon::FileError {
                 what: "read",
                 path: path.to_owned(),
                 source,
-            });
+            }));
         }
     };
     let config = MachineConfig::parse(&text).map_err(|e| Error::Config {

@@ -9,17 +9,9 @@ use crate::ntp::ReplyError;
 /// Errors from files, the configuration, the clock and readiness.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file-system operation failed.
-    #[error("{what} {path}: {source}")]
-    File {
-        /// The operation, for example `write` or `rename`.
-        what: &'static str,
-        /// The file concerned.
-        path: PathBuf,
-        /// The error from the kernel.
-        #[source]
-        source: io::Error,
-    },
+    /// A file operation failed.
+    #[error(transparent)]
+    File(#[from] bramble_daemon::FileError),
 
     /// The machine configuration file cannot be used. `message` names the
     /// field(s) at fault, one `path: reason` per line.
@@ -69,13 +61,8 @@ pub enum Error {
     Signal(#[source] io::Error),
 
     /// The readiness file descriptor named in `BRAMBLE_READY_FD` is not usable.
-    #[error("BRAMBLE_READY_FD={value:?}: {reason}")]
-    ReadyFd {
-        /// The raw value of the environment variable.
-        value: String,
-        /// Why it could not be used.
-        reason: String,
-    },
+    #[error(transparent)]
+    Ready(#[from] bramble_daemon::ReadyError),
 }
 
 /// Why one attempt to get a sample from one server failed.

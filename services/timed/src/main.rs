@@ -20,12 +20,13 @@ mod clock;
 mod config;
 mod daemon;
 mod error;
-mod fsutil;
 mod ntp;
 mod persist;
 mod query;
-mod ready;
 mod status;
+
+use bramble_daemon::fs as fsutil;
+use bramble_daemon::ready;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -136,6 +137,7 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     /// The node's service definition parses, and its command line is one

@@ -57,11 +57,11 @@ pub fn load(state_dir: &Path) -> Result<Option<Saved>, Error> {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(Error::File {
+            return Err(Error::File(bramble_daemon::FileError {
                 what: "read",
                 path,
                 source,
-            });
+            }));
         }
     };
     let saved: Saved = serde_json::from_str(&text).map_err(|e| Error::SavedTime {
@@ -84,7 +84,7 @@ pub fn save(state_dir: &Path, saved: &Saved) -> Result<(), Error> {
         source,
     })?;
     json.push(b'\n');
-    fsutil::write_atomic(&path(state_dir), &json)
+    Ok(fsutil::write_atomic(&path(state_dir), &json)?)
 }
 
 /// Where the clock should be stepped to at start: the saved time when it is

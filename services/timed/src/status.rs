@@ -72,7 +72,7 @@ pub fn write_state(run_dir: &Path, doc: &StateDoc) -> Result<(), Error> {
         source,
     })?;
     json.push(b'\n');
-    fsutil::write_atomic(&dir(run_dir).join(STATE_FILE), &json)
+    Ok(fsutil::write_atomic(&dir(run_dir).join(STATE_FILE), &json)?)
 }
 
 /// Creates the `synced` marker (atomically) unless it exists; returns

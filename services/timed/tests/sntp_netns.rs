@@ -21,8 +21,10 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bramble_testkit::{read, run, skip_reason, wait_exit, wait_for};
 
 const CLIENT_IF: &str = "tdc0";
 const SERVER_IF: &str = "tds0";
@@ -30,81 +32,6 @@ const SERVER_IP: &str = "10.124.0.1";
 const CLIENT_IP: &str = "10.124.0.2";
 /// What `local stratum 8` makes chronyd send in its replies.
 const CHRONY_STRATUM: u64 = 8;
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Why the namespace test cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !is_root() {
-        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    if find_program("ip").is_none() {
-        return Some("`ip` (iproute2) not found".into());
-    }
-    if find_program("chronyd").is_none() {
-        return Some("`chronyd` not found (install the Debian package chrony)".into());
-    }
-    None
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
-}
 
 fn json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&read(path)).ok()
@@ -310,7 +237,7 @@ impl Drop for Lab {
 
 #[test]
 fn sync_with_chrony_then_lose_it() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason(&[("chronyd", "chrony")]) {
         eprintln!("SKIPPED sync_with_chrony_then_lose_it: {reason}");
         return;
     }

@@ -1,24 +1,34 @@
-//! Atomic file updates (write a temporary file, fsync, rename, fsync the
-//! directory), so a reader never sees a half-written status file.
+//! Atomic file writes: a temporary file beside the target, written and
+//! fsynced, renamed over it, then the directory fsynced.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::Error;
+/// A file operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct FileError {
+    /// The operation, for example `write` or `rename into place`.
+    pub what: &'static str,
+    /// The file concerned.
+    pub path: PathBuf,
+    /// The error from the kernel.
+    #[source]
+    pub source: io::Error,
+}
 
-fn file_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::File {
+fn file_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
+    move |source| FileError {
         what,
         path: path.to_owned(),
         source,
     }
 }
 
-/// Atomically replaces `path` with `data` (mode 0644), creating the parent
-/// directory if needed.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+/// Replaces `path` with `data` (mode 0644), creating its directory if needed.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FileError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir).map_err(file_err("create directory", dir))?;
     let name = path
@@ -47,7 +57,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
 }
 
 /// Removes `path` if it exists; returns whether it did.
-pub fn remove_if_exists(path: &Path) -> Result<bool, Error> {
+pub fn remove_if_exists(path: &Path) -> Result<bool, FileError> {
     match fs::remove_file(path) {
         Ok(()) => {
             if let Some(dir) = path.parent() {
@@ -56,15 +66,16 @@ pub fn remove_if_exists(path: &Path) -> Result<bool, Error> {
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::File {
+        Err(source) => Err(FileError {
             what: "remove",
             path: path.to_owned(),
-            source: e,
+            source,
         }),
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+/// Makes a directory's entries (a rename, a removal) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(file_err("fsync directory", dir))
@@ -72,6 +83,8 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -79,16 +92,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
         write_atomic(&path, b"one").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"one");
         write_atomic(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        // No temporary files are left behind.
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("sub"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
         assert!(remove_if_exists(&path).unwrap());
         assert!(!remove_if_exists(&path).unwrap());
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: the rename fails.
+        let path = dir.path().join("taken");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("x"), "keep").unwrap();
+        let err = write_atomic(&path, b"new").unwrap_err();
+        assert!(err.to_string().contains("taken"), "{err}");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "a temporary file was left behind");
     }
 }
