@@ -224,18 +224,18 @@ fn serde_error(err: serde_path_to_error::Error<serde_norway::Error>) -> ConfigEr
         }
     }
     // "missing field `name`" belongs to the missing field, not its parent.
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        if let Some((field, location)) = rest.split_once('`') {
-            let field_path = if path.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{path}.{field}")
-            };
-            return ConfigError::single(
-                field_path,
-                format!("missing; this field is required{location}"),
-            );
-        }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some((field, location)) = rest.split_once('`')
+    {
+        let field_path = if path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return ConfigError::single(
+            field_path,
+            format!("missing; this field is required{location}"),
+        );
     }
     ConfigError::single(path, message)
 }

@@ -239,18 +239,18 @@ fn routes(c: &mut Checker, path: &str, routes: &[Route]) {
                     format!("{gw:?} is not an IP address"),
                 ),
                 Ok(gw_ip) => {
-                    if let Some(net) = network {
-                        if gw_ip.is_ipv4() != net.addr().is_ipv4() {
-                            c.error(
-                                format!("{rpath}.gateway"),
-                                format!(
-                                    "gateway {gw} is {} but network {} is {}",
-                                    family(gw_ip),
-                                    r.network,
-                                    family(net.addr())
-                                ),
-                            );
-                        }
+                    if let Some(net) = network
+                        && gw_ip.is_ipv4() != net.addr().is_ipv4()
+                    {
+                        c.error(
+                            format!("{rpath}.gateway"),
+                            format!(
+                                "gateway {gw} is {} but network {} is {}",
+                                family(gw_ip),
+                                r.network,
+                                family(net.addr())
+                            ),
+                        );
                     }
                 }
             }
@@ -739,7 +739,7 @@ pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

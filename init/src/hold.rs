@@ -9,7 +9,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 pub fn forever(why: &str) -> ! {
     let mut ticks: u64 = 0;
     loop {
-        if ticks % 60 == 0 {
+        if ticks.is_multiple_of(60) {
             tracing::error!("{why}");
         }
         // Reap whatever has exited; errors (no children) are expected.

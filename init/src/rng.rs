@@ -15,10 +15,9 @@ pub fn carry_seed(seed_file: &Path) {
     if let Ok(seed) = fs::read(seed_file)
         && !seed.is_empty()
         && let Ok(mut urandom) = OpenOptions::new().write(true).open("/dev/urandom")
+        && let Err(err) = urandom.write_all(&seed)
     {
-        if let Err(err) = urandom.write_all(&seed) {
-            tracing::warn!("mixing {} into the RNG: {err}", seed_file.display());
-        }
+        tracing::warn!("mixing {} into the RNG: {err}", seed_file.display());
     }
     let mut fresh = [0u8; SEED_BYTES];
     let filled = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut fresh));

@@ -221,13 +221,12 @@ fn tls_error(e: &std::io::Error, addr: SocketAddr) -> NodeError {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other)))) =
         rustls_err
+        && let Some(m) = other.downcast_ref::<PinMismatch>()
     {
-        if let Some(m) = other.downcast_ref::<PinMismatch>() {
-            return NodeError::FingerprintMismatch {
-                expected: m.expected.to_string(),
-                actual: m.actual.to_string(),
-            };
-        }
+        return NodeError::FingerprintMismatch {
+            expected: m.expected.to_string(),
+            actual: m.actual.to_string(),
+        };
     }
     let mut reason = match rustls_err {
         Some(r) => r.to_string(),

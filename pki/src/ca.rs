@@ -323,10 +323,10 @@ fn check_is_ca(x509: &X509Certificate<'_>) -> Result<(), Error> {
     let usage = x509
         .key_usage()
         .map_err(|e| Error::Certificate(format!("key usage: {e}")))?;
-    if let Some(usage) = usage {
-        if !usage.value.key_cert_sign() {
-            return Err(Error::NotCa("key usage does not include keyCertSign"));
-        }
+    if let Some(usage) = usage
+        && !usage.value.key_cert_sign()
+    {
+        return Err(Error::NotCa("key usage does not include keyCertSign"));
     }
     Ok(())
 }

@@ -369,14 +369,14 @@ impl MachineApi {
             plan.reload_self,
         );
         tokio::spawn(async move { api.take_up(restarts, reloads, reload_self).await });
-        if plan.mode == ApplyMode::Try {
-            if let Some(previous) = previous {
-                self.schedule_revert(
-                    generation,
-                    previous,
-                    Duration::from_secs(req.try_timeout_seconds.into()),
-                );
-            }
+        if plan.mode == ApplyMode::Try
+            && let Some(previous) = previous
+        {
+            self.schedule_revert(
+                generation,
+                previous,
+                Duration::from_secs(req.try_timeout_seconds.into()),
+            );
         }
         Ok(response)
     }

@@ -242,10 +242,11 @@ fn open_fds() -> Vec<i32> {
 }
 
 fn bind_control_socket(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() && !parent.exists() {
-            std::fs::create_dir_all(parent)?;
-        }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
@@ -268,13 +269,13 @@ fn bind_control_socket(path: &Path) -> std::io::Result<UnixListener> {
 fn signal_proc(proc: &Proc, sig: Signal) {
     let group_ok = rustix::process::kill_process_group(proc.pid, sig).is_ok();
     let leader_in_group = rustix::process::getpgid(Some(proc.pid)).is_ok_and(|g| g == proc.pid);
-    if !group_ok || !leader_in_group {
-        if let Err(e) = rustix::process::pidfd_send_signal(&proc.pidfd, sig) {
-            debug!(
-                pid = proc.pid.as_raw_nonzero().get(),
-                "pidfd_send_signal: {e}"
-            );
-        }
+    if (!group_ok || !leader_in_group)
+        && let Err(e) = rustix::process::pidfd_send_signal(&proc.pidfd, sig)
+    {
+        debug!(
+            pid = proc.pid.as_raw_nonzero().get(),
+            "pidfd_send_signal: {e}"
+        );
     }
 }
 
@@ -994,10 +995,10 @@ impl Supervisor {
                 if let Some(t) = s.next_restart {
                     consider(t);
                 }
-                if s.state == ServiceState::Waiting {
-                    if let Some(t) = s.cond_next_check {
-                        consider(t);
-                    }
+                if s.state == ServiceState::Waiting
+                    && let Some(t) = s.cond_next_check
+                {
+                    consider(t);
                 }
             }
             if let Some(st) = s.stop {
@@ -1244,11 +1245,11 @@ impl Supervisor {
                 tokens.push(Token::Signal);
             }
             let active = self.conns.iter().filter(|c| c.is_some()).count();
-            if let Some(l) = &self.listener {
-                if active < self.conns.len() {
-                    fds.push(PollFd::from_borrowed_fd(l.as_fd(), PollFlags::IN));
-                    tokens.push(Token::Listener);
-                }
+            if let Some(l) = &self.listener
+                && active < self.conns.len()
+            {
+                fds.push(PollFd::from_borrowed_fd(l.as_fd(), PollFlags::IN));
+                tokens.push(Token::Listener);
             }
             for (id, c) in self.conns.iter().enumerate() {
                 let Some(c) = c else { continue };
@@ -1416,17 +1417,17 @@ impl Supervisor {
         let s = &mut self.services[i];
         let mut file_buf = Vec::new();
         for text in lines {
-            if s.def.log_console {
-                if let Some(console) = self.console.as_mut() {
-                    let line = format!("[{}] {text}\n", s.def.name);
-                    match console.write_all(line.as_bytes()) {
-                        Ok(()) => self.console_failing = false,
-                        Err(e) if !self.console_failing => {
-                            self.console_failing = true;
-                            warn!("console write failed: {e}");
-                        }
-                        Err(_) => {}
+            if s.def.log_console
+                && let Some(console) = self.console.as_mut()
+            {
+                let line = format!("[{}] {text}\n", s.def.name);
+                match console.write_all(line.as_bytes()) {
+                    Ok(()) => self.console_failing = false,
+                    Err(e) if !self.console_failing => {
+                        self.console_failing = true;
+                        warn!("console write failed: {e}");
                     }
+                    Err(_) => {}
                 }
             }
             if s.file.is_some() {

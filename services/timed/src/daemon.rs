@@ -316,11 +316,11 @@ impl Daemon {
         };
         let attempt = self.attempt(&settings).await;
         for e in &attempt.errors {
-            if let QueryError::Reply { addr, source } = e {
-                if source.is_access_denied() {
-                    warn!("{addr} refuses service ({source}); not asking it again until reload");
-                    self.denied.insert(*addr);
-                }
+            if let QueryError::Reply { addr, source } = e
+                && source.is_access_denied()
+            {
+                warn!("{addr} refuses service ({source}); not asking it again until reload");
+                self.denied.insert(*addr);
             }
         }
         match attempt.good {
