@@ -31,6 +31,15 @@ else
     setenv bramble_fdt ${fdtcontroladdr}
 fi
 
-setenv bootargs "${bramble_cmdline} bramble.slot=${bramble_slot}"
+# The command line names every console (HDMI tty1, the Pi's GPIO UART ttyS1,
+# QEMU virt's PL011 ttyAMA0). The last one named becomes /dev/console, where
+# PID 1 writes, and it must exist: on a Pi (U-Boot's rpi board) that is the
+# GPIO header's UART, named once more at the end; elsewhere ttyAMA0 stays.
+setenv bramble_console ""
+if test "${board}" = "rpi"; then
+    setenv bramble_console "console=ttyS1,115200"
+fi
+
+setenv bootargs "${bramble_cmdline} ${bramble_console} bramble.slot=${bramble_slot}"
 booti ${kernel_addr_r} ${ramdisk_addr_r}:${bramble_initrd_size} ${bramble_fdt}
 echo "Bramble: booting slot ${bramble_slot} failed"

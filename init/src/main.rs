@@ -16,6 +16,7 @@ mod atomic;
 mod disk;
 mod error;
 mod hold;
+mod hotplug;
 mod logging;
 mod modules;
 mod mounts;

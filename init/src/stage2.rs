@@ -63,6 +63,14 @@ pub fn run() -> Result<Infallible> {
         tracing::warn!("writing {RUN_DIR}/hostname: {err}");
     }
     tracing::info!("hostname {hostname}");
+    // `/etc/hosts` links here; networkd rewrites it with the configured entries.
+    if let Err(err) = crate::atomic::write(
+        &Path::new(RUN_DIR).join("hosts"),
+        b"127.0.0.1\tlocalhost\n::1\tlocalhost\n",
+        0o644,
+    ) {
+        tracing::warn!("writing {RUN_DIR}/hosts: {err}");
+    }
     report_mounts();
 
     let kind = crate::supervise::run()?;
@@ -72,7 +80,8 @@ pub fn run() -> Result<Infallible> {
 /// Loads drivers for devices the initramfs had no module for. It runs once
 /// the first services have been started, so the API server comes up while
 /// PID 1 walks sysfs.
-pub fn coldplug_rootfs_modules() {
+/// Returns the module database, kept for devices that appear later.
+pub fn coldplug_rootfs_modules() -> Option<crate::modules::Database> {
     let kernel = crate::stage1::kernel_release();
     let started = std::time::Instant::now();
     match crate::modules::Database::load(&Path::new("/lib/modules").join(&kernel)) {
@@ -83,8 +92,12 @@ pub fn coldplug_rootfs_modules() {
                 started.elapsed().as_millis(),
                 db.stats
             );
+            Some(db)
         }
-        Err(err) => tracing::warn!("{err}"),
+        Err(err) => {
+            tracing::warn!("{err}");
+            None
+        }
     }
 }
 

@@ -56,6 +56,19 @@ pub fn run() -> Result<Kind> {
     let watched = watch_power_buttons(&mut sup, Path::new("/dev/input"), &mut watched_inputs);
     tracing::info!("supervising services; {watched} input device(s) watched for the power key");
 
+    // Devices that appear from now on (a USB Ethernet adapter behind a hub,
+    // a PHY) get their drivers from uevents; the socket queues them from
+    // here, and is read once coldplug has loaded the module database.
+    let mut hotplug = match crate::hotplug::open() {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            tracing::warn!("uevent socket: {err}; devices added later get no driver");
+            None
+        }
+    };
+    let mut hotplug_watch = None;
+    let mut modules = None;
+
     let mut report = BootReport::default();
     // Drivers for devices the initramfs had no module for are loaded once the
     // API is up (or after COLDPLUG_LATEST): walking sysfs takes a while on a
@@ -78,6 +91,16 @@ pub fn run() -> Result<Kind> {
             });
         }
         for id in sup.take_readable_watches() {
+            if Some(id) == hotplug_watch {
+                if let (Some(fd), Some(db)) = (sup.watched(id), modules.as_mut())
+                    && let Err(err) = crate::hotplug::drain(fd, db)
+                {
+                    tracing::warn!("reading uevents: {err}; devices added later get no driver");
+                    sup.unwatch(id);
+                    hotplug_watch = None;
+                }
+                continue;
+            }
             let Some(fd) = sup.watched(id) else { continue };
             match power_key_pressed(fd) {
                 Ok(true) => {
@@ -94,7 +117,12 @@ pub fn run() -> Result<Kind> {
         report.update(&sup, Instant::now());
         if coldplug_pending && (report.ready_at.is_some() || Instant::now() >= coldplug_latest) {
             coldplug_pending = false;
-            crate::stage2::coldplug_rootfs_modules();
+            modules = crate::stage2::coldplug_rootfs_modules();
+            if modules.is_some()
+                && let Some(fd) = hotplug.take()
+            {
+                hotplug_watch = Some(sup.watch(fd));
+            }
             let added = watch_power_buttons(&mut sup, Path::new("/dev/input"), &mut watched_inputs);
             if added > 0 {
                 tracing::info!("{added} more input device(s) watched for the power key");

@@ -40,6 +40,24 @@ pub fn uboot_qemu() -> Result<PathBuf> {
     )
 }
 
+/// The pinned Debian packages (`BRAMBLE_PACKAGES_LOCK`).
+pub fn packages_lock() -> Result<PathBuf> {
+    existing(
+        "BRAMBLE_PACKAGES_LOCK",
+        workspace_root().join("boot/packages.lock"),
+        "the checkout's boot/packages.lock",
+    )
+}
+
+/// The downloaded `.deb` files (`BRAMBLE_DEB_CACHE`).
+pub fn deb_cache() -> Result<PathBuf> {
+    existing(
+        "BRAMBLE_DEB_CACHE",
+        workspace_root().join(".cache/debs"),
+        "run `make deps`",
+    )
+}
+
 /// The host build of nodectl (`BRAMBLE_NODECTL`).
 pub fn nodectl() -> Result<PathBuf> {
     existing(

@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail, ensure};
 pub const READY_MARKER: &str = "node ready:";
 /// The console is kept up to this size (older text is dropped).
 const CONSOLE_CAP: usize = 8 << 20;
+/// The QEMU network backend a `raspi3b` node's USB adapter attaches to.
+const USB_NETDEV: &str = "net0";
 
 /// Copies `image` to `dest` without writing its holes, then extends the copy
 /// by `grow_by` bytes (a bigger "SD card").
@@ -39,9 +41,94 @@ pub fn prepare_disk(image: &Path, dest: &Path, grow_by: u64) -> Result<()> {
     Ok(())
 }
 
+/// Copies `image` to `dest` like [`prepare_disk`] and pads the copy to the
+/// next power of two, the only sizes QEMU's emulated SD card accepts.
+/// Returns the card's size.
+pub fn prepare_sd_card(image: &Path, dest: &Path) -> Result<u64> {
+    let len = fs::metadata(image)
+        .with_context(|| format!("reading {}", image.display()))?
+        .len();
+    let card = len.max(1).next_power_of_two();
+    prepare_disk(image, dest, card - len)?;
+    Ok(card)
+}
+
 /// A loopback TCP port free at the time of the call.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The emulated board.
+#[derive(Debug, Clone, Default)]
+pub enum Machine {
+    /// QEMU `virt` (cortex-a72, virtio disk and network) with U-Boot
+    /// `qemu_arm64` as its firmware.
+    #[default]
+    Virt,
+    /// QEMU `raspi3b`: the Pi 3's SoC, the image on its SD card, the Pi's
+    /// U-Boot loaded where the Pi firmware would load it (`-kernel`) with the
+    /// Pi 3 device tree the firmware would hand over (`-dtb`). Networking is
+    /// QEMU's `usb-net` on the emulated DWC2 USB host, plugged in with
+    /// [`Node::plug_usb_net`].
+    Raspi3b(RaspiFirmware),
+}
+
+/// What the Pi's own firmware would load from the boot partition before
+/// U-Boot runs: `u-boot.bin` (`rpi_arm64`) and the board's device tree.
+#[derive(Debug, Clone)]
+pub struct RaspiFirmware {
+    pub uboot: PathBuf,
+    pub dtb: PathBuf,
+}
+
+/// The Pi 3B's device tree, as Debian's kernel package ships it.
+pub const RASPI3B_DTB: &str = "bcm2837-rpi-3-b.dtb";
+const RPI_UBOOT_PACKAGE: &str = "u-boot-rpi";
+const RPI_UBOOT_PATH: &str = "usr/lib/u-boot/rpi_arm64/u-boot.bin";
+
+impl RaspiFirmware {
+    /// Writes `u-boot.bin` and the Pi 3B device tree into `dir`, taken from
+    /// the pinned packages (`boot/packages.lock`, checked by sha256) in the
+    /// `.deb` cache: the same bytes the image builder copies onto the boot
+    /// partition.
+    pub fn extract(lock: &Path, cache: &Path, dir: &Path) -> Result<Self> {
+        use bramble_image::{deb, lock as pins};
+        let lock = pins::Lock::load(lock)?;
+        let uboot = dir.join("u-boot.bin");
+        let dtb = dir.join(RASPI3B_DTB);
+
+        let entry = lock.get(RPI_UBOOT_PACKAGE)?;
+        let deb_path = cache.join(&entry.file);
+        let data = pins::read_verified(cache, entry)?;
+        let mut found = None;
+        deb::for_each_file(&deb_path, &data, |path, kind, r| {
+            if kind == deb::Kind::File && path == RPI_UBOOT_PATH {
+                found = Some(deb::read_all(path, r)?);
+            }
+            Ok(())
+        })?;
+        let bytes =
+            found.with_context(|| format!("no {RPI_UBOOT_PATH} in {}", deb_path.display()))?;
+        fs::write(&uboot, bytes)?;
+
+        let entry = lock.get_prefixed("linux-image-")?;
+        let deb_path = cache.join(&entry.file);
+        let data = pins::read_verified(cache, entry)?;
+        let suffix = format!("/broadcom/{RASPI3B_DTB}");
+        let mut found = None;
+        deb::for_each_file(&deb_path, &data, |path, kind, r| {
+            if kind == deb::Kind::File
+                && path.starts_with("usr/lib/linux-image-")
+                && path.ends_with(&suffix)
+            {
+                found = Some(deb::read_all(path, r)?);
+            }
+            Ok(())
+        })?;
+        let bytes = found.with_context(|| format!("no {RASPI3B_DTB} in {}", deb_path.display()))?;
+        fs::write(&dtb, bytes)?;
+        Ok(Self { uboot, dtb })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +142,11 @@ pub struct Options {
     pub console_log: Option<PathBuf>,
     /// A QEMU monitor socket, for power-button presses.
     pub monitor_socket: Option<PathBuf>,
+    /// The emulated board.
+    pub machine: Machine,
+    /// Start the board's real-time clock at this date (`-rtc base=`, e.g.
+    /// `2001-01-01T00:00:00`) instead of the host's time.
+    pub rtc_base: Option<String>,
 }
 
 impl Options {
@@ -66,7 +158,45 @@ impl Options {
             api_port,
             console_log: None,
             monitor_socket: None,
+            machine: Machine::Virt,
+            rtc_base: None,
         }
+    }
+
+    /// A `raspi3b` node booting `sd_card` (a power-of-two sized copy of the
+    /// image, see [`prepare_sd_card`]).
+    pub fn raspi3b(sd_card: PathBuf, api_port: u16, firmware: RaspiFirmware) -> Self {
+        Self {
+            memory_mib: 1024,
+            cpus: 4,
+            machine: Machine::Raspi3b(firmware),
+            ..Self::new(sd_card, api_port)
+        }
+    }
+
+    /// The QEMU command line for `raspi3b`. The board is fixed: 4 cores and
+    /// 1 GiB. The SD card is the Pi's; the machine API port is forwarded
+    /// through user-mode networking, which the guest reaches once a
+    /// `usb-net` device is plugged into the DWC2 USB host
+    /// ([`Node::plug_usb_net`]).
+    pub fn raspi3b_command(&self, fw: &RaspiFirmware) -> Command {
+        let mut cmd = Command::new("qemu-system-aarch64");
+        cmd.args(["-M", "raspi3b", "-m", "1G"])
+            .arg("-kernel")
+            .arg(&fw.uboot)
+            .arg("-dtb")
+            .arg(&fw.dtb)
+            .arg("-drive")
+            .arg(format!("if=sd,format=raw,file={}", self.disk.display()))
+            .arg("-netdev")
+            .arg(format!(
+                "user,id={USB_NETDEV},restrict=on,hostfwd=tcp:127.0.0.1:{}-:50000",
+                self.api_port
+            ));
+        if let Some(base) = &self.rtc_base {
+            cmd.arg("-rtc").arg(format!("base={base}"));
+        }
+        cmd
     }
 
     /// The QEMU command line: the `virt` machine with U-Boot as its firmware,
@@ -91,13 +221,18 @@ impl Options {
             ))
             .args(["-device", "virtio-blk-pci,drive=disk0"])
             .arg("-netdev")
+            // restrict=on: the guest reaches nothing beyond QEMU's own DHCP
+            // and the forwarded port (tests stay on loopback).
             .arg(format!(
-                "user,id=net0,hostfwd=tcp:127.0.0.1:{}-:50000",
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:50000",
                 self.api_port
             ))
             .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
             .args(["-device", "virtio-rng-pci"])
             .arg("-no-reboot");
+        if let Some(base) = &self.rtc_base {
+            cmd.arg("-rtc").arg(format!("base={base}"));
+        }
         cmd
     }
 }
@@ -114,9 +249,23 @@ pub struct Node {
 
 impl Node {
     pub fn start(opts: &Options) -> Result<Self> {
-        let uboot = crate::paths::uboot_qemu()?;
-        let mut cmd = opts.command(&uboot);
-        cmd.args(["-display", "none", "-serial", "stdio"]);
+        let mut cmd = match &opts.machine {
+            Machine::Virt => {
+                let uboot = crate::paths::uboot_qemu()?;
+                let mut cmd = opts.command(&uboot);
+                cmd.args(["-serial", "stdio"]);
+                cmd
+            }
+            Machine::Raspi3b(fw) => {
+                let mut cmd = opts.raspi3b_command(fw);
+                // The console a Pi user sees is the UART on the GPIO header,
+                // the mini UART: QEMU's second serial port (the first is the
+                // PL011, which a Pi wires to Bluetooth).
+                cmd.args(["-serial", "null", "-serial", "stdio"]);
+                cmd
+            }
+        };
+        cmd.args(["-display", "none"]);
         match &opts.monitor_socket {
             Some(path) => cmd
                 .arg("-monitor")
@@ -245,6 +394,25 @@ impl Node {
         // Give QEMU a moment to read the command before the socket closes.
         std::thread::sleep(Duration::from_millis(200));
         Ok(())
+    }
+
+    /// Plugs QEMU's `usb-net` adapter (CDC Ethernet / RNDIS) into a
+    /// `raspi3b` node's USB host, on the user-mode network carrying the API
+    /// port. Needs a monitor socket.
+    ///
+    /// Why plugged and not present from power-on: QEMU 7.2's DWC2 model
+    /// flags a device's connection (HPRT0 connect-detect) only when it
+    /// attaches, and does not implement the core soft reset that would
+    /// flag it again. Debian's Pi U-Boot runs `usb start` before booting and
+    /// acknowledges that flag, so Linux's dwc2 driver, which learns of a
+    /// connection only from that interrupt, then refuses every transfer to
+    /// the device ("dwc2 3f980000.usb: Not connected") and it never
+    /// enumerates. Plugged in after boot, it enumerates like any hot-plugged
+    /// USB device.
+    pub fn plug_usb_net(&self) -> Result<()> {
+        self.monitor(&format!(
+            "device_add usb-net,netdev={USB_NETDEV},id=usbnet0"
+        ))
     }
 
     /// Presses the virtual power button (an orderly power-off request).

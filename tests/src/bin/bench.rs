@@ -21,6 +21,9 @@ struct Args {
     /// How many boots to measure (the median is reported).
     #[arg(long, default_value_t = 3)]
     boots: usize,
+    /// Measure only the Raspberry Pi figure (one QEMU `raspi3b` boot).
+    #[arg(long)]
+    raspi3b_only: bool,
 }
 
 /// The number just before `unit` after `marker` on the first line holding
@@ -60,6 +63,12 @@ fn main() -> Result<()> {
         bail!("--boots must be at least 1");
     }
     let dir = paths::test_dir("bench")?;
+    if args.raspi3b_only {
+        let secs = raspi3b_ready(&dir, &args.image)?;
+        println!("Bramble figures (QEMU raspi3b, Pi 3 board under TCG on this host; 1 boot)");
+        print_raspi3b(secs);
+        return Ok(());
+    }
     let mut ready = Vec::new();
     let mut wall = Vec::new();
     let mut memory = String::new();
@@ -88,6 +97,7 @@ fn main() -> Result<()> {
         }
     }
     let api = machine_api_figures(&dir, &args.image)?;
+    let raspi = raspi3b_ready(&dir, &args.image)?;
     let rss = |name: &str| {
         figure(&memory, "idle memory:", &format!("{name} rss"))
             .map_or("n/a".to_owned(), |kib| format!("{:.2} MiB", kib / 1024.0))
@@ -117,6 +127,7 @@ fn main() -> Result<()> {
         "  networkd idle RSS                  {:>12}   goal <= 6 MiB",
         rss("networkd")
     );
+    print_raspi3b(raspi);
     println!(
         "Machine API (configured node, mutual TLS; nodectl on the host, median of {API_RUNS})"
     );
@@ -149,7 +160,12 @@ fn main() -> Result<()> {
         "  initramfs          {}",
         size(&args.dist.join("parts/initrd.img"))
     );
-    for bin in ["bramble-init", "bramble-apid", "bramble-networkd"] {
+    for bin in [
+        "bramble-init",
+        "bramble-apid",
+        "bramble-networkd",
+        "bramble-timed",
+    ] {
         println!("  {bin:<18} {}", size(&args.bin_dir.join(bin)));
     }
     Ok(())
@@ -157,6 +173,29 @@ fn main() -> Result<()> {
 
 /// Runs of each timed command.
 const API_RUNS: usize = 5;
+
+/// One boot on QEMU `raspi3b` (the image on its SD card, Debian's Pi U-Boot,
+/// the Pi 3B device tree): guest seconds from kernel start to "API ready".
+fn raspi3b_ready(dir: &tempfile::TempDir, image: &Path) -> Result<f64> {
+    let sd = dir.path().join("raspi3b-sd.img");
+    qemu::prepare_sd_card(image, &sd)?;
+    let fw_dir = dir.path().join("raspi3b-firmware");
+    std::fs::create_dir_all(&fw_dir)?;
+    let firmware =
+        qemu::RaspiFirmware::extract(&paths::packages_lock()?, &paths::deb_cache()?, &fw_dir)?;
+    let mut node = qemu::Node::start(&qemu::Options::raspi3b(sd, qemu::free_port()?, firmware))?;
+    node.wait_ready(Duration::from_secs(480))?;
+    let secs = figure(&node.console(), qemu::READY_MARKER, "API ready")
+        .with_context(|| format!("no timing on the ready line:\n{}", node.console_tail(20)))?;
+    eprintln!("raspi3b boot: API ready {secs:.3} s after kernel start");
+    Ok(secs)
+}
+
+fn print_raspi3b(secs: f64) {
+    println!(
+        "  kernel start -> API ready, raspi3b  {secs:>8.3} s   guest time, 1 boot (Pi 3 board, SD card, TCG)"
+    );
+}
 
 struct ApiFigures {
     unchanged_ms: f64,

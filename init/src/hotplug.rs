@@ -1,0 +1,110 @@
+//! Drivers for devices that appear after boot: a USB network adapter found
+//! by the hub after coldplug (a Pi 3's Ethernet sits behind its USB hub and
+//! enumerates asynchronously), a PHY on a freshly registered MDIO bus, a
+//! device plugged in later. PID 1 listens to the kernel's uevents (no udev)
+//! and loads the modules matching each new device's `MODALIAS`.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::socket::{
+    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
+};
+
+use crate::modules::Database;
+
+/// The kernel's uevent multicast group.
+const KERNEL_GROUP: u32 = 1;
+
+/// Opens a non-blocking socket subscribed to the kernel's uevents. Events
+/// are queued from here on, so opening it before a coldplug pass means no
+/// device falls between the pass and the first read.
+pub fn open() -> nix::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkKObjectUEvent,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, KERNEL_GROUP))?;
+    Ok(fd)
+}
+
+/// The `MODALIAS` of an `add` uevent (`add@/devices/...\0ACTION=add\0...`).
+pub fn added_modalias(msg: &[u8]) -> Option<&str> {
+    let mut action = None;
+    let mut modalias = None;
+    for field in msg.split(|&b| b == 0) {
+        if let Some(v) = field.strip_prefix(b"ACTION=") {
+            action = Some(v);
+        } else if let Some(v) = field.strip_prefix(b"MODALIAS=") {
+            modalias = std::str::from_utf8(v).ok();
+        }
+    }
+    match action {
+        Some(b"add") => modalias.filter(|m| !m.is_empty()),
+        _ => None,
+    }
+}
+
+/// Reads every pending uevent and loads the modules for new devices;
+/// returns how many modules it loaded. Errors from a module are reported
+/// and do not stop the others; an error of the socket itself is returned.
+pub fn drain(fd: BorrowedFd<'_>, db: &mut Database) -> nix::Result<usize> {
+    let mut buf = vec![0u8; 8192];
+    let mut loaded = 0;
+    // Bounded, so a storm of events cannot keep PID 1 from its other work;
+    // what is left stays readable for the next turn of the loop.
+    for _ in 0..256 {
+        let n = match nix::unistd::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(nix::Error::EAGAIN) => break,
+            // The kernel dropped events (receive queue full): a coldplug
+            // pass finds whatever they announced.
+            Err(nix::Error::ENOBUFS) => {
+                tracing::warn!("uevents were lost; walking sysfs again");
+                loaded += db.coldplug(std::path::Path::new("/sys"), 4);
+                continue;
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(err) => return Err(err),
+        };
+        let Some(modalias) = buf.get(..n).and_then(added_modalias) else {
+            continue;
+        };
+        let modalias = modalias.to_owned();
+        for module in db.modules_for(&modalias) {
+            match db.load_module(&module) {
+                Ok(true) => {
+                    tracing::info!("hotplug: loaded {module} for {modalias}");
+                    loaded += 1;
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!("{err} (for device {modalias})"),
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_modalias_of_add_events_only() {
+        let add = b"add@/devices/platform/soc/3f980000.usb/usb1/1-1/1-1.1/1-1.1:1.0\0\
+                    ACTION=add\0DEVPATH=/devices/x\0SUBSYSTEM=usb\0\
+                    MODALIAS=usb:v0525pA4A2d0000dc02dsc00dp00ic02isc06ip00in00\0SEQNUM=812\0";
+        assert_eq!(
+            added_modalias(add),
+            Some("usb:v0525pA4A2d0000dc02dsc00dp00ic02isc06ip00in00")
+        );
+        let remove = b"remove@/devices/x\0ACTION=remove\0MODALIAS=usb:v1\0";
+        assert_eq!(added_modalias(remove), None);
+        let bind = b"bind@/devices/x\0ACTION=bind\0MODALIAS=usb:v1\0";
+        assert_eq!(added_modalias(bind), None);
+        let no_alias = b"add@/devices/virtual/net/lo\0ACTION=add\0SUBSYSTEM=net\0";
+        assert_eq!(added_modalias(no_alias), None);
+        assert_eq!(added_modalias(b""), None);
+    }
+}
