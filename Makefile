@@ -6,12 +6,15 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := image
 
 TARGET      := aarch64-unknown-linux-musl
-NODE_BINS   := bramble-init bramble-apid bramble-networkd
+NODE_BINS   := bramble-init bramble-apid bramble-networkd bramble-timed
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 GIT_REV     := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 # Reproducible builds: timestamps come from the last commit, not the clock.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 export SOURCE_DATE_EPOCH
+# Where a release's files are published: the Raspberry Pi Imager entry
+# (dist/bramble-rpi-imager.json) points its url there.
+RELEASE_BASE_URL ?= https://github.com/bramble-os/bramble/releases/download/v$(VERSION)
 export BRAMBLE_GIT_REVISION := $(GIT_REV)
 # Node binaries: static, with build paths remapped so they do not depend on
 # where the checkout or the cargo home is.
@@ -46,7 +49,8 @@ build: node-bins host-bins
 image: build
 	target/debug/bramble-image build --lock boot/packages.lock --cache .cache/debs \
 	  --boot-dir boot --bin-dir $(BIN_DIR) --rootfs-overlay image/rootfs \
-	  --out $(DIST) --version $(VERSION) --git-revision $(GIT_REV)
+	  --out $(DIST) --version $(VERSION) --git-revision $(GIT_REV) \
+	  --release-base-url "$(RELEASE_BASE_URL)"
 
 # Boot one node with its serial console on this terminal (Ctrl-A X quits).
 qemu: image

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Bramble's build and tests need, idempotently:
 #   - Debian packages for the host (QEMU, clang/llvm for cross C code, protoc,
-#     e2fsprogs, dnsmasq for network tests), the arm64 dpkg architecture and
-#     Debian's non-free-firmware component (for raspi-firmware);
+#     e2fsprogs, dnsmasq and chrony for network and time tests), the arm64
+#     dpkg architecture and Debian's non-free-firmware component (for
+#     raspi-firmware);
 #   - the Rust target aarch64-unknown-linux-musl (rustup), with Debian's
 #     rustc-web as the fallback when rustup cannot fetch it;
 #   - the pinned Debian packages the image is built from (boot/packages.lock),
@@ -13,7 +14,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 lock="$root/boot/packages.lock"
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base iproute2 ca-certificates xz-utils)
+host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {

@@ -30,6 +30,11 @@ pub const IMG_XZ: &str = "bramble-arm64.img.xz";
 pub const IMG_BMAP: &str = "bramble-arm64.img.bmap";
 /// File name of the checksum list.
 pub const SUMS: &str = "SHA256SUMS";
+/// File name of the Raspberry Pi Imager repository (an `os_list` of one entry).
+pub const IMAGER_JSON: &str = "bramble-rpi-imager.json";
+/// Raspberry Pi Imager device tags the image is offered for: Imager files the
+/// Pi 400 and the CM4 under `pi4-64bit`, the Pi 3 family under `pi3-64bit`.
+pub const IMAGER_DEVICES: [&str; 2] = ["pi4-64bit", "pi3-64bit"];
 /// Name of the boot partition's volume label (PID 1 finds the boot disk by it).
 pub const BOOT_LABEL: &str = "BRAMBLE";
 /// Name in the boot script's header.
@@ -75,7 +80,7 @@ pub struct BuildConfig {
     pub cache: PathBuf,
     /// `boot/`: `boot.cmd`, `config.txt`, `cmdline.txt`, `modules.txt`.
     pub boot_dir: PathBuf,
-    /// Directory with `bramble-init`, `bramble-apid`, `bramble-networkd`.
+    /// Directory with `bramble-init`, `bramble-apid`, `bramble-networkd`, `timed`.
     pub bin_dir: PathBuf,
     /// Tree copied into the rootfs.
     pub rootfs_overlay: PathBuf,
@@ -87,6 +92,9 @@ pub struct BuildConfig {
     pub git_revision: String,
     /// Every timestamp in the image.
     pub source_date_epoch: u64,
+    /// Where the release's files will be downloaded from (the Imager entry's
+    /// `url` is this, `/`, the `.xz` name); empty: the bare file name.
+    pub release_base_url: String,
 }
 
 /// Sizes and facts for the summary.
@@ -315,8 +323,8 @@ pub fn check_config(cfg: &BuildConfig) -> Result<()> {
     Ok(())
 }
 
-/// Reads and checks the three node binaries.
-pub fn read_binaries(bin_dir: &Path) -> Result<[Arc<[u8]>; 3]> {
+/// Reads and checks the node binaries ([`BINARIES`]).
+pub fn read_binaries(bin_dir: &Path) -> Result<[Arc<[u8]>; BINARIES.len()]> {
     let mut out: Vec<Arc<[u8]>> = Vec::new();
     for (name, _) in BINARIES {
         let path = bin_dir.join(name);
@@ -572,11 +580,20 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     timer.step("xz+bmap");
     let bmap_path = st.join(IMG_BMAP);
     std::fs::write(&bmap_path, &derived.bmap).map_err(Error::io(&bmap_path))?;
+    let imager = rpi_imager_json(
+        cfg,
+        layout.size_bytes(),
+        &derived.img_sha256,
+        derived.xz_size,
+        &derived.xz_sha256,
+    );
+    std::fs::write(st.join(IMAGER_JSON), &imager).map_err(Error::io(st.join(IMAGER_JSON)))?;
     let sums = format!(
-        "{}  {IMG}\n{}  {IMG_BMAP}\n{}  {IMG_XZ}\n",
+        "{}  {IMG}\n{}  {IMG_BMAP}\n{}  {IMG_XZ}\n{}  {IMAGER_JSON}\n",
         derived.img_sha256,
         lock::sha256_hex(derived.bmap.as_bytes()),
-        derived.xz_sha256
+        derived.xz_sha256,
+        lock::sha256_hex(imager.as_bytes())
     );
     std::fs::write(st.join(SUMS), &sums).map_err(Error::io(st.join(SUMS)))?;
     let parts = st.join("parts");
@@ -595,6 +612,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         IMG,
         IMG_XZ,
         IMG_BMAP,
+        IMAGER_JSON,
         SUMS,
     ] {
         let from = st.join(rel);
@@ -624,6 +642,57 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     Ok(report)
 }
 
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The Raspberry Pi Imager repository file: an `os_list` with one entry for the
+/// `.xz` (sizes and sha256 of the raw image and of the download, the release
+/// date from SOURCE_DATE_EPOCH). No `init_format`: Imager's OS customisation
+/// (users, SSH, Wi-Fi) does not apply to Bramble, which is configured through
+/// its API (or `nodectl image flash --config`).
+pub fn rpi_imager_json(
+    cfg: &BuildConfig,
+    extract_size: u64,
+    extract_sha256: &str,
+    download_size: u64,
+    download_sha256: &str,
+) -> String {
+    let (y, m, d, ..) = crate::time::utc(cfg.source_date_epoch);
+    let base = cfg.release_base_url.trim_end_matches('/');
+    let url = if base.is_empty() {
+        IMG_XZ.to_owned()
+    } else {
+        format!("{base}/{IMG_XZ}")
+    };
+    let devices: Vec<String> = IMAGER_DEVICES.iter().map(|d| json_string(d)).collect();
+    format!(
+        "{{\n  \"os_list\": [\n    {{\n      \"name\": {},\n      \"description\": {},\n      \
+         \"url\": {},\n      \"extract_size\": {extract_size},\n      \"extract_sha256\": {},\n      \
+         \"image_download_size\": {download_size},\n      \"image_download_sha256\": {},\n      \
+         \"release_date\": \"{y:04}-{m:02}-{d:02}\",\n      \"devices\": [{}]\n    }}\n  ]\n}}\n",
+        json_string(&format!("Bramble {} (64-bit)", cfg.version)),
+        json_string(&format!(
+            "Immutable, API-managed OS for Raspberry Pi cluster nodes (build {}). No shell, no SSH: configure it with nodectl.",
+            cfg.git_revision
+        )),
+        json_string(&url),
+        json_string(extract_sha256),
+        json_string(download_sha256),
+        devices.join(", ")
+    )
+}
+
 /// `bramble-image verify-lock`: checks every cached package against the lock.
 pub fn verify_lock(lock_path: &Path, cache: &Path) -> Result<Vec<(String, String)>> {
     let lock = Lock::load(lock_path)?;
@@ -638,6 +707,41 @@ pub fn verify_lock(lock_path: &Path, cache: &Path) -> Result<Vec<(String, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imager_json() {
+        let cfg = BuildConfig {
+            lock: PathBuf::new(),
+            cache: PathBuf::new(),
+            boot_dir: PathBuf::new(),
+            bin_dir: PathBuf::new(),
+            rootfs_overlay: PathBuf::new(),
+            out: PathBuf::new(),
+            version: "0.1.0".into(),
+            git_revision: "abc\"def".into(),
+            source_date_epoch: 1_700_000_000,
+            release_base_url: "https://example.org/r/".into(),
+        };
+        let j = rpi_imager_json(&cfg, 10, &"a".repeat(64), 5, &"b".repeat(64));
+        assert!(
+            j.contains("\"url\": \"https://example.org/r/bramble-arm64.img.xz\""),
+            "{j}"
+        );
+        assert!(j.contains("\"release_date\": \"2023-11-14\""), "{j}");
+        assert!(j.contains("\"extract_size\": 10,"), "{j}");
+        assert!(j.contains("\"image_download_size\": 5,"), "{j}");
+        assert!(
+            j.contains("\"devices\": [\"pi4-64bit\", \"pi3-64bit\"]"),
+            "{j}"
+        );
+        assert!(j.contains("build abc\\\"def"), "{j}");
+        let cfg = BuildConfig {
+            release_base_url: String::new(),
+            ..cfg
+        };
+        let j = rpi_imager_json(&cfg, 10, "x", 5, "y");
+        assert!(j.contains("\"url\": \"bramble-arm64.img.xz\""), "{j}");
+    }
 
     #[test]
     fn env_file() {

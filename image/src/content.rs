@@ -7,11 +7,12 @@ use crate::error::{Error, Result};
 use crate::modules::Selection;
 use crate::tree::Tree;
 
-/// The three node binaries, as `(file name in --bin-dir, path in the rootfs)`.
-pub const BINARIES: [(&str, &str); 3] = [
+/// The node binaries, as `(file name in --bin-dir, path in the rootfs)`.
+pub const BINARIES: [(&str, &str); 4] = [
     ("bramble-init", "sbin/init"),
     ("bramble-apid", "usr/bin/apid"),
     ("bramble-networkd", "usr/bin/networkd"),
+    ("bramble-timed", "usr/bin/timed"),
 ];
 
 /// Empty directories of the rootfs (mount points and writable places).
@@ -105,7 +106,7 @@ impl ModuleFiles {
 #[derive(Debug)]
 pub struct RootfsInputs<'a> {
     /// The binaries, in [`BINARIES`] order.
-    pub binaries: &'a [Arc<[u8]>; 3],
+    pub binaries: &'a [Arc<[u8]>; BINARIES.len()],
     /// `/etc/os-release`.
     pub os_release: &'a str,
     /// `/etc/ssl/certs/ca-certificates.crt`.
@@ -133,11 +134,9 @@ pub fn rootfs(inp: &RootfsInputs<'_>) -> Result<Tree> {
     )?;
     t.symlink("etc/resolv.conf", "../run/bramble/resolv.conf")?;
     t.symlink("etc/hostname", "../run/bramble/hostname")?;
-    t.file(
-        "etc/hosts",
-        0o644,
-        b"127.0.0.1\tlocalhost\n::1\tlocalhost\n".to_vec(),
-    )?;
+    // networkd writes it (localhost, the node's name, machine.network.extraHosts);
+    // PID 1 writes localhost only before networkd starts.
+    t.symlink("etc/hosts", "../run/bramble/hosts")?;
     t.file(
         "etc/passwd",
         0o644,

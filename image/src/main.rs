@@ -47,7 +47,7 @@ struct BuildArgs {
     /// Boot assets: boot.cmd, config.txt, cmdline.txt, modules.txt.
     #[arg(long)]
     boot_dir: PathBuf,
-    /// Cross-built bramble-init, bramble-apid, bramble-networkd.
+    /// Cross-built bramble-init, bramble-apid, bramble-networkd, bramble-timed.
     #[arg(long)]
     bin_dir: PathBuf,
     /// Tree copied into the root file system.
@@ -65,6 +65,10 @@ struct BuildArgs {
     /// Every timestamp in the image [default: $SOURCE_DATE_EPOCH].
     #[arg(long)]
     source_date_epoch: Option<u64>,
+    /// Base URL the release's files are downloaded from, for the Raspberry Pi
+    /// Imager entry's `url` (empty: the bare file name).
+    #[arg(long, default_value = "")]
+    release_base_url: String,
 }
 
 fn source_date_epoch(arg: Option<u64>) -> Result<u64> {
@@ -95,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: a.out,
                 version: a.version,
                 git_revision: a.git_revision,
+                release_base_url: a.release_base_url,
             };
             let report = builder::build(&cfg).context("image build failed")?;
             print!("{}", report.summary());

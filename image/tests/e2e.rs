@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bramble_image::builder::{self, BuildConfig, IMG, IMG_BMAP, IMG_XZ, SUMS};
+use bramble_image::builder::{self, BuildConfig, IMAGER_JSON, IMG, IMG_BMAP, IMG_XZ, SUMS};
 use bramble_image::{cpio, ext4_block_count, mbr, uimage};
 
 const SDE: u64 = 1_700_000_000;
@@ -44,7 +44,12 @@ fn bin_dir(scratch: &Path) -> PathBuf {
     }
     let d = scratch.join("bin");
     std::fs::create_dir_all(&d).unwrap();
-    for name in ["bramble-init", "bramble-apid", "bramble-networkd"] {
+    for name in [
+        "bramble-init",
+        "bramble-apid",
+        "bramble-networkd",
+        "bramble-timed",
+    ] {
         std::fs::write(d.join(name), bramble_image::elf::dummy_aarch64_executable()).unwrap();
     }
     d
@@ -62,6 +67,7 @@ fn config(cache: &Path, bins: &Path, out: &Path) -> BuildConfig {
         version: "0.1.0".into(),
         git_revision: "e2etest".into(),
         source_date_epoch: SDE,
+        release_base_url: "https://example.org/bramble/v0.1.0".into(),
     }
 }
 
@@ -107,6 +113,7 @@ fn two_builds_are_identical_and_well_formed() {
             "bramble-arm64.img",
             "bramble-arm64.img.bmap",
             "bramble-arm64.img.xz",
+            "bramble-rpi-imager.json",
             "parts/initrd.img",
             "parts/rootfs.squashfs"
         ]
@@ -136,7 +143,7 @@ fn two_builds_are_identical_and_well_formed() {
         .lines()
         .map(|l| l.split("  ").nth(1).unwrap())
         .collect();
-    assert_eq!(names, vec![IMG, IMG_BMAP, IMG_XZ]);
+    assert_eq!(names, vec![IMG, IMG_BMAP, IMG_XZ, IMAGER_JSON]);
     for line in sums.lines() {
         let (sum, name) = line.split_once("  ").unwrap();
         assert_eq!(sum.len(), 64);
@@ -144,6 +151,26 @@ fn two_builds_are_identical_and_well_formed() {
             let data = std::fs::read(a.join(name)).unwrap();
             assert_eq!(sum, bramble_image::lock::sha256_hex(&data), "{name}");
         }
+    }
+
+    // The Raspberry Pi Imager entry describes the raw image and the .xz.
+    let imager = std::fs::read_to_string(a.join(IMAGER_JSON)).unwrap();
+    let sum_of = |name: &str| {
+        sums.lines()
+            .find_map(|l| l.strip_suffix(&format!("  {name}")))
+            .unwrap()
+            .to_owned()
+    };
+    let size_of = |name: &str| std::fs::metadata(a.join(name)).unwrap().len();
+    for want in [
+        format!("\"extract_size\": {},", size_of(IMG)),
+        format!("\"extract_sha256\": \"{}\"", sum_of(IMG)),
+        format!("\"image_download_size\": {},", size_of(IMG_XZ)),
+        format!("\"image_download_sha256\": \"{}\"", sum_of(IMG_XZ)),
+        "\"url\": \"https://example.org/bramble/v0.1.0/bramble-arm64.img.xz\"".to_owned(),
+        "\"release_date\": \"".to_owned(),
+    ] {
+        assert!(imager.contains(&want), "{want} not in {imager}");
     }
 
     // Partition table.

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -92,7 +92,7 @@ pub fn run() -> Result<Infallible> {
     )?;
 
     let persistent = MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-    mount_persistent(
+    let state_on_disk = mount_persistent(
         layout.state.as_ref(),
         &sysroot.join("system/state"),
         persistent | MsFlags::MS_NOEXEC,
@@ -108,6 +108,9 @@ pub fn run() -> Result<Infallible> {
         &sysroot.join("system/state").join(WIPE_DATA_MARKER),
         &sysroot.join("var"),
     );
+    if state_on_disk {
+        take_boot_config(&mut db, &layout.boot, &sysroot.join("system/state"));
+    }
 
     switch_root(sysroot)
 }
@@ -151,10 +154,81 @@ fn wipe_data_if_asked(marker: &Path, var: &Path) {
     }
 }
 
+/// The file `nodectl image flash --config` puts at the boot partition's root.
+const BOOT_CONFIG: &str = "machine-config.yaml";
+/// Where it waits, in STATE, for apid to validate and store it
+/// (`services/apid/src/store.rs`, `FROM_BOOT`).
+const BOOT_CONFIG_STAGED: &str = "config/config.from-boot.yaml";
+/// Where the boot partition is mounted, briefly, in the initramfs.
+const BOOT_MOUNT: &str = "/boot-fat";
+
+/// Moves a machine configuration placed on the boot partition at flash time
+/// into STATE, byte for byte (written atomically), then deletes it from the
+/// FAT so a later Reset does not bring it back. Checking it is apid's job:
+/// this only copies. Every failure is reported and skipped; the file then
+/// stays on the FAT for the next boot.
+fn take_boot_config(db: &mut Database, boot: &disk::BlockDev, state: &Path) {
+    for module in ["vfat", "nls_cp437", "nls_iso8859-1"] {
+        if let Err(err) = db.load_module(module) {
+            tracing::warn!("{err}");
+        }
+    }
+    let mount_point = Path::new(BOOT_MOUNT);
+    let flags = MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    if let Err(err) = mounts::mount(
+        &boot.dev_path().to_string_lossy(),
+        mount_point,
+        "vfat",
+        flags,
+        Some("codepage=437,iocharset=iso8859-1,fmask=0177,dmask=0077"),
+    ) {
+        return tracing::warn!("boot partition: {err}; not looking for {BOOT_CONFIG}");
+    }
+    let staged = state.join(BOOT_CONFIG_STAGED);
+    match move_boot_config(&mount_point.join(BOOT_CONFIG), &staged) {
+        Ok(Some(len)) => tracing::info!(
+            "{BOOT_CONFIG} ({len} bytes) taken from the boot partition; the API server applies it"
+        ),
+        Ok(None) => {}
+        Err(err) => tracing::error!(
+            "{BOOT_CONFIG}: moving it from the boot partition to {}: {err}",
+            staged.display()
+        ),
+    }
+    if let Err(err) = nix::mount::umount(mount_point) {
+        tracing::error!("unmounting the boot partition: {err}");
+    }
+}
+
+/// Copies `source` to `staged` (atomically, owner-only) and then deletes
+/// `source`: the size moved, or `None` when there is no `source`.
+fn move_boot_config(source: &Path, staged: &Path) -> std::io::Result<Option<usize>> {
+    let data = match fs::read(source) {
+        Ok(data) => data,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    if let Some(dir) = staged.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    crate::atomic::write(staged, &data, 0o600)?;
+    fs::remove_file(source)?;
+    Ok(Some(data.len()))
+}
+
 /// Mounts a persistent ext4 partition, growing the filesystem to its
 /// partition; without one, a tmpfs stands in so the node still comes up (and
-/// can be reset or re-flashed through the API).
-fn mount_persistent(dev: Option<&disk::BlockDev>, target: &Path, flags: MsFlags, what: &str) {
+/// can be reset or re-flashed through the API). True if the partition itself
+/// was mounted.
+fn mount_persistent(
+    dev: Option<&disk::BlockDev>,
+    target: &Path,
+    flags: MsFlags,
+    what: &str,
+) -> bool {
     let fallback = |why: String| {
         tracing::error!(
             "{what} partition: {why}; using memory instead: nothing written there will persist"
@@ -162,6 +236,7 @@ fn mount_persistent(dev: Option<&disk::BlockDev>, target: &Path, flags: MsFlags,
         if let Err(err) = mounts::mount("tmpfs", target, "tmpfs", flags, Some("mode=0755")) {
             tracing::error!("{err}");
         }
+        false
     };
     let Some(dev) = dev else {
         return fallback("not found on the boot disk".into());
@@ -182,6 +257,7 @@ fn mount_persistent(dev: Option<&disk::BlockDev>, target: &Path, flags: MsFlags,
             Err(err) => tracing::warn!("{what} filesystem: {err}"),
         }
     }
+    true
 }
 
 /// Loads drivers until the boot disk with all of Bramble's partitions shows
@@ -349,6 +425,27 @@ mod tests {
             .collect();
         assert_eq!(left, ["lost+found"]);
         assert!(!marker.exists());
+    }
+
+    #[test]
+    fn moves_the_boot_config_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("boot/machine-config.yaml");
+        let staged = dir.path().join("state").join(BOOT_CONFIG_STAGED);
+        assert_eq!(move_boot_config(&source, &staged).unwrap(), None);
+        assert!(!staged.exists());
+        fs::create_dir_all(source.parent().unwrap()).unwrap();
+        fs::write(&source, b"version: v1alpha1\r\n# exactly\n").unwrap();
+        assert_eq!(move_boot_config(&source, &staged).unwrap(), Some(29));
+        assert_eq!(
+            fs::read(&staged).unwrap(),
+            b"version: v1alpha1\r\n# exactly\n"
+        );
+        assert!(!source.exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&staged), 0o600);
+        assert_eq!(mode(staged.parent().unwrap()), 0o700);
     }
 
     #[test]

@@ -219,6 +219,13 @@ pub enum Command {
         what: ConfigCommand,
     },
 
+    /// Work with Bramble images: write one onto an SD card.
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        what: ImageCommand,
+    },
+
     /// Print a shell completion script, e.g. `nodectl completion bash >
     /// /etc/bash_completion.d/nodectl`.
     Completion {
@@ -226,6 +233,41 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+}
+
+/// `nodectl image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Write the image onto an SD card (only the blocks its bmap maps), read it
+    /// back to verify, and optionally place a machine configuration on the
+    /// card's boot partition, applied at the node's first boot. Refuses a disk
+    /// that is mounted, holds this system's root or swap, is too small, or an
+    /// image that does not match its bmap or SHA256SUMS.
+    Flash(FlashArgs),
+}
+
+/// `nodectl image flash`.
+#[derive(Debug, Clone, Args)]
+pub struct FlashArgs {
+    /// The whole disk to overwrite, e.g. /dev/sdX or /dev/mmcblk0.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: PathBuf,
+    /// The image, raw or .xz [default: dist/bramble-arm64.img, else its .xz].
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// The block map [default: IMAGE.bmap; for X.img.xz also X.img.bmap].
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+    /// A machine configuration to validate and place on the boot partition
+    /// as machine-config.yaml: the node applies it on its first boot.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Let a regular file stand in for the device (tests, image copies).
+    #[arg(long)]
+    pub allow_file: bool,
 }
 
 /// `nodectl gen ...`
@@ -278,6 +320,18 @@ pub enum GenCommand {
 pub enum GetCommand {
     /// The running machine configuration (secrets hidden unless admin).
     Config,
+    /// Links as the kernel has them, and whether the configuration names them.
+    Links,
+    /// Addresses on every link, and who added them.
+    Addresses,
+    /// Routes (every table but the kernel's local one).
+    Routes,
+    /// DNS resolvers in force and configured.
+    Resolvers,
+    /// The host name.
+    Hostname,
+    /// The clock and its synchronisation.
+    Time,
 }
 
 /// `nodectl config ...`

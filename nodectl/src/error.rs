@@ -48,6 +48,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// `image flash` stopped (the message says whether anything was written).
+    #[error(transparent)]
+    Flash(#[from] bramble_flash::Error),
+
     /// TLS client setup failed.
     #[error("TLS client setup failed: {0}")]
     Tls(#[from] rustls::Error),

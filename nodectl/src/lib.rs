@@ -14,9 +14,10 @@ use std::future::Future;
 use std::io::Write;
 
 use bramble_api::machine::v1::{
-    DmesgRequest, EventsRequest, GetConfigRequest, LogsRequest, MemoryRequest, MountsRequest,
-    ProcessesRequest, RebootRequest, ResetRequest, ServiceListRequest, ServiceRequest,
-    ShutdownRequest,
+    AddressesRequest, DmesgRequest, EventsRequest, GetConfigRequest, HostnameRequest, LinksRequest,
+    LogsRequest, MemoryRequest, MountsRequest, ProcessesRequest, RebootRequest, ResetRequest,
+    ResolversRequest, RoutesRequest, ServiceListRequest, ServiceRequest, ShutdownRequest,
+    TimeRequest,
 };
 use clap::CommandFactory;
 
@@ -138,6 +139,68 @@ where
     Ok(ok)
 }
 
+/// `nodectl get links|addresses|routes|resolvers|hostname|time`.
+async fn get(
+    g: &cli::GlobalArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    what: cli::GetCommand,
+) -> Result<bool, Error> {
+    use cmd::network::{AddressRow, HostnameRow, LinkRow, ResolversRow, RouteRow, TimeRow};
+    match what {
+        // Handled before: it prints documents, not rows.
+        cli::GetCommand::Config => Ok(false),
+        cli::GetCommand::Links => {
+            let call = |mut c: MachineClient| async move { c.links(LinksRequest {}).await };
+            rows(g, out, err, call, |node, r| {
+                r.links.into_iter().map(|l| LinkRow::new(node, l)).collect()
+            })
+            .await
+        }
+        cli::GetCommand::Addresses => {
+            let call = |mut c: MachineClient| async move { c.addresses(AddressesRequest {}).await };
+            rows(g, out, err, call, |node, r| {
+                r.addresses
+                    .into_iter()
+                    .map(|a| AddressRow::new(node, a))
+                    .collect()
+            })
+            .await
+        }
+        cli::GetCommand::Routes => {
+            let call = |mut c: MachineClient| async move { c.routes(RoutesRequest {}).await };
+            rows(g, out, err, call, |node, r| {
+                r.routes
+                    .into_iter()
+                    .map(|x| RouteRow::new(node, x))
+                    .collect()
+            })
+            .await
+        }
+        cli::GetCommand::Resolvers => {
+            let call = |mut c: MachineClient| async move { c.resolvers(ResolversRequest {}).await };
+            rows(g, out, err, call, |node, r| {
+                vec![ResolversRow::new(node, r)]
+            })
+            .await
+        }
+        cli::GetCommand::Hostname => {
+            let call = |mut c: MachineClient| async move { c.hostname(HostnameRequest {}).await };
+            rows(g, out, err, call, |node, r| {
+                vec![HostnameRow {
+                    node: node.to_owned(),
+                    hostname: r.hostname,
+                }]
+            })
+            .await
+        }
+        cli::GetCommand::Time => {
+            let call = |mut c: MachineClient| async move { c.time(TimeRequest {}).await };
+            rows(g, out, err, call, |node, r| vec![TimeRow::new(node, r)]).await
+        }
+    }
+}
+
 /// Calls every node; prints `NODE: done` for each that answered.
 async fn each<T, F, Fut>(
     g: &cli::GlobalArgs,
@@ -196,6 +259,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
     match cli.command {
         cli::Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nodectl", out);
+            Ok(true)
+        }
+        cli::Command::Image {
+            what: cli::ImageCommand::Flash(args),
+        } => {
+            cmd::flash::run(out, &args)?;
             Ok(true)
         }
         cli::Command::Version => {
@@ -289,6 +358,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
             }
             Ok(ok)
         }
+        cli::Command::Get { what } => get(&cli.global, out, err, what).await,
         cli::Command::Services => {
             let call =
                 |mut c: MachineClient| async move { c.service_list(ServiceListRequest {}).await };

@@ -225,6 +225,12 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
         (&["memory"], "reader"),
         (&["processes"], "reader"),
         (&["mounts"], "reader"),
+        (&["get", "links"], "reader"),
+        (&["get", "addresses"], "reader"),
+        (&["get", "routes"], "reader"),
+        (&["get", "resolvers"], "reader"),
+        (&["get", "hostname"], "reader"),
+        (&["get", "time"], "reader"),
         (&["events"], "reader"),
         (&["dmesg", "--tail", "3"], "reader"),
         (&["service", "sleeper", "restart"], "operator"),
@@ -285,6 +291,26 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
             .any(|l| l.split_whitespace().nth(1) == Some("/")),
         "{mounts}"
     );
+    // The network readers show this machine's kernel state.
+    let links = as_role(&c, "reader", &node, &["get", "links", "-o", "json"]).1;
+    assert!(links.contains("\"name\": \"lo\""), "{links}");
+    let addrs = as_role(&c, "reader", &node, &["get", "addresses"]).1;
+    assert!(
+        addrs
+            .lines()
+            .any(|l| l.contains(" lo ") && l.contains("127.0.0.1/8")),
+        "{addrs}"
+    );
+    let routes = as_role(&c, "reader", &node, &["get", "routes", "-o", "yaml"]).1;
+    assert!(routes.contains("destination:"), "{routes}");
+    let host = as_role(&c, "reader", &node, &["get", "hostname"]).1;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(host.contains(kernel.trim()), "{host}");
+    // No time daemon runs beside this in-process server: the answer says so.
+    let time = as_role(&c, "reader", &node, &["get", "time", "-o", "json"]).1;
+    assert!(time.contains("\"synced\": false"), "{time}");
+    assert!(time.contains("time/state.json"), "{time}");
+
     // A followed log keeps delivering new lines.
     let cfg = c.file("reader", "nodeconfig");
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_nodectl"))

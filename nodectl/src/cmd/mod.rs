@@ -2,7 +2,9 @@
 
 pub mod apply;
 pub mod context;
+pub mod flash;
 pub mod generate;
+pub mod network;
 pub mod node;
 pub mod version;
 
