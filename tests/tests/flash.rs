@@ -4,27 +4,14 @@
 //! it in QEMU and answers over mutual TLS without any `apply-config`; the file
 //! is gone from the boot partition afterwards.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use bramble_tests::{nodectl, paths, qemu};
+use anyhow::{Context, Result, ensure};
+use bramble_tests::nodectl::{self, Client};
+use bramble_tests::{paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn mtls(cfg: &Path, addr: &str, args: &[&str]) -> Result<nodectl::Output> {
-    let mut all = vec![
-        "--nodeconfig",
-        cfg.to_str().context("path")?,
-        "-n",
-        addr,
-        "--timeout",
-        "20s",
-    ];
-    all.extend_from_slice(args);
-    nodectl::run(&all, CALL_TIMEOUT)
-}
 
 #[test]
 fn a_config_placed_by_flash_is_applied_on_first_boot() -> Result<()> {
@@ -33,21 +20,8 @@ fn a_config_placed_by_flash_is_applied_on_first_boot() -> Result<()> {
     let source = if xz.is_file() { xz } else { image.clone() };
     let dir = paths::test_dir("flash")?;
 
-    let gen_dir = dir.path().join("cluster");
-    let out = nodectl::run(
-        &[
-            "gen",
-            "config",
-            "flashed",
-            "https://127.0.0.1:6443",
-            "--output-dir",
-            gen_dir.to_str().context("path")?,
-        ],
-        CALL_TIMEOUT,
-    )?;
-    ensure!(out.success, "gen config: {}", out.stderr);
-    let cp = gen_dir.join("controlplane.yaml");
-    let cfg = gen_dir.join("nodeconfig");
+    let client = Client::generate(&dir.path().join("cluster"), &[])?;
+    let cp = client.controlplane.clone();
 
     // A blank "card" as big as the image.
     let disk = dir.path().join("card.img");
@@ -86,28 +60,16 @@ fn a_config_placed_by_flash_is_applied_on_first_boot() -> Result<()> {
 
     // Configured without any apply-config: mutual TLS with the generated
     // client configuration works, and the insecure maintenance-mode call does not.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let version = loop {
-        let out = mtls(&cfg, &addr, &["version", "-o", "json"])?;
-        if out.success {
-            break out.stdout;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "mutual TLS never worked: {}\n{}",
-                out.stderr,
-                node.console_tail(40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let version = client
+        .wait_answer(&addr, Duration::from_secs(60))
+        .with_context(|| node.console_tail(40))?;
     ensure!(version.contains("\"maintenance\": false"), "{version}");
     let insecure = nodectl::run(&["version", "--insecure", "-n", &addr], CALL_TIMEOUT)?;
     ensure!(
         !insecure.success,
         "an insecure call was answered: the node is still in maintenance mode"
     );
-    let out = mtls(&cfg, &addr, &["get", "config"])?;
+    let out = client.run(&addr, &["get", "config"])?;
     ensure!(out.success, "get config: {}", out.stderr);
     let placed = std::fs::read_to_string(&cp)?;
     ensure!(

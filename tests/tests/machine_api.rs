@@ -6,11 +6,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use bramble_tests::{nodectl, paths, qemu};
+use anyhow::{Context, Result, ensure};
+use bramble_tests::nodectl::{self, Client};
+use bramble_tests::{paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+const MTLS_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn start(dir: &Path, disk: &Path, port: u16, n: u32) -> Result<qemu::Node> {
     let mut opts = qemu::Options::new(disk.to_path_buf(), port);
@@ -18,48 +20,6 @@ fn start(dir: &Path, disk: &Path, port: u16, n: u32) -> Result<qemu::Node> {
     let mut node = qemu::Node::start(&opts)?;
     node.wait_ready(BOOT_TIMEOUT)?;
     Ok(node)
-}
-
-/// `nodectl ARGS` with the generated client configuration.
-fn mtls(cfg: &Path, node: &qemu::Node, args: &[&str]) -> Result<nodectl::Output> {
-    let addr = node.api_addr();
-    let mut all = vec![
-        "--nodeconfig",
-        cfg.to_str().context("path")?,
-        "-n",
-        addr.as_str(),
-        "--timeout",
-        "20s",
-    ];
-    all.extend_from_slice(args);
-    nodectl::run(&all, CALL_TIMEOUT)
-}
-
-fn mtls_ok(cfg: &Path, node: &qemu::Node, args: &[&str]) -> Result<String> {
-    let out = mtls(cfg, node, args)?;
-    ensure!(
-        out.success,
-        "nodectl {args:?} failed: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    Ok(out.stdout)
-}
-
-/// Retries until the node answers over mutual TLS (its listener restarts
-/// after the first configuration; after a boot the port forward may lag).
-fn wait_mtls(cfg: &Path, node: &qemu::Node) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = mtls(cfg, node, &["version", "-o", "json"])?;
-        if out.success {
-            return Ok(out.stdout);
-        }
-        if Instant::now() > deadline {
-            bail!("mutual TLS never worked: {}", out.stderr);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 fn wait_exit(node: &mut qemu::Node) -> Result<()> {
@@ -77,23 +37,8 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
     let mut node = start(dir.path(), &disk, port, 1)?;
     let addr = node.api_addr();
 
-    let gen_dir = dir.path().join("cluster");
-    let gen_dir_str = gen_dir.to_str().context("path")?;
-    let out = nodectl::run(
-        &[
-            "gen",
-            "config",
-            "qemu",
-            "https://127.0.0.1:6443",
-            "--output-dir",
-            gen_dir_str,
-        ],
-        CALL_TIMEOUT,
-    )?;
-    ensure!(out.success, "gen config: {}", out.stderr);
-    let cp = gen_dir.join("controlplane.yaml");
-    let cp = cp.to_str().context("path")?;
-    let cfg = gen_dir.join("nodeconfig");
+    let c = Client::generate(&dir.path().join("cluster"), &[])?;
+    let cp = c.controlplane_str()?;
 
     // Maintenance mode takes the first configuration over --insecure.
     nodectl::version_json(&addr)?;
@@ -110,7 +55,7 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
 
     // Mutual TLS only from now on; the server certificate, issued on the node
     // from the configuration's CA, verifies through the forwarded loopback port.
-    let version = wait_mtls(&cfg, &node)?;
+    let version = c.wait_answer(&node.api_addr(), MTLS_TIMEOUT)?;
     ensure!(version.contains("\"maintenance\": false"), "{version}");
     ensure!(
         version.contains("\"architecture\": \"aarch64\""),
@@ -123,28 +68,27 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
     );
 
     // Day two.
-    let services = mtls_ok(&cfg, &node, &["services"])?;
+    let services = c.ok(&node.api_addr(), &["services"])?;
     ensure!(
         services.contains("apid") && services.contains("networkd"),
         "{services}"
     );
-    let logs = mtls_ok(&cfg, &node, &["logs", "apid"])?;
+    let logs = c.ok(&node.api_addr(), &["logs", "apid"])?;
     ensure!(logs.contains("API listening"), "{logs}");
-    let dmesg = mtls_ok(&cfg, &node, &["dmesg", "--tail", "50"])?;
+    let dmesg = c.ok(&node.api_addr(), &["dmesg", "--tail", "50"])?;
     ensure!(
         dmesg.contains("Linux") || dmesg.lines().count() >= 10,
         "{dmesg}"
     );
-    let events = mtls_ok(&cfg, &node, &["events"])?;
+    let events = c.ok(&node.api_addr(), &["events"])?;
     ensure!(events.contains("apid"), "{events}");
-    let mounts = mtls_ok(&cfg, &node, &["mounts"])?;
+    let mounts = c.ok(&node.api_addr(), &["mounts"])?;
     ensure!(mounts.contains("squashfs"), "{mounts}");
 
     // A bad configuration is refused with its field path; nothing changes.
-    let before = mtls_ok(&cfg, &node, &["get", "config"])?;
-    let bad = mtls(
-        &cfg,
-        &node,
+    let before = c.ok(&node.api_addr(), &["get", "config"])?;
+    let bad = c.run(
+        &node.api_addr(),
         &[
             "apply-config",
             "-f",
@@ -160,12 +104,11 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
         "{}",
         bad.stderr
     );
-    ensure!(mtls_ok(&cfg, &node, &["get", "config"])? == before);
+    ensure!(c.ok(&node.api_addr(), &["get", "config"])? == before);
 
     // A trial reverts by itself when its time is up.
-    mtls_ok(
-        &cfg,
-        &node,
+    c.ok(
+        &node.api_addr(),
         &[
             "apply-config",
             "-f",
@@ -178,9 +121,15 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
             "machine: {hostname: trial-node}",
         ],
     )?;
-    ensure!(mtls_ok(&cfg, &node, &["get", "config"])?.contains("trial-node"));
+    ensure!(
+        c.ok(&node.api_addr(), &["get", "config"])?
+            .contains("trial-node")
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while mtls_ok(&cfg, &node, &["get", "config"])?.contains("trial-node") {
+    while c
+        .ok(&node.api_addr(), &["get", "config"])?
+        .contains("trial-node")
+    {
         ensure!(
             Instant::now() < deadline,
             "the trial did not revert:\n{}",
@@ -190,15 +139,15 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
     }
 
     // Reboot: the configuration is still in force afterwards.
-    mtls_ok(&cfg, &node, &["reboot"])?;
+    c.ok(&node.api_addr(), &["reboot"])?;
     wait_exit(&mut node)?;
     let mut node = start(dir.path(), &disk, port, 2)?;
-    let version = wait_mtls(&cfg, &node)?;
+    let version = c.wait_answer(&node.api_addr(), MTLS_TIMEOUT)?;
     ensure!(version.contains("\"maintenance\": false"), "{version}");
-    ensure!(mtls_ok(&cfg, &node, &["get", "config"])? == before);
+    ensure!(c.ok(&node.api_addr(), &["get", "config"])? == before);
 
     // Reset: back to maintenance mode.
-    mtls_ok(&cfg, &node, &["reset", "--wipe-data"])?;
+    c.ok(&node.api_addr(), &["reset", "--wipe-data"])?;
     wait_exit(&mut node)?;
     let node = start(dir.path(), &disk, port, 3)?;
     let version = nodectl::version_json(&node.api_addr())?;
@@ -220,37 +169,28 @@ fn a_power_cut_during_apply_leaves_the_old_or_the_new_configuration() -> Result<
     let port = qemu::free_port()?;
     let mut node = start(dir.path(), &disk, port, 1)?;
     let addr = node.api_addr();
-    let gen_dir = dir.path().join("cluster");
-    let out = nodectl::run(
-        &[
-            "gen",
-            "config",
-            "cut",
-            "https://127.0.0.1:6443",
-            "--output-dir",
-            gen_dir.to_str().context("path")?,
-        ],
-        CALL_TIMEOUT,
-    )?;
-    ensure!(out.success, "gen config: {}", out.stderr);
-    let cp = gen_dir.join("controlplane.yaml");
-    let cp = cp.to_str().context("path")?;
-    let cfg = gen_dir.join("nodeconfig");
+    let c = Client::generate(&dir.path().join("cluster"), &[])?;
+    let cp = c.controlplane_str()?;
     let out = nodectl::run(
         &["apply-config", "--insecure", "-n", &addr, "-f", cp],
         CALL_TIMEOUT,
     )?;
     ensure!(out.success, "first apply-config: {}", out.stderr);
-    wait_mtls(&cfg, &node)?;
+    c.wait_answer(&node.api_addr(), MTLS_TIMEOUT)?;
 
     // Cut the power at a few points of an apply: before it reaches the node,
     // while it is written, after it answered.
     for (round, delay_ms) in [30u64, 150, 400].into_iter().enumerate() {
-        let old = mtls_ok(&cfg, &node, &["get", "config"])?;
+        let old = c.ok(&node.api_addr(), &["get", "config"])?;
         let hostname = format!("cut-{round}");
         let patch = format!("machine: {{hostname: {hostname}}}");
         let mut apply = std::process::Command::new(paths::nodectl()?)
-            .args(["--nodeconfig", cfg.to_str().context("path")?, "-n", &addr])
+            .args([
+                "--nodeconfig",
+                c.nodeconfig.to_str().context("path")?,
+                "-n",
+                &addr,
+            ])
             .args(["apply-config", "-f", cp, "--config-patch", &patch])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -261,8 +201,8 @@ fn a_power_cut_during_apply_leaves_the_old_or_the_new_configuration() -> Result<
         let _ = apply.wait();
 
         node = start(dir.path(), &disk, port, 2 + u32::try_from(round)?)?;
-        wait_mtls(&cfg, &node)?;
-        let now = mtls_ok(&cfg, &node, &["get", "config"])?;
+        c.wait_answer(&node.api_addr(), MTLS_TIMEOUT)?;
+        let now = c.ok(&node.api_addr(), &["get", "config"])?;
         let new_one = now.contains(&format!("hostname: {hostname}"));
         ensure!(
             now == old || new_one,
