@@ -58,9 +58,9 @@ pub use diff::{Diff, DiffKind, DiffLine, Service, diff};
 pub use error::{ConfigError, FieldError};
 pub use patch::apply_patch;
 pub use schema::{
-    CertificateAuthority, Cluster, ControlPlane, Etcd, ExtraHost, Interface, Kubelet, Machine,
-    MachineConfig, MachineType, Network, Pi, REDACTED, Route, SUPPORTED_VERSIONS, Secret, Time,
-    Version, Vlan, Workload,
+    Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, ExtraHost,
+    Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Route,
+    SUPPORTED_VERSIONS, Secret, Time, Version, Vlan, Workload,
 };
 
 use std::collections::HashMap;

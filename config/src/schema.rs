@@ -170,8 +170,20 @@ impl Network {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Interface {
-    /// Link name, e.g. `eth0`; the key patches merge interfaces by.
+    /// Link name, e.g. `eth0`; the key patches merge interfaces by. With a
+    /// `deviceSelector` it names the entry only, and the selected link keeps
+    /// its kernel name; with `bond` or `bridge` it is the name of the link
+    /// created.
     pub interface: String,
+    /// Picks a physical link by its properties instead of its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_selector: Option<DeviceSelector>,
+    /// Make this link a bond of other links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<Bond>,
+    /// Make this link a bridge of other links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<Bridge>,
     /// Run the DHCPv4 client on this link.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dhcp: bool,
@@ -187,6 +199,44 @@ pub struct Interface {
     /// 802.1Q VLANs on this link.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vlans: Vec<Vlan>,
+}
+
+/// Picks a link by its properties (`interfaces[].deviceSelector`); every
+/// property given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviceSelector {
+    /// Hardware address, `aa:bb:cc:dd:ee:ff`; `*` matches any one byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_addr: Option<String>,
+    /// Kernel driver name, e.g. `virtio_net`, `bcmgenet`, `smsc95xx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+}
+
+/// A bond (`interfaces[].bond`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bond {
+    /// Bonding mode: `balance-rr`, `active-backup`, `balance-xor`,
+    /// `broadcast`, `802.3ad`, `balance-tlb` or `balance-alb`.
+    pub mode: String,
+    /// The member links, by name.
+    pub interfaces: Vec<String>,
+    /// Link monitoring interval in milliseconds (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miimon: Option<u32>,
+}
+
+/// A bridge (`interfaces[].bridge`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bridge {
+    /// The member links, by name.
+    pub interfaces: Vec<String>,
+    /// Run the spanning tree protocol.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stp: bool,
 }
 
 /// A VLAN on a link (`interfaces[].vlans[]`).

@@ -77,6 +77,7 @@ fn machine(c: &mut Checker, m: &Machine) {
         }
     }
     addressing(c, &net.interfaces);
+    membership(c, &net.interfaces);
     for (i, ns) in net.nameservers.iter().enumerate() {
         c.check(&format!("machine.network.nameservers[{i}]"), check_ip(ns));
     }
@@ -147,11 +148,86 @@ fn machine(c: &mut Checker, m: &Machine) {
     }
 }
 
+/// Bonding modes the kernel knows, by their `ip link` names.
+pub(crate) const BOND_MODES: &[&str] = &[
+    "balance-rr",
+    "active-backup",
+    "balance-xor",
+    "broadcast",
+    "802.3ad",
+    "balance-tlb",
+    "balance-alb",
+];
+
 fn interface(c: &mut Checker, path: &str, iface: &Interface) {
     c.check(
         &format!("{path}.interface"),
         check_link_name(&iface.interface),
     );
+    let kinds = [
+        iface.device_selector.is_some(),
+        iface.bond.is_some(),
+        iface.bridge.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        c.error(
+            path.to_owned(),
+            "deviceSelector, bond and bridge exclude each other; keep one",
+        );
+    }
+    if let Some(sel) = &iface.device_selector {
+        let spath = format!("{path}.deviceSelector");
+        if sel.hardware_addr.is_none() && sel.driver.is_none() {
+            c.error(
+                spath.clone(),
+                "selects nothing; give hardwareAddr and/or driver",
+            );
+        }
+        if let Some(mac) = &sel.hardware_addr {
+            let ok = mac.split(':').count() == 6
+                && mac.split(':').all(|b| {
+                    b == "*" || (b.len() == 2 && b.chars().all(|ch| ch.is_ascii_hexdigit()))
+                });
+            if !ok {
+                c.error(
+                    format!("{spath}.hardwareAddr"),
+                    format!(
+                        "{mac:?} is not a hardware address (aa:bb:cc:dd:ee:ff, * for any byte)"
+                    ),
+                );
+            }
+        }
+        if let Some(driver) = &sel.driver
+            && (driver.is_empty() || driver.contains(['/', ' ']))
+        {
+            c.error(
+                format!("{spath}.driver"),
+                format!("{driver:?} is not a driver name"),
+            );
+        }
+    }
+    if let Some(bond) = &iface.bond {
+        let bpath = format!("{path}.bond");
+        if !BOND_MODES.contains(&bond.mode.as_str()) {
+            c.error(
+                format!("{bpath}.mode"),
+                format!(
+                    "{:?} is not a bonding mode; use one of {}",
+                    bond.mode,
+                    BOND_MODES.join(", ")
+                ),
+            );
+        }
+        members(c, &bpath, &iface.interface, &bond.interfaces);
+    }
+    if let Some(bridge) = &iface.bridge {
+        members(
+            c,
+            &format!("{path}.bridge"),
+            &iface.interface,
+            &bridge.interfaces,
+        );
+    }
     if let Some(mtu) = iface.mtu {
         c.check(&format!("{path}.mtu"), check_mtu(mtu));
     }
@@ -171,6 +247,60 @@ fn interface(c: &mut Checker, path: &str, iface: &Interface) {
             );
         } else {
             ids.insert(v.vlan_id, i);
+        }
+    }
+}
+
+fn members(c: &mut Checker, path: &str, own: &str, list: &[String]) {
+    if list.is_empty() {
+        c.error(
+            format!("{path}.interfaces"),
+            "is empty; list the member links",
+        );
+    }
+    for (i, m) in list.iter().enumerate() {
+        let mpath = format!("{path}.interfaces[{i}]");
+        c.check(&mpath, check_link_name(m));
+        if m == own {
+            c.error(mpath, format!("{own:?} cannot be a member of itself"));
+        } else if list[..i].contains(m) {
+            c.error(mpath, format!("{m:?} is listed twice"));
+        }
+    }
+}
+
+/// A link in two bonds or bridges, or a member configured with its own
+/// addresses or DHCP (they belong on the bond or bridge).
+fn membership(c: &mut Checker, interfaces: &[Interface]) {
+    let mut owner: HashMap<&str, (usize, &str)> = HashMap::new();
+    for (i, iface) in interfaces.iter().enumerate() {
+        let (kind, list) = match (&iface.bond, &iface.bridge) {
+            (Some(b), _) => ("bond", &b.interfaces),
+            (None, Some(b)) => ("bridge", &b.interfaces),
+            (None, None) => continue,
+        };
+        for (j, m) in list.iter().enumerate() {
+            let path = format!("machine.network.interfaces[{i}].{kind}.interfaces[{j}]");
+            if let Some((k, other)) = owner.get(m.as_str()) {
+                if *k != i {
+                    c.error(path, format!("{m:?} is already a member of {other}"));
+                }
+            } else {
+                owner.insert(m, (i, &iface.interface));
+            }
+        }
+    }
+    for (i, iface) in interfaces.iter().enumerate() {
+        if let Some((_, of)) = owner.get(iface.interface.as_str())
+            && (iface.dhcp || !iface.addresses.is_empty() || !iface.routes.is_empty())
+        {
+            c.error(
+                format!("machine.network.interfaces[{i}]"),
+                format!(
+                    "{:?} is a member of {of}; put its addresses, routes and DHCP on {of}",
+                    iface.interface
+                ),
+            );
         }
     }
 }

@@ -132,6 +132,9 @@ pub fn rootfs(inp: &RootfsInputs<'_>) -> Result<Tree> {
         0o644,
         inp.ca_bundle.to_vec(),
     )?;
+    // The kernel asks /sbin/modprobe for modules nothing loaded yet (a VLAN,
+    // a bond); PID 1's binary answers as modprobe.
+    t.symlink("sbin/modprobe", "init")?;
     t.symlink("etc/resolv.conf", "../run/bramble/resolv.conf")?;
     t.symlink("etc/hostname", "../run/bramble/hostname")?;
     // networkd writes it (localhost, the node's name, machine.network.extraHosts);

@@ -10,7 +10,9 @@
 //! order and powers off or reboots.
 //!
 //! PID 1 must never exit and never panic: every failure is reported on the
-//! console and either retried or held.
+//! console and either retried or held. Called as `modprobe` (the kernel's
+//! module-request helper, `/sbin/modprobe` links to it), it loads a module
+//! and exits.
 
 mod atomic;
 mod disk;
@@ -18,6 +20,7 @@ mod error;
 mod hold;
 mod hotplug;
 mod logging;
+mod modprobe;
 mod modules;
 mod mounts;
 mod rng;
@@ -33,6 +36,16 @@ use std::path::Path;
 const INITRD_MARKER: &str = "/etc/initrd-release";
 
 fn main() {
+    // Called as /sbin/modprobe by the kernel: load a module and exit.
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == "modprobe")
+    {
+        std::process::exit(modprobe::run(&args[1..]));
+    }
+
     logging::init();
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("internal error: {info}");

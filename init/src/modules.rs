@@ -84,7 +84,7 @@ impl Database {
         Ok(db)
     }
 
-    fn parse(dep: &str, alias: &str) -> Self {
+    pub(crate) fn parse(dep: &str, alias: &str) -> Self {
         let mut deps = HashMap::new();
         for line in dep.lines() {
             if let Some((module, rest)) = line.split_once(':') {
@@ -109,6 +109,12 @@ impl Database {
             aliases,
             ..Self::default()
         }
+    }
+
+    /// Whether `name` is a module of this image or built into the kernel.
+    pub fn knows(&self, name: &str) -> bool {
+        let name = normalize(name);
+        self.deps.contains_key(&name) || self.builtin.contains(&name)
     }
 
     /// Modules whose alias patterns match `modalias`.

@@ -72,6 +72,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// `ifalias`.
     pub alias: Option<String>,
+    /// The bond or bridge this link is a member of (its index).
+    pub controller: Option<u32>,
 }
 
 impl Link {
@@ -83,8 +85,10 @@ impl Link {
         let mut kind = None;
         let mut mtu = None;
         let mut alias = None;
+        let mut controller = None;
         for attr in &msg.attributes {
             match attr {
+                LinkAttribute::Controller(c) => controller = Some(*c),
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::Mtu(m) => mtu = Some(*m),
                 LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
@@ -111,6 +115,7 @@ impl Link {
             kind,
             mtu,
             alias,
+            controller,
         })
     }
 

@@ -26,6 +26,9 @@ const NETWORK: &str = "machine:
         routes:
           - network: 10.99.0.0/16
             gateway: 192.168.77.1
+        vlans:
+          - vlanId: 42
+            addresses: [192.168.42.2/24]
     searchDomains: [bramble.test]
     extraHosts:
       - ip: 192.168.77.1
@@ -181,6 +184,16 @@ fn network_applied_live_reverted_by_try_and_clock_restored() -> Result<()> {
     ensure!(
         eth0["configured"] == true && eth0["dhcp"] == "bound",
         "{eth0}"
+    );
+    // The VLAN: the kernel asked PID 1's binary, as modprobe, for 8021q.
+    let vlan = links
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == "eth0.42"))
+        .with_context(|| format!("no eth0.42: {links}\n{}", node.console_tail(40)))?;
+    ensure!(vlan["kind"] == "vlan" && vlan["configured"] == true, "{vlan}");
+    ensure!(
+        has(&addresses(&c, &addr)?, "eth0.42", "192.168.42.2/24", "static"),
+        "no address on the VLAN"
     );
     let host = c.ok(&addr, &["get", "hostname"])?;
     ensure!(host.contains("net-node"), "{host}");

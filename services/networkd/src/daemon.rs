@@ -67,6 +67,8 @@ struct Daemon {
     managed: HashMap<u32, Managed>,
     /// The network the configuration asks for.
     desired: Desired,
+    /// `desired` with device selectors resolved to the links present.
+    effective: Desired,
     /// Reconciliation passes so far.
     generation: u64,
     /// Link indexes already seen, to tell a new link from a changed one.
@@ -80,10 +82,10 @@ impl Daemon {
     /// configuration names it, else when it was asked for on the command
     /// line, else when it is a physical Ethernet port.
     fn wants_dhcp(&self, link: &Link) -> bool {
-        if link.ethernet_mac().is_none() {
+        if link.ethernet_mac().is_none() || self.effective.controller_of(&link.name).is_some() {
             return false;
         }
-        if let Some(want) = self.desired.link(&link.name) {
+        if let Some(want) = self.effective.link(&link.name) {
             return want.dhcp;
         }
         if self.opts.links.is_empty() {
@@ -195,7 +197,17 @@ impl Daemon {
     /// One reconciliation pass, then the DHCP drivers started or stopped to
     /// match, and the status published.
     async fn converge(&mut self, started: Instant, configured: bool, config_error: Option<String>) {
-        let report = reconcile::reconcile(&self.nl, &self.desired).await;
+        let mut unresolved = Vec::new();
+        match self.nl.links().await {
+            Ok(links) => {
+                let (effective, problems) = self.desired.resolve(&links, &self.opts.sysfs);
+                self.effective = effective;
+                unresolved = problems;
+            }
+            Err(e) => error!("{e}"),
+        }
+        let mut report = reconcile::reconcile(&self.nl, &self.effective).await;
+        report.problems.splice(0..0, unresolved);
         for problem in &report.problems {
             warn!("{problem}");
         }
@@ -254,10 +266,16 @@ impl Daemon {
             self.flush();
             return;
         }
-        let configured =
-            self.desired.links.iter().any(|w| {
-                w.name == link.name || w.vlan.as_ref().is_some_and(|(p, _)| *p == link.name)
-            });
+        // A link the configuration may name (directly, as a VLAN's parent or
+        // an aggregate's member, or through a device selector).
+        let configured = self.desired.links.iter().any(|w| {
+            w.name == link.name
+                || w.selector.is_some()
+                || w.vlan.as_ref().is_some_and(|(p, _)| *p == link.name)
+                || w.aggregate
+                    .as_ref()
+                    .is_some_and(|a| a.members().contains(&link.name))
+        });
         if new && configured {
             // A configured link (or a VLAN's parent) appeared: configure it.
             let error = self.status.document().applied.and_then(|a| a.config_error);
@@ -298,6 +316,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         drivers: JoinSet::new(),
         managed: HashMap::new(),
         desired: Desired::default(),
+        effective: Desired::default(),
         generation: 0,
         seen: HashSet::new(),
         kernel_hostname: None,

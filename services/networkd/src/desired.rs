@@ -10,9 +10,11 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use bramble_config::MachineConfig;
-use bramble_config::{Network, Route};
+use bramble_config::{DeviceSelector, Network, Route};
 use ipnet::IpNet;
 use tracing::warn;
+
+use crate::links::Link;
 
 /// Metric of a static route that names none (the kernel's IPv6 default, and
 /// below the DHCP default routes' `1024 + link index`).
@@ -33,11 +35,50 @@ pub struct Desired {
     pub hostname: Option<String>,
 }
 
+/// A link this daemon creates from other links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aggregate {
+    /// A bond.
+    Bond {
+        /// Bonding mode, as `ip link` names it.
+        mode: String,
+        /// Member links.
+        members: Vec<String>,
+        /// Link monitoring interval, milliseconds.
+        miimon: u32,
+    },
+    /// A bridge.
+    Bridge {
+        /// Member links.
+        members: Vec<String>,
+        /// Run the spanning tree protocol.
+        stp: bool,
+    },
+}
+
+impl Aggregate {
+    /// The member links.
+    pub fn members(&self) -> &[String] {
+        match self {
+            Self::Bond { members, .. } | Self::Bridge { members, .. } => members,
+        }
+    }
+}
+
+/// Default bond link monitoring interval, milliseconds.
+pub const DEFAULT_MIIMON: u32 = 100;
+
 /// One configured link (an interface or a VLAN on one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredLink {
-    /// Kernel name; a VLAN is `<parent>.<id>`.
+    /// Kernel name; a VLAN is `<parent>.<id>`. For an entry with a device
+    /// selector, the configured name until [`Desired::resolve`] replaces it
+    /// with the selected link's.
     pub name: String,
+    /// Picks the link by its properties; cleared by [`Desired::resolve`].
+    pub selector: Option<DeviceSelector>,
+    /// A bond or bridge this daemon creates.
+    pub aggregate: Option<Aggregate>,
     /// For a VLAN: the parent link's name and the VLAN id.
     pub vlan: Option<(String, u16)>,
     /// Run the DHCPv4 client on it.
@@ -78,8 +119,22 @@ impl Desired {
     fn from_network(net: &Network) -> Self {
         let mut links = Vec::new();
         for iface in &net.interfaces {
+            let aggregate = match (&iface.bond, &iface.bridge) {
+                (Some(b), _) => Some(Aggregate::Bond {
+                    mode: b.mode.clone(),
+                    members: b.interfaces.clone(),
+                    miimon: b.miimon.unwrap_or(DEFAULT_MIIMON),
+                }),
+                (None, Some(b)) => Some(Aggregate::Bridge {
+                    members: b.interfaces.clone(),
+                    stp: b.stp,
+                }),
+                (None, None) => None,
+            };
             links.push(DesiredLink {
                 name: iface.interface.clone(),
+                selector: iface.device_selector.clone(),
+                aggregate,
                 vlan: None,
                 dhcp: iface.dhcp,
                 mtu: iface.mtu.map(u32::from),
@@ -89,6 +144,8 @@ impl Desired {
             for v in &iface.vlans {
                 let name = vlan_name(&iface.interface, v.vlan_id);
                 links.push(DesiredLink {
+                    selector: None,
+                    aggregate: None,
                     addresses: prefixes(&name, &v.addresses),
                     routes: routes(&name, &v.routes),
                     vlan: Some((iface.interface.clone(), v.vlan_id)),
@@ -121,6 +178,97 @@ impl Desired {
     pub fn link(&self, name: &str) -> Option<&DesiredLink> {
         self.links.iter().find(|l| l.name == name)
     }
+
+    /// The bond or bridge `name` is a member of.
+    pub fn controller_of(&self, name: &str) -> Option<&DesiredLink> {
+        self.links.iter().find(|l| {
+            l.aggregate
+                .as_ref()
+                .is_some_and(|a| a.members().iter().any(|m| m == name))
+        })
+    }
+
+    /// Replaces each device selector with the name of the first link (by
+    /// index) it matches, in the entry and in its VLANs' and aggregates'
+    /// references. An entry nothing matches stays unresolved (it configures
+    /// nothing) and is reported.
+    pub fn resolve(&self, links: &[Link], sysfs: &Path) -> (Self, Vec<String>) {
+        let mut out = self.clone();
+        let mut problems = Vec::new();
+        let mut sorted: Vec<&Link> = links.iter().collect();
+        sorted.sort_by_key(|l| l.index);
+        let mut renames = Vec::new();
+        for want in &mut out.links {
+            let Some(sel) = want.selector.take() else {
+                continue;
+            };
+            match sorted.iter().find(|l| selects(&sel, l, sysfs)) {
+                Some(link) => renames.push((want.name.clone(), link.name.clone())),
+                None => {
+                    problems.push(format!(
+                        "{}: no link matches its device selector",
+                        want.name
+                    ));
+                    renames.push((want.name.clone(), String::new()));
+                }
+            }
+        }
+        for (from, to) in &renames {
+            for want in &mut out.links {
+                if &want.name == from {
+                    want.name.clone_from(to);
+                }
+                if let Some((parent, id)) = &mut want.vlan
+                    && parent == from
+                {
+                    *parent = to.clone();
+                    want.name = if to.is_empty() {
+                        String::new()
+                    } else {
+                        vlan_name(to, *id)
+                    };
+                }
+                if let Some(Aggregate::Bond { members, .. } | Aggregate::Bridge { members, .. }) =
+                    &mut want.aggregate
+                {
+                    for m in members.iter_mut().filter(|m| *m == from) {
+                        m.clone_from(to);
+                    }
+                }
+            }
+        }
+        // Unmatched entries configure nothing.
+        out.links.retain(|l| !l.name.is_empty());
+        (out, problems)
+    }
+}
+
+/// Whether `link` has every property `sel` names.
+fn selects(sel: &DeviceSelector, link: &Link, sysfs: &Path) -> bool {
+    if let Some(pattern) = &sel.hardware_addr {
+        let mac = link.mac_text();
+        let matches = mac.split(':').count() == 6
+            && pattern
+                .split(':')
+                .zip(mac.split(':'))
+                .all(|(p, b)| p == "*" || p.eq_ignore_ascii_case(b));
+        if !matches {
+            return false;
+        }
+    }
+    if let Some(driver) = &sel.driver {
+        let path = sysfs
+            .join("class/net")
+            .join(&link.name)
+            .join("device/driver");
+        let actual = std::fs::read_link(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        if actual.as_deref() != Some(driver.as_str()) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The kernel name of VLAN `id` on `parent`. Linux names are at most 15

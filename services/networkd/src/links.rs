@@ -347,6 +347,7 @@ mod tests {
             kind: kind.map(str::to_owned),
             mtu: Some(1500),
             alias: None,
+            controller: None,
         }
     }
 

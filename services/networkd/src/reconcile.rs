@@ -17,11 +17,12 @@ use bramble_netlink::Address;
 use ipnet::IpNet;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
+use rtnetlink::packet_route::link::{BondMode, BridgeStpState, InfoBridge, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol};
-use rtnetlink::{LinkUnspec, LinkVlan, RouteMessageBuilder};
+use rtnetlink::{LinkBond, LinkBridge, LinkUnspec, LinkVlan, RouteMessageBuilder};
 use tracing::{debug, info, warn};
 
-use crate::desired::{Desired, DesiredRoute};
+use crate::desired::{Aggregate, Desired, DesiredRoute};
 use crate::error::Error;
 use crate::links::{Link, Netlink, is_gone, nl as netlink_error};
 
@@ -33,10 +34,14 @@ pub const OWNER_ALIAS: &str = "bramble-networkd";
 /// One change made to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A VLAN link was created.
-    VlanCreated(String),
-    /// A VLAN link this daemon created is no longer configured.
-    VlanDeleted(String),
+    /// A VLAN, bond or bridge was created.
+    LinkCreated(String),
+    /// A link this daemon created is no longer configured and was deleted.
+    LinkDeleted(String),
+    /// A link was attached to a bond or bridge (member, controller).
+    Attached(String, String),
+    /// A link was detached from a bond or bridge it is no longer listed in.
+    Detached(String),
     /// The MTU was set.
     Mtu(String, u32),
     /// The link was set up.
@@ -54,8 +59,10 @@ pub enum Change {
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::VlanCreated(l) => write!(f, "created VLAN link {l}"),
-            Self::VlanDeleted(l) => write!(f, "deleted VLAN link {l}"),
+            Self::LinkCreated(l) => write!(f, "created link {l}"),
+            Self::LinkDeleted(l) => write!(f, "deleted link {l}"),
+            Self::Attached(m, c) => write!(f, "{m}: attached to {c}"),
+            Self::Detached(m) => write!(f, "{m}: detached"),
             Self::Mtu(l, m) => write!(f, "{l}: MTU {m}"),
             Self::Up(l) => write!(f, "{l}: up"),
             Self::AddressAdded(l, a) => write!(f, "{l}: added address {a}"),
@@ -111,46 +118,64 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
         }
     };
 
-    // Links: VLANs first created (parents come first in `desired`), then
-    // MTU and up, then VLANs no longer configured removed.
+    // Links: bonds, bridges and VLANs created (parents come first in
+    // `desired`), members attached, then MTU and up; links this daemon made
+    // that are no longer configured are removed at the end.
     for want in &desired.links {
         if links.iter().any(|l| l.name == want.name) {
             continue;
         }
-        let Some((parent, id)) = &want.vlan else {
+        let msg = if let Some(aggregate) = &want.aggregate {
+            aggregate_message(&want.name, aggregate)
+        } else if let Some((parent, id)) = &want.vlan {
+            let Some(parent_index) = links.iter().find(|l| &l.name == parent).map(|l| l.index)
+            else {
+                report
+                    .problems
+                    .push(format!("{}: parent link {parent} not present", want.name));
+                continue;
+            };
+            LinkVlan::new(&want.name, parent_index, *id).build()
+        } else {
             report
                 .problems
                 .push(format!("{}: no such link (yet)", want.name));
             continue;
         };
-        let Some(parent_index) = links.iter().find(|l| &l.name == parent).map(|l| l.index) else {
-            report
-                .problems
-                .push(format!("{}: parent link {parent} not present", want.name));
-            continue;
-        };
-        let msg = LinkVlan::new(&want.name, parent_index, *id)
-            .alias(OWNER_ALIAS)
-            .build();
         match nl.handle.link().add(msg).execute().await {
-            Ok(()) => report.changes.push(Change::VlanCreated(want.name.clone())),
+            Ok(()) => report.changes.push(Change::LinkCreated(want.name.clone())),
             Err(e) => {
                 report
                     .problems
-                    .push(netlink_error(&format!("create VLAN {}", want.name), e).to_string());
+                    .push(netlink_error(&format!("create link {}", want.name), e).to_string());
                 continue;
             }
         }
+        // The kernel ignores an alias given at creation: mark it now, so a
+        // later pass (or a restarted daemon) knows the link is ours.
         match nl.link_by_name(&want.name).await {
-            Ok(link) => links.push(link),
+            Ok(mut link) => {
+                let msg = LinkUnspec::new_with_index(link.index)
+                    .alias(OWNER_ALIAS)
+                    .build();
+                match nl.handle.link().set(msg).execute().await {
+                    Ok(()) => link.alias = Some(OWNER_ALIAS.to_owned()),
+                    Err(e) => report
+                        .problems
+                        .push(netlink_error(&format!("mark link {}", want.name), e).to_string()),
+                }
+                links.push(link);
+            }
             Err(e) => report.problems.push(e.to_string()),
         }
     }
+    membership(nl, desired, &mut links, &mut report).await;
     for link in &links {
-        let Some(want) = desired.link(&link.name) else {
+        let want = desired.link(&link.name);
+        if want.is_none() && desired.controller_of(&link.name).is_none() {
             continue;
-        };
-        if let Some(mtu) = want.mtu
+        }
+        if let Some(mtu) = want.and_then(|w| w.mtu)
             && link.mtu != Some(mtu)
         {
             let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
@@ -266,15 +291,15 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
         }
     }
 
-    // VLAN links this daemon made that are no longer configured.
+    // Links this daemon made that are no longer configured.
     for link in &links {
         if link.alias.as_deref() == Some(OWNER_ALIAS) && desired.link(&link.name).is_none() {
             match nl.handle.link().del(link.index).execute().await {
-                Ok(()) => report.changes.push(Change::VlanDeleted(link.name.clone())),
+                Ok(()) => report.changes.push(Change::LinkDeleted(link.name.clone())),
                 Err(e) if is_gone(&e) => {}
                 Err(e) => report
                     .problems
-                    .push(netlink_error(&format!("delete VLAN {}", link.name), e).to_string()),
+                    .push(netlink_error(&format!("delete link {}", link.name), e).to_string()),
             }
         }
     }
@@ -283,6 +308,111 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
         info!("{change}");
     }
     report
+}
+
+/// The message that creates a bond or bridge.
+fn aggregate_message(name: &str, aggregate: &Aggregate) -> LinkMessage {
+    match aggregate {
+        Aggregate::Bond { mode, miimon, .. } => LinkBond::new(name)
+            .mode(bond_mode(mode))
+            .miimon(*miimon)
+            .build(),
+        Aggregate::Bridge { stp, .. } => LinkBridge::new(name)
+            .append_info_data(InfoBridge::StpState(if *stp {
+                BridgeStpState::KernelStp
+            } else {
+                BridgeStpState::Disabled
+            }))
+            .build(),
+    }
+}
+
+/// The kernel's bonding mode for its `ip link` name (validated before).
+fn bond_mode(name: &str) -> BondMode {
+    match name {
+        "active-backup" => BondMode::ActiveBackup,
+        "balance-xor" => BondMode::BalanceXor,
+        "broadcast" => BondMode::Broadcast,
+        "802.3ad" => BondMode::Ieee8023Ad,
+        "balance-tlb" => BondMode::BalanceTlb,
+        "balance-alb" => BondMode::BalanceAlb,
+        _ => BondMode::BalanceRr,
+    }
+}
+
+/// Attaches each configured member to its bond or bridge (a bond member
+/// goes down first, as the kernel requires), and detaches links from this
+/// daemon's bonds and bridges that are no longer listed. `links` is updated.
+async fn membership(nl: &Netlink, desired: &Desired, links: &mut [Link], report: &mut Report) {
+    let index_of =
+        |links: &[Link], name: &str| links.iter().find(|l| l.name == name).map(|l| l.index);
+    for want in &desired.links {
+        let Some(aggregate) = &want.aggregate else {
+            continue;
+        };
+        let Some(controller) = index_of(links, &want.name) else {
+            continue;
+        };
+        for member in aggregate.members() {
+            let Some(link) = links.iter_mut().find(|l| &l.name == member) else {
+                report
+                    .problems
+                    .push(format!("{}: member {member} not present (yet)", want.name));
+                continue;
+            };
+            if link.controller == Some(controller) {
+                continue;
+            }
+            let mut msg = LinkUnspec::new_with_index(link.index).controller(controller);
+            if matches!(aggregate, Aggregate::Bond { .. }) {
+                msg = msg.down();
+            }
+            match nl.handle.link().set(msg.build()).execute().await {
+                Ok(()) => {
+                    link.controller = Some(controller);
+                    // Down for the bond: the up pass below brings it back.
+                    link.flags
+                        .remove(rtnetlink::packet_route::link::LinkFlags::Up);
+                    report
+                        .changes
+                        .push(Change::Attached(member.clone(), want.name.clone()));
+                }
+                Err(e) => report.problems.push(
+                    netlink_error(&format!("attach {member} to {}", want.name), e).to_string(),
+                ),
+            }
+        }
+    }
+    // Members of this daemon's aggregates that are no longer listed.
+    let ours: Vec<(u32, String)> = links
+        .iter()
+        .filter(|l| l.alias.as_deref() == Some(OWNER_ALIAS) && l.kind.as_deref() != Some("vlan"))
+        .map(|l| (l.index, l.name.clone()))
+        .collect();
+    for link in links.iter_mut() {
+        let Some((_, controller)) = ours.iter().find(|(i, _)| Some(*i) == link.controller) else {
+            continue;
+        };
+        let listed = desired
+            .link(controller)
+            .and_then(|w| w.aggregate.as_ref())
+            .is_some_and(|a| a.members().contains(&link.name));
+        if listed {
+            continue;
+        }
+        let msg = LinkUnspec::new_with_index(link.index)
+            .nocontroller()
+            .build();
+        match nl.handle.link().set(msg).execute().await {
+            Ok(()) => {
+                link.controller = None;
+                report.changes.push(Change::Detached(link.name.clone()));
+            }
+            Err(e) => report
+                .problems
+                .push(netlink_error(&format!("detach {}", link.name), e).to_string()),
+        }
+    }
 }
 
 /// Makes the kernel keep the other IPv4 addresses of a subnet when its

@@ -427,6 +427,7 @@ mod tests {
             kind: None,
             mtu: Some(1500),
             alias: None,
+            controller: None,
         }
     }
 

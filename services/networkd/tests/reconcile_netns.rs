@@ -73,6 +73,9 @@ VLAN    nameservers: [10.77.0.53]
         aliases: [registry.lab]
 ";
 
+/// Tests run in parallel, each in its own namespace.
+static NEXT_LAB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 struct Lab {
     ns: String,
     dir: tempfile::TempDir,
@@ -97,7 +100,11 @@ impl Drop for Lab {
 impl Lab {
     fn new() -> Self {
         let lab = Self {
-            ns: format!("bramble-nrc-{}", std::process::id()),
+            ns: format!(
+                "bramble-nrc-{}-{}",
+                std::process::id(),
+                NEXT_LAB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             dir: tempfile::tempdir().unwrap(),
             networkd: None,
             monitor: None,
@@ -420,7 +427,7 @@ fn configured_network_is_applied_and_only_differences_change() {
         expected.splice(
             0..0,
             [
-                "deleted VLAN link nrc0.42",
+                "deleted link nrc0.42",
                 "nrc0.42: removed address 10.79.0.2/24",
             ],
         );
@@ -432,5 +439,129 @@ fn configured_network_is_applied_and_only_differences_change() {
         !lab.ip(&["link", "show"]).contains("nrc0.42"),
         "the VLAN link is still there"
     );
+    lab.stop_networkd();
+}
+
+/// Whether the kernel can make links of `kind` (bonding is a module some
+/// hosts do not have).
+fn kind_supported(lab: &Lab, kind: &str) -> bool {
+    let ok = Command::new("ip")
+        .args(["-n", &lab.ns, "link", "add", "probe0", "type", kind])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        lab.ip(&["link", "del", "probe0"]);
+    }
+    ok
+}
+
+const AGGREGATES: &str = "  network:
+    interfaces:
+      - interface: br0
+        bridge:
+          interfaces: [nrc0]
+        addresses: [10.81.0.2/24]
+      - interface: uplink
+        deviceSelector:
+          hardwareAddr: 02:00:00:bb:*:*
+        addresses: [10.82.0.2/24]
+      - interface: lost
+        deviceSelector:
+          hardwareAddr: 02:00:00:cc:00:01
+        addresses: [10.83.0.2/24]
+BOND";
+
+const BOND: &str = "      - interface: bond0
+        bond:
+          mode: active-backup
+          interfaces: [nrc4]
+        addresses: [10.84.0.2/24]
+";
+
+#[test]
+fn bridges_bonds_and_device_selectors() {
+    if let Some(why) = skip_reason(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut lab = Lab::new();
+    for (a, b, mac) in [
+        ("nrc2", "nrc3", "02:00:00:bb:00:02"),
+        ("nrc4", "nrc5", "02:00:00:dd:00:04"),
+    ] {
+        lab.ip(&[
+            "link", "add", a, "address", mac, "type", "veth", "peer", "name", b,
+        ]);
+        lab.ip(&["link", "set", b, "up"]);
+    }
+    if !kind_supported(&lab, "bridge") {
+        eprintln!("skipped: this kernel cannot make bridges");
+        return;
+    }
+    let bond = kind_supported(&lab, "bond");
+    if !bond {
+        eprintln!("this kernel cannot make bonds (no bonding module); the bond checks are skipped");
+    }
+    let network = AGGREGATES.replace("BOND", if bond { BOND } else { "" });
+    lab.write_config(&config(&network, false));
+    lab.start_networkd();
+
+    let first = lab.applied(1);
+    // The selector that matches nothing is reported and configures nothing.
+    assert_eq!(
+        strings(&first["problems"]),
+        vec!["lost: no link matches its device selector"],
+        "{}",
+        lab.stderr()
+    );
+    let br0 = lab.json(&["-d", "link", "show", "dev", "br0"]);
+    assert_eq!(br0[0]["linkinfo"]["info_kind"], "bridge", "{br0}");
+    let member = lab.json(&["link", "show", "dev", LINK]);
+    assert_eq!(member[0]["master"], "br0", "{member}");
+    assert!(
+        member[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "UP"),
+        "{member}"
+    );
+    assert_eq!(lab.addresses("br0"), vec!["10.81.0.2/24"]);
+    // Selected by hardware address: the link keeps its kernel name.
+    assert_eq!(lab.addresses("nrc2"), vec!["10.82.0.2/24"]);
+    if bond {
+        let b = lab.json(&["-d", "link", "show", "dev", "bond0"]);
+        assert_eq!(
+            b[0]["linkinfo"]["info_data"]["mode"], "active-backup",
+            "{b}"
+        );
+        let m = lab.json(&["link", "show", "dev", "nrc4"]);
+        assert_eq!(m[0]["master"], "bond0", "{m}");
+        assert_eq!(lab.addresses("bond0"), vec!["10.84.0.2/24"]);
+    }
+
+    // Without them, the bridge (and bond) go and their members are free.
+    lab.write_config(&config("", false));
+    lab.signal("-HUP");
+    let cleared = lab.applied(2);
+    let changes = strings(&cleared["changes"]);
+    assert!(
+        changes.contains(&"deleted link br0".to_owned()),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&"nrc2: removed address 10.82.0.2/24".to_owned()),
+        "{changes:?}"
+    );
+    assert!(!lab.ip(&["link", "show"]).contains("br0"));
+    let member = lab.json(&["link", "show", "dev", LINK]);
+    assert!(member[0].get("master").is_none(), "{member}");
+    if bond {
+        assert!(
+            changes.contains(&"deleted link bond0".to_owned()),
+            "{changes:?}"
+        );
+    }
     lab.stop_networkd();
 }
