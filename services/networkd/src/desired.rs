@@ -410,6 +410,52 @@ cluster:
         assert_eq!(d.extra_hosts.len(), 1);
     }
 
+    fn link(index: u32, name: &str, mac: [u8; 6]) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: Some(mac.to_vec()),
+            link_type: rtnetlink::packet_route::link::LinkLayerType::Ether,
+            flags: rtnetlink::packet_route::link::LinkFlags::empty(),
+            carrier: true,
+            kind: None,
+            mtu: Some(1500),
+            alias: None,
+            controller: None,
+        }
+    }
+
+    #[test]
+    fn selectors_resolve_to_kernel_names_in_entries_vlans_and_members() {
+        let sysfs = tempfile::tempdir().unwrap();
+        let dev = sysfs.path().join("class/net/enp1s0/device");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::os::unix::fs::symlink("../../../bus/pci/drivers/virtio_net", dev.join("driver"))
+            .unwrap();
+        let yaml = CONFIG.replace(
+            "      - interface: eth0\n",
+            "      - interface: lan\n        deviceSelector: {driver: virtio_net}\n        addresses: [10.1.0.2/24]\n        vlans:\n          - vlanId: 7\n      - interface: br0\n        bridge: {interfaces: [wan]}\n      - interface: wan\n        deviceSelector: {hardwareAddr: \"02:00:00:00:*:09\"}\n      - interface: eth0\n",
+        );
+        let d = Desired::from_config(Some(&MachineConfig::parse(&yaml).unwrap()));
+        let links = [
+            link(2, "enp1s0", [2, 0, 0, 0, 1, 1]),
+            link(3, "enp2s0", [2, 0, 0, 0, 5, 9]),
+        ];
+        let (r, problems) = d.resolve(&links, sysfs.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(r.link("enp1s0").unwrap().addresses.len(), 1);
+        let vlan = r.link("enp1s0.7").unwrap();
+        assert_eq!(vlan.vlan, Some(("enp1s0".to_owned(), 7)));
+        assert!(r.link("enp2s0").is_some());
+        assert_eq!(r.controller_of("enp2s0").unwrap().name, "br0");
+        assert!(r.link("lan").is_none() && r.link("wan").is_none());
+
+        // Nothing matches: reported, and the entry configures nothing.
+        let (r, problems) = d.resolve(&links[..1], sysfs.path());
+        assert_eq!(problems, ["wan: no link matches its device selector"]);
+        assert!(r.link("wan").is_none());
+    }
+
     #[test]
     fn no_configuration_means_defaults() {
         assert_eq!(Desired::from_config(None), Desired::default());
