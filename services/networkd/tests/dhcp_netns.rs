@@ -6,7 +6,8 @@
 //! the lease (address, default route, resolv.conf, hostname, status files,
 //! console line, readiness), renewal, that the lease is kept while the
 //! server is gone (with renewal attempts logged), rebinding once a server is
-//! back, and the DHCPRELEASE on SIGTERM.
+//! back, the move to another address when the server changes its mind, and
+//! the DHCPRELEASE on SIGTERM.
 //!
 //! Needs root, `ip` and `dnsmasq` (package `dnsmasq-base`); without them
 //! the test prints why and passes without doing anything.
@@ -26,6 +27,8 @@ const SERVER_IF: &str = "nds0";
 const CLIENT_MAC: &str = "02:00:00:7b:00:32";
 const SERVER_IP: &str = "10.123.0.1";
 const LEASED_IP: &str = "10.123.0.50";
+/// The address the server hands out after it is reconfigured.
+const MOVED_IP: &str = "10.123.0.60";
 const T1_SECS: u32 = 3;
 const T2_SECS: u32 = 6;
 
@@ -37,6 +40,8 @@ struct Lab {
     dir: tempfile::TempDir,
     dnsmasq: Option<Child>,
     networkd: Option<Child>,
+    /// The address dnsmasq reserves for the client.
+    fixed_ip: &'static str,
 }
 
 impl Lab {
@@ -48,6 +53,7 @@ impl Lab {
             dir: tempfile::tempdir().unwrap(),
             dnsmasq: None,
             networkd: None,
+            fixed_ip: LEASED_IP,
         };
         run(&["ip", "netns", "add", &lab.client_ns]);
         run(&["ip", "netns", "add", &lab.server_ns]);
@@ -109,7 +115,7 @@ impl Lab {
             .arg(format!("--dhcp-option=option:T1,{T1_SECS}"))
             .arg(format!("--dhcp-option=option:T2,{T2_SECS}"))
             .arg("--domain=bramble.test")
-            .arg(format!("--dhcp-host={CLIENT_MAC},{LEASED_IP},testnode"))
+            .arg(format!("--dhcp-host={CLIENT_MAC},{},testnode", self.fixed_ip))
             .arg(format!(
                 "--dhcp-leasefile={}",
                 self.path("leases").display()
@@ -169,8 +175,12 @@ impl Lab {
     }
 
     fn has_address(&self) -> bool {
+        self.has(LEASED_IP)
+    }
+
+    fn has(&self, ip: &str) -> bool {
         self.client(&["-4", "addr", "show", "dev", CLIENT_IF])
-            .contains(&format!("inet {LEASED_IP}/24"))
+            .contains(&format!("inet {ip}/24"))
     }
 
     fn networkd_log(&self) -> String {
@@ -313,6 +323,19 @@ fn dhcp_lease_renew_keep_rebind_release() {
         || (lab.networkd_log().matches("lease renewed").count() > renewed_before).then_some(()),
     );
 
+    // The server now reserves another address: it refuses the old lease at
+    // the next renewal, and the client starts over and moves to the new one.
+    lab.stop_dnsmasq();
+    lab.fixed_ip = MOVED_IP;
+    lab.start_dnsmasq();
+    wait_for(
+        "the move to the new address",
+        Duration::from_secs(T2_SECS as u64 + 10),
+        || (lab.has(MOVED_IP) && !lab.has(LEASED_IP)).then_some(()),
+    );
+    let route = lab.client(&["-4", "route", "show", "default"]);
+    assert!(route.contains(&format!("default via {SERVER_IP}")), "route: {route}");
+
     // SIGTERM: DHCPRELEASE, address removed, exit 0.
     let pid = lab.networkd.as_ref().unwrap().id().to_string();
     run(&["kill", "-TERM", &pid]);
@@ -322,17 +345,17 @@ fn dhcp_lease_renew_keep_rebind_release() {
     assert!(status.success(), "exit status {status:?}");
     wait_for("DHCPRELEASE at the server", Duration::from_secs(5), || {
         lab.dnsmasq_log()
-            .contains(&format!("DHCPRELEASE({SERVER_IF}) {LEASED_IP}"))
+            .contains(&format!("DHCPRELEASE({SERVER_IF}) {MOVED_IP}"))
             .then_some(())
     });
-    assert!(!lab.has_address(), "address kept after release");
+    assert!(!lab.has(MOVED_IP), "address kept after release");
     assert!(
         !run_dir.join("network/online").exists(),
         "online marker kept after release"
     );
     assert!(
         read(&lab.path("networkd.stdout"))
-            .contains(&format!("{CLIENT_IF}: {LEASED_IP}/24 released"))
+            .contains(&format!("{CLIENT_IF}: {MOVED_IP}/24 released"))
     );
 }
 
