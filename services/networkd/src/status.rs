@@ -338,7 +338,10 @@ impl Status {
             let marker = self.network_dir().join("online");
             if online {
                 fsutil::write_atomic(&marker, b"")?;
-                info!("network online");
+                match uptime_secs() {
+                    Some(t) => info!("network online: {t:.3} s after kernel start"),
+                    None => info!("network online"),
+                }
             } else {
                 fsutil::remove_if_exists(&marker)?;
                 if self.written_online == Some(true) {
@@ -403,6 +406,17 @@ fn lease_doc(r: &LeaseRecord) -> LeaseDoc {
         rebind_at_unix: at(l.t2),
         expires_at_unix: l.lease_time.and_then(at),
     }
+}
+
+/// Seconds since the kernel started (`/proc/uptime`), for the console line
+/// that `make bench` reads.
+fn uptime_secs() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

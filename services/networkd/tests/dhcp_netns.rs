@@ -115,7 +115,10 @@ impl Lab {
             .arg(format!("--dhcp-option=option:T1,{T1_SECS}"))
             .arg(format!("--dhcp-option=option:T2,{T2_SECS}"))
             .arg("--domain=bramble.test")
-            .arg(format!("--dhcp-host={CLIENT_MAC},{},testnode", self.fixed_ip))
+            .arg(format!(
+                "--dhcp-host={CLIENT_MAC},{},testnode",
+                self.fixed_ip
+            ))
             .arg(format!(
                 "--dhcp-leasefile={}",
                 self.path("leases").display()
@@ -334,7 +337,10 @@ fn dhcp_lease_renew_keep_rebind_release() {
         || (lab.has(MOVED_IP) && !lab.has(LEASED_IP)).then_some(()),
     );
     let route = lab.client(&["-4", "route", "show", "default"]);
-    assert!(route.contains(&format!("default via {SERVER_IP}")), "route: {route}");
+    assert!(
+        route.contains(&format!("default via {SERVER_IP}")),
+        "route: {route}"
+    );
 
     // SIGTERM: DHCPRELEASE, address removed, exit 0.
     let pid = lab.networkd.as_ref().unwrap().id().to_string();
