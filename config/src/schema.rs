@@ -184,6 +184,9 @@ pub struct Interface {
     /// Make this link a bridge of other links.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<Bridge>,
+    /// Keep the link administratively down (nothing else is configured on it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub down: bool,
     /// Run the DHCPv4 client on this link.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dhcp: bool,
@@ -275,6 +278,9 @@ pub struct Route {
     /// of the link covers it (a provider's router outside the subnet).
     #[serde(default, skip_serializing_if = "is_false")]
     pub on_link: bool,
+    /// Routing table, 1..=252 or 254 (main, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
 }
 
 /// A static hosts entry (`machine.network.extraHosts[]`).

@@ -338,6 +338,15 @@ fn addresses(c: &mut Checker, path: &str, addresses: &[String]) {
 fn routes(c: &mut Checker, path: &str, routes: &[Route]) {
     for (i, r) in routes.iter().enumerate() {
         let rpath = format!("{path}.routes[{i}]");
+        if let Some(table) = r.table
+            && !(1..=252).contains(&table)
+            && table != 254
+        {
+            c.error(
+                format!("{rpath}.table"),
+                format!("table {table} is reserved or out of range; use 1 to 252, or 254 (main)"),
+            );
+        }
         let network = match r.network.parse::<IpNet>() {
             Ok(net) if net.trunc() != net => {
                 c.error(

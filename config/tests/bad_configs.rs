@@ -235,6 +235,13 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
         "10.0.0.99/24 overlaps 10.0.0.10/24 on eth0 (machine.network.interfaces[0].addresses[0])",
     ),
     (
+        "route table",
+        "            metric: 1024\n",
+        "            metric: 1024\n            table: 255\n",
+        "machine.network.interfaces[0].routes[0].table",
+        "table 255 is reserved or out of range",
+    ),
+    (
         "bond mode",
         DUP_IFACE,
         "      - interface: bond0\n        bond:\n          mode: fastest\n          interfaces: [eth1, eth2]\n    nameservers:",

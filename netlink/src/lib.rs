@@ -15,8 +15,7 @@ use rtnetlink::packet_route::link::{
     LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkLayerType, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -212,11 +211,6 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether the route is in the main table.
-    pub fn in_main_table(&self) -> bool {
-        self.table == u32::from(RouteHeader::RT_TABLE_MAIN)
-    }
-
     fn from_message(msg: &RouteMessage) -> Option<Self> {
         if msg.header.kind != RouteType::Unicast {
             return None;

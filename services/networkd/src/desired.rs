@@ -81,6 +81,8 @@ pub struct DesiredLink {
     pub aggregate: Option<Aggregate>,
     /// For a VLAN: the parent link's name and the VLAN id.
     pub vlan: Option<(String, u16)>,
+    /// Keep it administratively down; nothing else is configured on it.
+    pub down: bool,
     /// Run the DHCPv4 client on it.
     pub dhcp: bool,
     /// MTU to set, if configured.
@@ -102,7 +104,12 @@ pub struct DesiredRoute {
     pub metric: u32,
     /// The gateway is reached directly even though no address covers it.
     pub on_link: bool,
+    /// Routing table.
+    pub table: u32,
 }
+
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
 
 impl Desired {
     /// What `config` asks for; the default (DHCP on every physical port)
@@ -136,10 +143,19 @@ impl Desired {
                 selector: iface.device_selector.clone(),
                 aggregate,
                 vlan: None,
-                dhcp: iface.dhcp,
+                down: iface.down,
+                dhcp: iface.dhcp && !iface.down,
                 mtu: iface.mtu.map(u32::from),
-                addresses: prefixes(&iface.interface, &iface.addresses),
-                routes: routes(&iface.interface, &iface.routes),
+                addresses: if iface.down {
+                    Vec::new()
+                } else {
+                    prefixes(&iface.interface, &iface.addresses)
+                },
+                routes: if iface.down {
+                    Vec::new()
+                } else {
+                    routes(&iface.interface, &iface.routes)
+                },
             });
             for v in &iface.vlans {
                 let name = vlan_name(&iface.interface, v.vlan_id);
@@ -149,6 +165,7 @@ impl Desired {
                     addresses: prefixes(&name, &v.addresses),
                     routes: routes(&name, &v.routes),
                     vlan: Some((iface.interface.clone(), v.vlan_id)),
+                    down: false,
                     dhcp: v.dhcp,
                     mtu: v.mtu.map(u32::from),
                     name,
@@ -335,6 +352,7 @@ fn routes(link: &str, list: &[Route]) -> Vec<DesiredRoute> {
             gateway,
             metric: r.metric.unwrap_or(DEFAULT_STATIC_METRIC),
             on_link: r.on_link,
+            table: r.table.unwrap_or(MAIN_TABLE),
         };
         if !out.contains(&route) {
             out.push(route);

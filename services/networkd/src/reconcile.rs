@@ -4,7 +4,7 @@
 //! Ownership is recorded in the kernel itself, so it survives a restart of
 //! this daemon: static addresses carry the address protocol
 //! [`ADDRESS_PROTOCOL`] (`IFA_PROTO`), static routes the route protocol
-//! `static` in the main table, and VLAN links this daemon created the alias
+//! `static` (in whichever table they were configured), and the links this daemon created the alias
 //! [`OWNER_ALIAS`]. Whatever carries those marks and is no longer wanted is
 //! removed; nothing else is (DHCP leases, kernel routes, IPv6 link-local
 //! addresses, links made by other software).
@@ -22,7 +22,7 @@ use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol};
 use rtnetlink::{LinkBond, LinkBridge, LinkUnspec, LinkVlan, RouteMessageBuilder};
 use tracing::{debug, info, warn};
 
-use crate::desired::{Aggregate, Desired, DesiredRoute};
+use crate::desired::{Aggregate, Desired, DesiredRoute, MAIN_TABLE};
 use crate::error::Error;
 use crate::links::{Link, Netlink, is_gone, nl as netlink_error};
 
@@ -46,6 +46,8 @@ pub enum Change {
     Mtu(String, u32),
     /// The link was set up.
     Up(String),
+    /// The link was set down, as configured.
+    Down(String),
     /// A static address was added.
     AddressAdded(String, IpNet),
     /// A static address was removed.
@@ -65,6 +67,7 @@ impl fmt::Display for Change {
             Self::Detached(m) => write!(f, "{m}: detached"),
             Self::Mtu(l, m) => write!(f, "{l}: MTU {m}"),
             Self::Up(l) => write!(f, "{l}: up"),
+            Self::Down(l) => write!(f, "{l}: down"),
             Self::AddressAdded(l, a) => write!(f, "{l}: added address {a}"),
             Self::AddressRemoved(l, a) => write!(f, "{l}: removed address {a}"),
             Self::RouteAdded(l, r) => write!(f, "{l}: added route {}", RouteText(r)),
@@ -83,6 +86,9 @@ impl fmt::Display for RouteText<'_> {
             write!(f, " via {gw}")?;
         }
         write!(f, " metric {}", r.metric)?;
+        if r.table != MAIN_TABLE {
+            write!(f, " table {}", r.table)?;
+        }
         if r.on_link {
             f.write_str(" onlink")?;
         }
@@ -186,7 +192,17 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
                     .push(netlink_error(&format!("set MTU {mtu} on {}", link.name), e).to_string()),
             }
         }
-        if !link.is_up() {
+        if want.is_some_and(|w| w.down) {
+            if link.is_up() {
+                let msg = LinkUnspec::new_with_index(link.index).down().build();
+                match nl.handle.link().set(msg).execute().await {
+                    Ok(()) => report.changes.push(Change::Down(link.name.clone())),
+                    Err(e) => report.problems.push(
+                        netlink_error(&format!("set link {} down", link.name), e).to_string(),
+                    ),
+                }
+            }
+        } else if !link.is_up() {
             match nl.set_up(link).await {
                 Ok(()) => report.changes.push(Change::Up(link.name.clone())),
                 Err(e) => report.problems.push(e.to_string()),
@@ -471,12 +487,12 @@ async fn del_address(nl: &Netlink, index: u32, net: IpNet) -> Result<(), Error> 
     }
 }
 
-/// Main-table routes with protocol `static`, both families.
+/// Routes with protocol `static`, both families, every table.
 async fn static_routes(nl: &Netlink) -> Result<Vec<KernelRoute>, Error> {
     let routes = bramble_netlink::routes(&nl.handle).await?;
     Ok(routes
         .into_iter()
-        .filter(|r| r.protocol == RouteProtocol::Static && r.in_main_table())
+        .filter(|r| r.protocol == RouteProtocol::Static)
         .filter_map(|r| {
             Some(KernelRoute {
                 index: r.oif?,
@@ -485,6 +501,7 @@ async fn static_routes(nl: &Netlink) -> Result<Vec<KernelRoute>, Error> {
                     gateway: r.gateway,
                     metric: r.metric,
                     on_link: r.on_link,
+                    table: r.table,
                 },
             })
         })
@@ -497,6 +514,7 @@ fn route_message(index: u32, r: &DesiredRoute) -> Result<RouteMessage, String> {
         .map_err(|e| e.to_string())?
         .output_interface(index)
         .protocol(RouteProtocol::Static)
+        .table_id(r.table)
         .priority(r.metric);
     if let Some(gw) = r.gateway {
         b = b.gateway(gw).map_err(|e| e.to_string())?;

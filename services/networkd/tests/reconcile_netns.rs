@@ -462,6 +462,12 @@ const AGGREGATES: &str = "  network:
         bridge:
           interfaces: [nrc0]
         addresses: [10.81.0.2/24]
+        routes:
+          - network: 10.91.0.0/16
+            gateway: 10.81.0.1
+            table: 100
+      - interface: nrc6
+        down: true
       - interface: uplink
         deviceSelector:
           hardwareAddr: 02:00:00:bb:*:*
@@ -489,6 +495,7 @@ fn bridges_bonds_and_device_selectors() {
     for (a, b, mac) in [
         ("nrc2", "nrc3", "02:00:00:bb:00:02"),
         ("nrc4", "nrc5", "02:00:00:dd:00:04"),
+        ("nrc6", "nrc7", "02:00:00:ee:00:06"),
     ] {
         lab.ip(&[
             "link", "add", a, "address", mac, "type", "veth", "peer", "name", b,
@@ -504,6 +511,7 @@ fn bridges_bonds_and_device_selectors() {
         eprintln!("this kernel cannot make bonds (no bonding module); the bond checks are skipped");
     }
     let network = AGGREGATES.replace("BOND", if bond { BOND } else { "" });
+    lab.ip(&["link", "set", "nrc6", "up"]);
     lab.write_config(&config(&network, false));
     lab.start_networkd();
 
@@ -528,6 +536,21 @@ fn bridges_bonds_and_device_selectors() {
         "{member}"
     );
     assert_eq!(lab.addresses("br0"), vec!["10.81.0.2/24"]);
+    let routes = lab.ip(&["route", "show", "table", "100", "proto", "static"]);
+    assert!(
+        routes.contains("10.91.0.0/16 via 10.81.0.1 dev br0"),
+        "{routes}"
+    );
+    let down = lab.json(&["link", "show", "dev", "nrc6"]);
+    assert!(
+        !down[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "UP"),
+        "{down}"
+    );
+    assert!(strings(&first["changes"]).contains(&"nrc6: down".to_owned()));
     // Selected by hardware address: the link keeps its kernel name.
     assert_eq!(lab.addresses("nrc2"), vec!["10.82.0.2/24"]);
     if bond {
@@ -555,6 +578,7 @@ fn bridges_bonds_and_device_selectors() {
         "{changes:?}"
     );
     assert!(!lab.ip(&["link", "show"]).contains("br0"));
+    assert_eq!(lab.ip(&["route", "show", "table", "100"]), "");
     let member = lab.json(&["link", "show", "dev", LINK]);
     assert!(member[0].get("master").is_none(), "{member}");
     if bond {
