@@ -15,7 +15,9 @@
 //! one at its end. Then `fsync`, `posix_fadvise(DONTNEED)` to drop the
 //! target's clean pages from the page cache, and every written range is read
 //! back and hashed again. Last, the configuration goes onto the FAT boot
-//! partition as [`bootfs::CONFIG_FILE`], and is read back.
+//! partition as [`bootfs::CONFIG_FILE`], and is read back; its
+//! `machine.pi.configTxt` lines go into [`bootfs::EXTRA_FILE`], so the first
+//! boot's firmware already reads them.
 //!
 //! If the image turns out corrupted after writing began, the first 512 bytes
 //! (the partition table) are cleared so the card cannot be booted or taken
@@ -609,6 +611,7 @@ impl Plan {
             Some((cfg_path, data)) => {
                 let placed = (|| {
                     bootfs::place(&mut out, data)?;
+                    bootfs::place_pi_lines(&mut out, data)?;
                     out.sync_all().map_err(|e| format!("fsync: {e}"))?;
                     match bootfs::read(&mut out)? {
                         Some(back) if back == *data => Ok(()),

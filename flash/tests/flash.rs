@@ -327,6 +327,17 @@ fn places_the_configuration_on_the_boot_partition() {
         .read_to_string(&mut text)
         .unwrap();
     assert_eq!(text, CONFIG);
+    // Its Raspberry Pi lines are there for the first boot's firmware.
+    let mut extra = String::new();
+    fs.root_dir()
+        .open_file(bootfs::EXTRA_FILE)
+        .unwrap()
+        .read_to_string(&mut extra)
+        .unwrap();
+    assert!(
+        extra.lines().any(|l| l == "dtoverlay=disable-wifi"),
+        "{extra}"
+    );
     // The image's own files are still there.
     let mut cfg_txt = String::new();
     fs.root_dir()

@@ -78,7 +78,7 @@ pub struct BuildConfig {
     pub lock: PathBuf,
     /// Directory of cached `.deb`s.
     pub cache: PathBuf,
-    /// `boot/`: `boot.cmd`, `config.txt`, `cmdline.txt`, `modules.txt`.
+    /// `boot/`: `boot.cmd`, `config.txt`, `bramble-extra.txt`, `cmdline.txt`, `modules.txt`.
     pub boot_dir: PathBuf,
     /// Directory with `bramble-init`, `bramble-apid`, `bramble-networkd`, `timed`.
     pub bin_dir: PathBuf,
@@ -391,6 +391,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
 
     let boot_cmd = read(&cfg.boot_dir.join("boot.cmd"))?;
     let config_txt = read(&cfg.boot_dir.join("config.txt"))?;
+    let extra_txt = read(&cfg.boot_dir.join("bramble-extra.txt"))?;
     let cmdline_path = cfg.boot_dir.join("cmdline.txt");
     let cmdline_txt = read_text(&cmdline_path)?;
     let modules_txt_path = cfg.boot_dir.join("modules.txt");
@@ -511,6 +512,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     let mut fat_refs: Vec<(&str, &[u8])> =
         fw_files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
     fat_refs.push(("config.txt", &config_txt));
+    fat_refs.push(("bramble-extra.txt", &extra_txt));
     fat_refs.push(("cmdline.txt", cmdline_txt.as_bytes()));
     fat_refs.push(("bramble.env", env_txt.as_bytes()));
     fat_refs.push(("u-boot.bin", &uboot_bin));

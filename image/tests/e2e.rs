@@ -223,7 +223,13 @@ fn two_builds_are_identical_and_well_formed() {
     for f in builder::FIRMWARE.iter().chain(builder::DTBS.iter()) {
         assert!(!read(f).is_empty(), "{f}");
     }
-    for f in ["config.txt", "cmdline.txt", "u-boot.bin", "A/vmlinuz"] {
+    for f in [
+        "config.txt",
+        "bramble-extra.txt",
+        "cmdline.txt",
+        "u-boot.bin",
+        "A/vmlinuz",
+    ] {
         assert!(!read(f).is_empty(), "{f}");
     }
     // The kernel goes in as Debian ships it: an arm64 Image (magic "ARM\x64"

@@ -72,9 +72,32 @@ pub fn run() -> Result<Infallible> {
         tracing::warn!("writing {RUN_DIR}/hosts: {err}");
     }
     report_mounts();
+    export_boot_device(Path::new(RUN_DIR));
 
     let kind = crate::supervise::run()?;
     crate::shutdown::finish(kind)
+}
+
+/// Where the boot disk's device path is left for the API server, which
+/// writes the Raspberry Pi lines of `machine.pi.configTxt` onto its FAT
+/// partition (`services/apid/src/pi.rs`).
+pub const BOOT_DEVICE_FILE: &str = "boot-device";
+
+/// Finds the boot disk again (stage 1's knowledge does not survive the root
+/// switch; sysfs and one sector per partition are cheap) and writes its
+/// device path to `/run/bramble/boot-device`. Logged, never fatal.
+fn export_boot_device(run: &Path) {
+    let devs = crate::disk::list_block_devices(Path::new("/sys/class/block"));
+    let Some(layout) = crate::disk::find_layout(&devs) else {
+        return tracing::warn!(
+            "no boot disk found: the Raspberry Pi settings of the configuration cannot be written"
+        );
+    };
+    let path = run.join(BOOT_DEVICE_FILE);
+    let line = format!("{}\n", layout.disk.dev_path().display());
+    if let Err(err) = crate::atomic::write(&path, line.as_bytes(), 0o600) {
+        tracing::warn!("writing {}: {err}", path.display());
+    }
 }
 
 /// Loads drivers for devices the initramfs had no module for. It runs once

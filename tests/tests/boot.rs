@@ -70,6 +70,12 @@ fn boots_through_uboot_to_pid1_and_answers_version() -> Result<()> {
         console.contains("initramfs: kernel"),
         "PID 1 stage 1 did not run"
     );
+    // What a person at the console reads: the command that configures the
+    // node, with the address QEMU's DHCP leased it.
+    b.node.wait_for(
+        "nodectl apply-config --insecure -n 10.0.2.15 -f controlplane.yaml",
+        Duration::from_secs(60),
+    )?;
 
     let version = nodectl::version_json(&b.node.api_addr())?;
     let first = version.get(0).unwrap_or(&version);

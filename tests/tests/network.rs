@@ -190,9 +190,17 @@ fn network_applied_live_reverted_by_try_and_clock_restored() -> Result<()> {
         .as_array()
         .and_then(|l| l.iter().find(|l| l["name"] == "eth0.42"))
         .with_context(|| format!("no eth0.42: {links}\n{}", node.console_tail(40)))?;
-    ensure!(vlan["kind"] == "vlan" && vlan["configured"] == true, "{vlan}");
     ensure!(
-        has(&addresses(&c, &addr)?, "eth0.42", "192.168.42.2/24", "static"),
+        vlan["kind"] == "vlan" && vlan["configured"] == true,
+        "{vlan}"
+    );
+    ensure!(
+        has(
+            &addresses(&c, &addr)?,
+            "eth0.42",
+            "192.168.42.2/24",
+            "static"
+        ),
         "no address on the VLAN"
     );
     let host = c.ok(&addr, &["get", "hostname"])?;
@@ -233,6 +241,44 @@ fn network_applied_live_reverted_by_try_and_clock_restored() -> Result<()> {
     ensure!(
         has(&addresses(&c, &addr)?, "eth0", "10.0.2.15/24", "dhcp"),
         "the lease was lost"
+    );
+
+    // Bad network configurations are refused, naming the field, and change
+    // nothing: a link the node lacks, a gateway no address reaches.
+    for (patch, says) in [
+        (
+            "machine: {network: {interfaces: [{interface: eth9, dhcp: true}]}}",
+            "machine.network.interfaces[1].interface: no link \"eth9\" on this node",
+        ),
+        (
+            "machine: {network: {interfaces: [{interface: eth0, dhcp: false, routes: [{network: 10.55.0.0/16, gateway: 10.66.0.1}]}]}}",
+            "gateway 10.66.0.1 is unreachable",
+        ),
+    ] {
+        let bad = c.run(
+            &addr,
+            &[
+                "apply-config",
+                "-f",
+                c.controlplane_str()?,
+                "--mode",
+                "no-reboot",
+                "--config-patch",
+                CHANGED,
+                "--config-patch",
+                patch,
+            ],
+        )?;
+        ensure!(
+            !bad.success && bad.stderr.contains(says),
+            "{patch}: {}{}",
+            bad.stdout,
+            bad.stderr
+        );
+    }
+    ensure!(
+        has(&addresses(&c, &addr)?, "eth0", "192.168.77.3/24", "static"),
+        "a refused configuration changed the node"
     );
 
     // A trial that cuts the node off is reverted when its timeout passes.

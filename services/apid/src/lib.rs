@@ -13,10 +13,12 @@
 pub mod addrs;
 pub mod atomic;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod identity;
 pub mod info;
 pub mod network;
+pub mod pi;
 pub mod ready;
 pub mod server;
 pub mod service;

@@ -66,9 +66,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.config_dir = args.config_dir;
     config.control_socket = args.control_socket;
     config.wipe_data_marker = DEFAULT_WIPE_DATA_MARKER.into();
+    config.boot_device_file = Some(bramble_apid::pi::DEFAULT_BOOT_DEVICE_FILE.into());
     let server = BoundServer::bind(config).await?;
-    let banner = server.banner();
-    println!("{banner}");
+    // `serve` prints the console text (crate::console) as it starts listening.
     tracing::info!(
         addr = %server.local_addr(),
         maintenance = server.maintenance(),

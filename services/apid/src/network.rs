@@ -15,6 +15,52 @@ use bramble_api::machine::v1::{
 use bramble_config::MachineConfig;
 use tonic::Status;
 
+/// Links the configuration names by name that this node does not have, as
+/// `path: message` lines; empty when every one exists. Entries chosen by a
+/// device selector, and bonds and bridges (created by networkd), are not
+/// looked up; their members are. `class_net` is `/sys/class/net`.
+pub fn unknown_links(config: &MachineConfig, class_net: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(class_net) else {
+        // Without sysfs nothing can be checked; networkd reports what it
+        // cannot find.
+        return Vec::new();
+    };
+    let mut present: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    present.sort();
+    let have = |name: &str| present.iter().any(|p| p == name);
+    let list = present.join(", ");
+    let mut out = Vec::new();
+    for (i, iface) in config.machine.network.interfaces.iter().enumerate() {
+        let path = format!("machine.network.interfaces[{i}]");
+        let members = iface
+            .bond
+            .as_ref()
+            .map(|b| ("bond", &b.interfaces))
+            .or(iface.bridge.as_ref().map(|b| ("bridge", &b.interfaces)));
+        match members {
+            Some((kind, members)) => {
+                for (j, m) in members.iter().enumerate() {
+                    if !have(m) {
+                        out.push(format!(
+                            "{path}.{kind}.interfaces[{j}]: no link {m:?} on this node (links: {list})"
+                        ));
+                    }
+                }
+            }
+            None if iface.device_selector.is_none() && !have(&iface.interface) => {
+                out.push(format!(
+                    "{path}.interface: no link {:?} on this node (links: {list})",
+                    iface.interface
+                ));
+            }
+            None => {}
+        }
+    }
+    out
+}
+
 /// The kernel's local table (addresses of this host), left out of `Routes`.
 const RT_TABLE_LOCAL: u32 = 255;
 
@@ -255,6 +301,45 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn links_the_node_lacks_are_named_with_their_paths() {
+        let sys = tempfile::tempdir().unwrap();
+        for l in ["lo", "eth0", "eth1"] {
+            fs::create_dir(sys.path().join(l)).unwrap();
+        }
+        let yaml = "version: v1alpha1
+machine:
+  type: worker
+  ca:
+    crt: |
+      -----BEGIN CERTIFICATE-----
+      MIIBszCCAVmgAwIBAgIUQnJhbWJsZSBPUyBDQQ==
+      -----END CERTIFICATE-----
+  network:
+    interfaces:
+      - interface: eth0
+        dhcp: true
+      - interface: eth9
+        dhcp: true
+      - interface: br0
+        bridge: {interfaces: [eth1, eth7]}
+      - interface: lan
+        deviceSelector: {driver: virtio_net}
+cluster:
+  name: c
+  controlPlane:
+    endpoint: https://10.0.0.1:6443
+";
+        let config = MachineConfig::parse(yaml).unwrap();
+        assert_eq!(
+            unknown_links(&config, sys.path()),
+            [
+                "machine.network.interfaces[1].interface: no link \"eth9\" on this node (links: eth0, eth1, lo)",
+                "machine.network.interfaces[2].bridge.interfaces[1]: no link \"eth7\" on this node (links: eth0, eth1, lo)",
+            ]
+        );
+    }
 
     #[test]
     fn resolv_conf_is_read_as_resolvers_read_it() {

@@ -48,6 +48,10 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// The file whose presence tells PID 1 to empty /var at the next boot.
     pub wipe_data_marker: PathBuf,
+    /// The file where PID 1 names the boot disk, whose FAT partition gets
+    /// the Raspberry Pi lines of `machine.pi.configTxt` ([`crate::pi`]);
+    /// `None`: not on a node, nothing is written.
+    pub boot_device_file: Option<PathBuf>,
     /// Where `Version` reads its facts.
     pub info: NodeInfoSource,
     /// How long a client gets to finish the TLS handshake.
@@ -65,6 +69,7 @@ impl Config {
             listen,
             config_dir: state_dir.join("config"),
             wipe_data_marker: state_dir.join("wipe-data"),
+            boot_device_file: None,
             control_socket: DEFAULT_CONTROL_SOCKET.into(),
             state_dir,
             info: NodeInfoSource::system(),
@@ -210,8 +215,17 @@ impl BoundServer {
             store,
             config.control_socket.clone(),
             config.wipe_data_marker.clone(),
+            config.boot_device_file.clone(),
             stored,
         );
+        // The configuration in force may have changed above (a promotion, a
+        // reverted trial, the first boot's adoption) or been stored by an
+        // apply whose write to the boot partition failed: bring the Pi
+        // lines up to date, behind the API's start.
+        {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move { node.sync_pi_in_force().await });
+        }
         let listener = listen(config.listen)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
@@ -247,18 +261,24 @@ impl BoundServer {
         matches!(self.tls, Tls::Maintenance(_))
     }
 
-    /// The line announced on the console once the server is bound.
+    /// What the console shows about the server now ([`crate::console`]).
+    pub fn console_status(&self) -> crate::console::Status {
+        let v = self.config.info.version();
+        crate::console::Status {
+            os: format!("{} {}", v.os_name, v.os_version),
+            revision: v.git_revision,
+            maintenance: self.maintenance(),
+            listen: self.local_addr,
+            addresses: addrs::local_addresses(),
+            fingerprint: self.fingerprint().to_string(),
+        }
+    }
+
+    /// The text [`BoundServer::serve`] prints on the console each time it
+    /// starts listening: in maintenance mode a short block saying how to
+    /// configure the node, else one line.
     pub fn banner(&self) -> String {
-        format!(
-            "API listening on {}{}, certificate fingerprint {}",
-            self.local_addr,
-            if self.maintenance() {
-                " (maintenance mode)"
-            } else {
-                ""
-            },
-            self.fingerprint()
-        )
+        crate::console::render(&self.console_status())
     }
 
     /// Serves until `shutdown` completes, then lets in-flight calls finish
@@ -283,7 +303,6 @@ impl BoundServer {
             let (tls, origin) = tls_for(&self.config, current.as_ref())?;
             self.tls = tls;
             self.origin = origin;
-            println!("{}", self.banner());
         }
     }
 
@@ -329,6 +348,14 @@ impl BoundServer {
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
 
+        // The console text for this listener; in maintenance mode the block
+        // is printed again when the node's addresses change (compared with
+        // the ones just printed), for as long as this listener lives.
+        let status = self.console_status();
+        crate::console::print(&crate::console::render(&status));
+        let console_watch = self
+            .maintenance()
+            .then(|| tokio::spawn(crate::console::watch_addresses(status)));
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let mut reload = false;
         let mutual = matches!(self.tls, Tls::Mutual { .. });
@@ -365,6 +392,9 @@ impl BoundServer {
                 Ok(())
             }
         };
+        if let Some(watch) = console_watch {
+            watch.abort();
+        }
         result.map(|()| reload)
     }
 }

@@ -77,6 +77,11 @@ pub struct Node {
     /// Bumped by every apply; a pending `try` revert checks it is still the
     /// latest before it reverts.
     generation: std::sync::atomic::AtomicU64,
+    /// Names the boot disk whose FAT gets `machine.pi.configTxt`
+    /// (`crate::pi`); `None` off a node.
+    boot_device_file: Option<PathBuf>,
+    /// One writer of the boot partition at a time.
+    pi_lock: Mutex<()>,
 }
 
 impl Node {
@@ -86,6 +91,7 @@ impl Node {
         store: ConfigStore,
         control_socket: PathBuf,
         wipe_data_marker: PathBuf,
+        boot_device_file: Option<PathBuf>,
         current: Option<Stored>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -97,7 +103,57 @@ impl Node {
             current: Mutex::new(current),
             reload: watch::channel(0).0,
             generation: std::sync::atomic::AtomicU64::new(0),
+            boot_device_file,
+            pi_lock: Mutex::new(()),
         })
+    }
+
+    /// [`Node::sync_pi`] for the configuration in force now (at start).
+    pub async fn sync_pi_in_force(self: &Arc<Self>) {
+        let current = self.current.lock().await;
+        let lines = crate::pi::lines(current.as_ref().map(|s| &s.config));
+        self.sync_pi(lines).await;
+        drop(current);
+    }
+
+    /// Writes the Raspberry Pi firmware lines the next boot needs into
+    /// `bramble-extra.txt` on the boot partition (only if they changed):
+    /// those of the staged configuration if there is one, else `in_force`'s.
+    /// Called after every change to the stored configuration, before a
+    /// reboot is asked for. A failure is reported on the console and in the
+    /// node's events; it never fails the apply.
+    pub async fn sync_pi(self: &Arc<Self>, in_force: Vec<String>) {
+        let Some(file) = self.boot_device_file.clone() else {
+            return;
+        };
+        let _one_writer = self.pi_lock.lock().await;
+        let lines = match self.store.staged() {
+            Ok(Some(staged)) => crate::pi::lines(Some(&staged)),
+            Ok(None) => in_force,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the staged configuration");
+                in_force
+            }
+        };
+        let count = lines.len();
+        let result = tokio::task::spawn_blocking(move || crate::pi::sync(&file, &lines))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match result {
+            Ok(crate::pi::Outcome::Written) => self.note(format!(
+                "Raspberry Pi settings: {count} machine.pi.configTxt line(s) written to {} on the boot partition; the firmware reads them at the next boot",
+                bramble_bootfs::EXTRA_FILE
+            )),
+            Ok(crate::pi::Outcome::Unchanged | crate::pi::Outcome::NoBootDisk) => {}
+            Err(e) => {
+                let message = format!(
+                    "Raspberry Pi settings (machine.pi.configTxt) could not be written to {} on the boot partition: {e}; the configuration is stored, the firmware keeps its previous settings",
+                    bramble_bootfs::EXTRA_FILE
+                );
+                tracing::error!("{message}");
+                self.note(message);
+            }
+        }
     }
 
     /// Changes whenever the listener must be rebuilt.
@@ -319,6 +375,13 @@ impl MachineApi {
             .map_err(|_| Status::invalid_argument("data: the configuration is not UTF-8 text"))?;
         let new = MachineConfig::parse(&raw)
             .map_err(|e| Status::invalid_argument(format!("the configuration is invalid:\n{e}")))?;
+        let unknown = crate::network::unknown_links(&new, &self.node.system.class_net);
+        if !unknown.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the configuration is invalid:\n{}",
+                unknown.join("\n")
+            )));
+        }
         let node = &self.node;
         let mut current = node.current.lock().await;
         let old = current.as_ref().map(|s| &s.config);
@@ -340,11 +403,16 @@ impl MachineApi {
         if plan.mode == ApplyMode::Staged {
             persist(node.store.stage(&raw))?;
             node.note("configuration staged for the next boot".into());
+            // Still holding `current`: applies and their writes stay in order.
+            node.sync_pi(crate::pi::lines(Some(&new))).await;
             return Ok(response);
         }
         let previous = current.as_ref().map(|s| s.raw.clone());
         persist(node.store.store(&raw, plan.mode == ApplyMode::Try))?;
+        let pi_lines = crate::pi::lines(Some(&new));
         *current = Some(Stored { raw, config: new });
+        // Before the reboot below is asked for, still holding `current`.
+        node.sync_pi(pi_lines).await;
         drop(current);
         let generation = node
             .generation
@@ -700,6 +768,7 @@ impl MachineService for MachineApi {
             .wipe()
             .map_err(|e| Status::internal(format!("cannot wipe the configuration: {e}")))?;
         *current = None;
+        self.node.sync_pi(Vec::new()).await;
         drop(current);
         self.node.note(format!(
             "reset: configuration wiped{}; rebooting into maintenance mode",

@@ -206,6 +206,17 @@ impl ConfigStore {
         Ok(Some(Stored { raw, config }))
     }
 
+    /// The staged configuration waiting for the next start, if there is one
+    /// that parses (one that does not is set aside at promotion).
+    pub fn staged(&self) -> Result<Option<MachineConfig>, Error> {
+        let path = self.path(STAGED);
+        match fs::read_to_string(&path) {
+            Ok(raw) => Ok(MachineConfig::parse(&raw).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Persist { path, source }),
+        }
+    }
+
     /// The configuration that the one in force replaced, if any.
     pub fn previous(&self) -> Result<Option<String>, Error> {
         let path = self.path(PREVIOUS);

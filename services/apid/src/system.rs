@@ -22,6 +22,9 @@ pub struct SystemSource {
     pub run: PathBuf,
     /// The resolver configuration in force.
     pub resolv_conf: PathBuf,
+    /// The kernel's links (`/sys/class/net`), to refuse a configuration
+    /// naming links the node does not have.
+    pub class_net: PathBuf,
 }
 
 impl Default for SystemSource {
@@ -31,6 +34,7 @@ impl Default for SystemSource {
             kmsg: "/dev/kmsg".into(),
             run: "/run/bramble".into(),
             resolv_conf: "/etc/resolv.conf".into(),
+            class_net: "/sys/class/net".into(),
         }
     }
 }

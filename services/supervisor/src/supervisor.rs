@@ -700,7 +700,13 @@ impl Supervisor {
         }
         s.state = new;
         s.since_unix_ms = now_unix_ms();
-        info!(service = %s.def.name, from = %old, to = %new, "{message}");
+        // PID 1's log is the console: one line a person can read per change.
+        let line = state_line(&s.def.name, old, new, &message);
+        if matches!(new, ServiceState::Failed | ServiceState::CrashLoop { .. }) {
+            warn!("{line}");
+        } else {
+            info!("{line}");
+        }
         self.record(Some(i), Some(old), Some(new), message);
     }
 
@@ -1700,5 +1706,48 @@ impl Drop for Supervisor {
         if let (Some(_), Some(path)) = (self.listener.take(), self.socket_path.as_ref()) {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// The log (PID 1: console) line for a service's state change:
+/// `service apid: running -> ready (READY=1)`.
+pub fn state_line(name: &str, old: ServiceState, new: ServiceState, message: &str) -> String {
+    if message.is_empty() {
+        format!("service {name}: {old} -> {new}")
+    } else {
+        format!("service {name}: {old} -> {new} ({message})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_lines_read_as_one_sentence() {
+        assert_eq!(
+            state_line(
+                "apid",
+                ServiceState::Running,
+                ServiceState::Ready,
+                "READY=1"
+            ),
+            "service apid: running -> ready (READY=1)"
+        );
+        assert_eq!(
+            state_line("timed", ServiceState::Ready, ServiceState::Failed, ""),
+            "service timed: ready -> failed"
+        );
+        assert!(
+            state_line(
+                "networkd",
+                ServiceState::Failed,
+                ServiceState::CrashLoop {
+                    next_restart: Instant::now()
+                },
+                "5 restarts in 60 s"
+            )
+            .starts_with("service networkd: failed -> crash")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! `make bench`: boots the image in QEMU and prints Bramble's figures:
 //! guest time from kernel start to "API ready", sizes, idle memory, and the
 //! machine API's figures on a configured node (apply-config round trips,
-//! the API server's idle RSS with mutual TLS).
+//! the API server's idle RSS with mutual TLS), and what `nodectl image
+//! flash` writes against the raw image's size.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +25,9 @@ struct Args {
     /// Measure only the Raspberry Pi figure (one QEMU `raspi3b` boot).
     #[arg(long)]
     raspi3b_only: bool,
+    /// Measure only the flash figure (no QEMU).
+    #[arg(long)]
+    flash_only: bool,
 }
 
 /// The number just before `unit` after `marker` on the first line holding
@@ -63,6 +67,12 @@ fn main() -> Result<()> {
         bail!("--boots must be at least 1");
     }
     let dir = paths::test_dir("bench")?;
+    if args.flash_only {
+        let flash = flash_figures(&dir, &args.image)?;
+        println!("Bramble figures (nodectl image flash onto a file; no QEMU)");
+        flash.print();
+        return Ok(());
+    }
     if args.raspi3b_only {
         let secs = raspi3b_ready(&dir, &args.image)?;
         println!("Bramble figures (QEMU raspi3b, Pi 3 board under TCG on this host; 1 boot)");
@@ -70,6 +80,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let mut ready = Vec::new();
+    let mut dhcp = Vec::new();
     let mut wall = Vec::new();
     let mut memory = String::new();
     for boot in 0..args.boots {
@@ -86,6 +97,14 @@ fn main() -> Result<()> {
             boot + 1
         );
         ready.push(secs);
+        // networkd prints when the first lease is in (the console echoes it).
+        if node
+            .wait_for("network online:", Duration::from_secs(60))
+            .is_ok()
+            && let Some(t) = figure(&node.console(), "network online:", "network online:")
+        {
+            dhcp.push(t);
+        }
         if boot == 0 {
             node.wait_for("idle memory:", Duration::from_secs(60))?;
             memory = node
@@ -98,6 +117,7 @@ fn main() -> Result<()> {
     }
     let api = machine_api_figures(&dir, &args.image)?;
     let raspi = raspi3b_ready(&dir, &args.image)?;
+    let flash = flash_figures(&dir, &args.image)?;
     let rss = |name: &str| {
         figure(&memory, "idle memory:", &format!("{name} rss"))
             .map_or("n/a".to_owned(), |kib| format!("{:.2} MiB", kib / 1024.0))
@@ -115,6 +135,14 @@ fn main() -> Result<()> {
         "  QEMU start -> API ready (wall)     {:>8.3} s   includes U-Boot's 2 s autoboot delay",
         median(&mut wall)
     );
+    if dhcp.is_empty() {
+        println!("  kernel start -> DHCP address       no \"network online\" line on the console");
+    } else {
+        println!(
+            "  kernel start -> DHCP address       {:>8.3} s   (QEMU user network)",
+            median(&mut dhcp)
+        );
+    }
     println!(
         "  PID 1 idle RSS                     {:>12}   goal <= 4 MiB",
         rss("init")
@@ -127,6 +155,7 @@ fn main() -> Result<()> {
         "  networkd idle RSS                  {:>12}   goal <= 6 MiB",
         rss("networkd")
     );
+    println!("  timed idle RSS                     {:>12}", rss("timed"));
     print_raspi3b(raspi);
     println!(
         "Machine API (configured node, mutual TLS; nodectl on the host, median of {API_RUNS})"
@@ -143,6 +172,15 @@ fn main() -> Result<()> {
         "  apid idle RSS with mTLS                    {:>8.2} MiB  goal <= 12 MiB",
         api.apid_rss_mib
     );
+    println!(
+        "  apply -> kernel state, 1 address + 1 route {:>8.1} ms   goal <= 50 ms (guest clock: stored -> networkd done)",
+        api.network_apply_ms
+    );
+    println!(
+        "  networkd reconciliation pass               {:>8.2} ms",
+        api.network_pass_ms
+    );
+    flash.print();
     println!("Sizes");
     println!(
         "  raw image          {}",
@@ -169,6 +207,115 @@ fn main() -> Result<()> {
         println!("  {bin:<18} {}", size(&args.bin_dir.join(bin)));
     }
     Ok(())
+}
+
+/// What `nodectl image flash` wrote.
+struct FlashFigures {
+    source: PathBuf,
+    written: u64,
+    image_size: u64,
+    /// Bytes the target file has allocated afterwards (it starts sparse and
+    /// empty): an independent check of `written`.
+    allocated: u64,
+    secs: f64,
+}
+
+impl FlashFigures {
+    fn print(&self) {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!(
+            "Flash (nodectl image flash --allow-file --yes, from {} onto a blank file)",
+            self.source.file_name().map_or_else(
+                || self.source.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            )
+        );
+        println!(
+            "  bytes written by flash      {:>12} bytes  ({:.2} MiB)",
+            self.written,
+            mib(self.written)
+        );
+        println!(
+            "  raw image size              {:>12} bytes  ({:.2} MiB)",
+            self.image_size,
+            mib(self.image_size)
+        );
+        println!(
+            "  written / raw image size    {:>12.2} %     (the raw image is {:.1}x the bytes written)",
+            self.written as f64 * 100.0 / self.image_size as f64,
+            self.image_size as f64 / self.written.max(1) as f64
+        );
+        println!(
+            "  target blocks allocated     {:>12} bytes  (filesystem's count, a check)",
+            self.allocated
+        );
+        println!(
+            "  flash wall time             {:>12.2} s     (decompress, write, verify by reading back)",
+            self.secs
+        );
+    }
+}
+
+/// The number after `before` in `text` (digits only).
+fn number_after(text: &str, before: &str) -> Option<u64> {
+    let rest = &text[text.find(before)? + before.len()..];
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Runs the real `nodectl image flash --allow-file --yes` from the `.xz`
+/// (the raw image without one) onto a blank file as big as the image.
+fn flash_figures(dir: &tempfile::TempDir, image: &Path) -> Result<FlashFigures> {
+    use std::os::unix::fs::MetadataExt;
+    let xz = image.with_extension("img.xz");
+    let source = if xz.is_file() {
+        xz
+    } else {
+        image.to_path_buf()
+    };
+    let image_size = std::fs::metadata(image)
+        .with_context(|| format!("{}", image.display()))?
+        .len();
+    let target = dir.path().join("flash-target.img");
+    let _ = std::fs::remove_file(&target);
+    std::fs::File::create(&target)?.set_len(image_size)?;
+    let started = std::time::Instant::now();
+    let out = nodectl::run(
+        &[
+            "image",
+            "flash",
+            "--device",
+            target.to_str().context("path")?,
+            "--image",
+            source.to_str().context("path")?,
+            "--allow-file",
+            "--yes",
+        ],
+        Duration::from_secs(900),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(out.success, "flash: {}{}", out.stdout, out.stderr);
+    let written = number_after(&out.stdout, "wrote ")
+        .with_context(|| format!("no \"wrote N bytes\" in: {}", out.stdout))?;
+    let reported_size = number_after(&out.stdout, "of a ")
+        .with_context(|| format!("no image size in: {}", out.stdout))?;
+    ensure!(
+        reported_size == image_size,
+        "nodectl reports a {reported_size} byte image, {} is {image_size}",
+        image.display()
+    );
+    let allocated = std::fs::metadata(&target)?.blocks() * 512;
+    let _ = std::fs::remove_file(&target);
+    Ok(FlashFigures {
+        source,
+        written,
+        image_size,
+        allocated,
+        secs,
+    })
 }
 
 /// Runs of each timed command.
@@ -201,6 +348,11 @@ struct ApiFigures {
     unchanged_ms: f64,
     hostname_ms: f64,
     apid_rss_mib: f64,
+    /// Guest clock: the apply's "configuration applied" event to networkd's
+    /// "network reconciled" line, one address and one route changed.
+    network_apply_ms: f64,
+    /// networkd's own reconciliation pass for that change.
+    network_pass_ms: f64,
 }
 
 /// Boots a node, configures it, then times `apply-config` (the whole
@@ -277,6 +429,93 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
     };
     let unchanged_ms = timed(None)?;
     let hostname_ms = timed(Some("machine: {hostname: bench-{i}}".to_owned()))?;
+    // One address and one route changed per run, taken up live by networkd.
+    // Both ends are read off the guest's clock: apid's event when the new
+    // configuration is stored (the reply goes out right after), and the
+    // supervisor's timestamp on networkd's line when its pass is done.
+    let mut apply_ms = Vec::new();
+    let mut pass_ms = Vec::new();
+    for i in 0..API_RUNS {
+        let patch = format!(
+            "machine: {{network: {{interfaces: [{{interface: eth0, dhcp: true, \
+             addresses: [192.168.{n}.2/24], routes: [{{network: 10.{n}.0.0/16, gateway: 192.168.{n}.1}}]}}]}}}}",
+            n = 100 + i
+        );
+        run(&[
+            "--nodeconfig",
+            cfg,
+            "-n",
+            &addr,
+            "apply-config",
+            "-f",
+            cp,
+            "--mode",
+            "no-reboot",
+            "--config-patch",
+            &patch,
+        ])?;
+        let wanted = format!("192.168.{}.2/24", 100 + i);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = run(&["--nodeconfig", cfg, "-n", &addr, "get", "addresses"])?;
+            if out.contains(&wanted) {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{wanted} never appeared:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let events: serde_json::Value = serde_json::from_str(&run(&[
+            "--nodeconfig",
+            cfg,
+            "-n",
+            &addr,
+            "events",
+            "-o",
+            "json",
+        ])?)?;
+        let applied = events
+            .as_array()
+            .and_then(|e| {
+                e.iter().rev().find(|e| {
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("configuration applied"))
+                })
+            })
+            .and_then(|e| e["time_unix_ms"].as_f64())
+            .context("no \"configuration applied\" event")?;
+        let logs: serde_json::Value = serde_json::from_str(&run(&[
+            "--nodeconfig",
+            cfg,
+            "-n",
+            &addr,
+            "logs",
+            "networkd",
+            "--tail",
+            "20",
+            "-o",
+            "json",
+        ])?)?;
+        let line = logs
+            .as_array()
+            .and_then(|l| {
+                l.iter().rev().find(|l| {
+                    l["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("network reconciled in"))
+                })
+            })
+            .context("no \"network reconciled\" line")?;
+        let done = line["time_unix_ms"].as_f64().context("no time")?;
+        let text = line["text"].as_str().unwrap_or_default();
+        apply_ms.push(done - applied);
+        if let Some(pass) = pass_duration_ms(text) {
+            pass_ms.push(pass);
+        }
+    }
     // Settle, then read apid's RSS as the API reports it.
     std::thread::sleep(Duration::from_secs(5));
     let ps = run(&["--nodeconfig", cfg, "-n", &addr, "processes", "-o", "json"])?;
@@ -296,12 +535,45 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
         unchanged_ms,
         hostname_ms,
         apid_rss_mib: rss / 1048576.0,
+        network_apply_ms: median(&mut apply_ms),
+        network_pass_ms: if pass_ms.is_empty() {
+            f64::NAN
+        } else {
+            median(&mut pass_ms)
+        },
     })
+}
+
+/// The duration in `network reconciled in 1.234567ms ...` (Rust's `Debug`
+/// of a `Duration`: ns, µs, ms or s), in milliseconds.
+fn pass_duration_ms(line: &str) -> Option<f64> {
+    let rest = line.split("network reconciled in ").nth(1)?;
+    let word = rest.split_whitespace().next()?;
+    let split = word.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = word.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "ns" => 1e-6,
+        "µs" | "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        _ => return None,
+    };
+    Some(value * scale)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_pass_durations() {
+        let ms = |t: &str| pass_duration_ms(t).unwrap();
+        assert!((ms("INFO network reconciled in 1.5ms generation=2") - 1.5).abs() < 1e-9);
+        assert!((ms("network reconciled in 750µs generation=2") - 0.75).abs() < 1e-9);
+        assert!((ms("network reconciled in 2.1s") - 2100.0).abs() < 1e-9);
+        assert!(pass_duration_ms("network online").is_none());
+    }
 
     #[test]
     fn reads_figures_from_console_lines() {
