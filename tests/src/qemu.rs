@@ -147,6 +147,10 @@ pub struct Options {
     /// Start the board's real-time clock at this date (`-rtc base=`, e.g.
     /// `2001-01-01T00:00:00`) instead of the host's time.
     pub rtc_base: Option<String>,
+    /// Network cards beside the first (virt only): each on its own
+    /// restricted user network (10.0.3.0/24, 10.0.4.0/24...), seen by the
+    /// guest as eth1, eth2...
+    pub extra_nics: u32,
 }
 
 impl Options {
@@ -160,6 +164,7 @@ impl Options {
             monitor_socket: None,
             machine: Machine::Virt,
             rtc_base: None,
+            extra_nics: 0,
         }
     }
 
@@ -230,6 +235,16 @@ impl Options {
             .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
             .args(["-device", "virtio-rng-pci"])
             .arg("-no-reboot");
+        for n in 1..=self.extra_nics {
+            cmd.arg("-netdev")
+                // Its own subnet, so the guest never has two routes to 10.0.2.0/24.
+                .arg(format!(
+                    "user,id=net{n},restrict=on,net=10.0.{}.0/24",
+                    2 + n
+                ))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=net{n},romfile="));
+        }
         if let Some(base) = &self.rtc_base {
             cmd.arg("-rtc").arg(format!("base={base}"));
         }

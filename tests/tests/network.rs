@@ -29,6 +29,11 @@ const NETWORK: &str = "machine:
         vlans:
           - vlanId: 42
             addresses: [192.168.42.2/24]
+      - interface: bond0
+        bond:
+          mode: active-backup
+          interfaces: [eth1]
+        addresses: [192.168.88.2/24]
     searchDomains: [bramble.test]
     extraHosts:
       - ip: 192.168.77.1
@@ -60,6 +65,8 @@ const CUT_OFF: &str = "machine:
 
 fn start(dir: &Path, disk: &Path, port: u16, n: u32, rtc_base: Option<&str>) -> Result<qemu::Node> {
     let mut opts = qemu::Options::new(disk.to_path_buf(), port);
+    // eth1, for the bond.
+    opts.extra_nics = 1;
     opts.console_log = Some(dir.join(format!("console-{n}.log")));
     opts.rtc_base = rtc_base.map(str::to_owned);
     let mut node = qemu::Node::start(&opts)?;
@@ -203,6 +210,36 @@ fn network_applied_live_reverted_by_try_and_clock_restored() -> Result<()> {
         ),
         "no address on the VLAN"
     );
+    // The bond: the kernel asked for `bonding` the same way; eth1 is its member
+    // and runs no DHCP of its own.
+    let find = |name: &str| {
+        links
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["name"] == name))
+            .cloned()
+            .with_context(|| format!("no {name}: {links}"))
+    };
+    let bond = find("bond0")?;
+    ensure!(
+        bond["kind"] == "bond" && bond["up"] == true,
+        "{bond}\n{}",
+        c.ok(&addr, &["logs", "networkd", "--tail", "40"])?
+    );
+    eventually(
+        "eth1 in the bond, without DHCP",
+        Duration::from_secs(20),
+        || {
+            let links = json(&c.ok(&addr, &["get", "links", "-o", "json"])?)?;
+            Ok(links.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|l| l["name"] == "eth1" && l["controller"] == "bond0" && l["dhcp"] == "")
+            }))
+        },
+    )?;
+    ensure!(
+        has(&addresses(&c, &addr)?, "bond0", "192.168.88.2/24", "static"),
+        "no address on the bond"
+    );
     let host = c.ok(&addr, &["get", "hostname"])?;
     ensure!(host.contains("net-node"), "{host}");
     let resolvers = json(&c.ok(&addr, &["get", "resolvers", "-o", "json"])?)?;
@@ -248,7 +285,7 @@ fn network_applied_live_reverted_by_try_and_clock_restored() -> Result<()> {
     for (patch, says) in [
         (
             "machine: {network: {interfaces: [{interface: eth9, dhcp: true}]}}",
-            "machine.network.interfaces[1].interface: no link \"eth9\" on this node",
+            "machine.network.interfaces[2].interface: no link \"eth9\" on this node",
         ),
         (
             "machine: {network: {interfaces: [{interface: eth0, dhcp: false, routes: [{network: 10.55.0.0/16, gateway: 10.66.0.1}]}]}}",

@@ -36,6 +36,7 @@ pub struct LinkFields {
     pub kind: String,
     pub configured: bool,
     pub dhcp: String,
+    pub controller: String,
 }
 
 impl LinkRow {
@@ -53,6 +54,7 @@ impl LinkRow {
                 kind: l.kind,
                 configured: l.configured,
                 dhcp: l.dhcp,
+                controller: l.controller,
             },
         }
     }
@@ -85,6 +87,7 @@ impl Row for LinkRow {
             yes(l.carrier),
             yes(l.configured),
             or_dash(&l.dhcp),
+            or_dash(&l.controller),
         ]
     }
 }

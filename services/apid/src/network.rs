@@ -122,11 +122,15 @@ pub async fn links(
     let h = handle().await?;
     let configured = configured_links(config);
     let phases = dhcp_phases(run_dir);
-    let mut links: Vec<Link> = bramble_netlink::links(&h)
-        .await
-        .map_err(dump_error)?
+    let kernel = bramble_netlink::links(&h).await.map_err(dump_error)?;
+    let names: HashMap<u32, String> = kernel.iter().map(|l| (l.index, l.name.clone())).collect();
+    let mut links: Vec<Link> = kernel
         .into_iter()
         .map(|l| Link {
+            controller: l
+                .controller
+                .and_then(|c| names.get(&c).cloned())
+                .unwrap_or_default(),
             mac: l.mac_text(),
             mtu: l.mtu.unwrap_or(0),
             up: l.is_up(),

@@ -150,6 +150,8 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
         };
         match nl.handle.link().add(msg).execute().await {
             Ok(()) => report.changes.push(Change::LinkCreated(want.name.clone())),
+            // Loading `bonding` makes a `bond0` of its own: take it over.
+            Err(e) if already_exists(&e) => {}
             Err(e) => {
                 report
                     .problems
@@ -324,6 +326,12 @@ pub async fn reconcile(nl: &Netlink, desired: &Desired) -> Report {
         info!("{change}");
     }
     report
+}
+
+/// Whether the kernel answered "File exists".
+fn already_exists(e: &rtnetlink::Error) -> bool {
+    const EEXIST: i32 = 17;
+    matches!(e, rtnetlink::Error::NetlinkError(msg) if msg.raw_code().abs() == EEXIST)
 }
 
 /// The message that creates a bond or bridge.
