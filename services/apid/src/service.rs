@@ -80,8 +80,9 @@ pub struct Node {
     /// Names the boot disk whose FAT gets `machine.pi.configTxt`
     /// (`crate::pi`); `None` off a node.
     boot_device_file: Option<PathBuf>,
-    /// One writer of the boot partition at a time.
-    pi_lock: Mutex<()>,
+    /// One writer of the boot partition at a time; holds the lines the card
+    /// is known to have (none until the first write or check).
+    pi_lock: Mutex<Option<Vec<String>>>,
 }
 
 impl Node {
@@ -104,7 +105,7 @@ impl Node {
             reload: watch::channel(0).0,
             generation: std::sync::atomic::AtomicU64::new(0),
             boot_device_file,
-            pi_lock: Mutex::new(()),
+            pi_lock: Mutex::new(None),
         })
     }
 
@@ -126,7 +127,9 @@ impl Node {
         let Some(file) = self.boot_device_file.clone() else {
             return;
         };
-        let _one_writer = self.pi_lock.lock().await;
+        // One writer at a time; it remembers what the card already holds, so
+        // an apply that leaves the Pi lines alone does not touch the disk.
+        let mut on_card = self.pi_lock.lock().await;
         let lines = match self.store.staged() {
             Ok(Some(staged)) => crate::pi::lines(Some(&staged)),
             Ok(None) => in_force,
@@ -135,10 +138,20 @@ impl Node {
                 in_force
             }
         };
+        if on_card.as_ref() == Some(&lines) {
+            return;
+        }
         let count = lines.len();
-        let result = tokio::task::spawn_blocking(move || crate::pi::sync(&file, &lines))
+        let written = lines.clone();
+        let result = tokio::task::spawn_blocking(move || crate::pi::sync(&file, &written))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
+        if matches!(
+            result,
+            Ok(crate::pi::Outcome::Written | crate::pi::Outcome::Unchanged)
+        ) {
+            *on_card = Some(lines);
+        }
         match result {
             Ok(crate::pi::Outcome::Written) => self.note(format!(
                 "Raspberry Pi settings: {count} machine.pi.configTxt line(s) written to {} on the boot partition; the firmware reads them at the next boot",

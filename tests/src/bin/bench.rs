@@ -467,7 +467,7 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let events: serde_json::Value = serde_json::from_str(&run(&[
+        let events = json_rows(&run(&[
             "--nodeconfig",
             cfg,
             "-n",
@@ -476,8 +476,7 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
             "-o",
             "json",
         ])?)?;
-        let applied = events
-            .as_array()
+        let applied = Some(&events)
             .and_then(|e| {
                 e.iter().rev().find(|e| {
                     e["message"]
@@ -487,7 +486,7 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
             })
             .and_then(|e| e["time_unix_ms"].as_f64())
             .context("no \"configuration applied\" event")?;
-        let logs: serde_json::Value = serde_json::from_str(&run(&[
+        let logs = json_rows(&run(&[
             "--nodeconfig",
             cfg,
             "-n",
@@ -499,8 +498,7 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
             "-o",
             "json",
         ])?)?;
-        let line = logs
-            .as_array()
+        let line = Some(&logs)
             .and_then(|l| {
                 l.iter().rev().find(|l| {
                     l["text"]
@@ -542,6 +540,18 @@ fn machine_api_figures(dir: &tempfile::TempDir, image: &Path) -> Result<ApiFigur
             median(&mut pass_ms)
         },
     })
+}
+
+/// Rows printed by `nodectl -o json`: one JSON array, or (for streams such
+/// as logs and events) one JSON object per line.
+fn json_rows(text: &str) -> Result<Vec<serde_json::Value>> {
+    if let Ok(serde_json::Value::Array(rows)) = serde_json::from_str(text) {
+        return Ok(rows);
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
 }
 
 /// The duration in `network reconciled in 1.234567ms ...` (Rust's `Debug`
