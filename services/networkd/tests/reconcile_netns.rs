@@ -360,7 +360,12 @@ fn configured_network_is_applied_and_only_differences_change() {
     let monitor = lab.stop_monitor();
     // Nothing that was already right was sent to the kernel again (it would
     // answer "File exists").
-    assert_eq!(strings(&second["problems"]), Vec::<String>::new(), "{}", lab.stderr());
+    assert_eq!(
+        strings(&second["problems"]),
+        Vec::<String>::new(),
+        "{}",
+        lab.stderr()
+    );
     assert_eq!(
         strings(&second["changes"]),
         vec![
