@@ -166,6 +166,7 @@ const SECRET_FIELDS: &[&str] = &[
     "machine.ca.key",
     "cluster.etcd.ca.key",
     "cluster.secretboxEncryptionSecret",
+    "machine.registries.auth",
 ];
 
 /// Ranges of `lines` to print: changes with `CONTEXT` lines around them,
@@ -262,6 +263,7 @@ fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
         time,
         kubelet,
         pi,
+        registries,
         workloads,
     } = old;
     c.field("machine.type", machine_type, &new.machine_type, Reboot);
@@ -309,11 +311,31 @@ fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
         Restart(Service::Kubelet),
     );
     c.field("machine.pi", pi, &new.pi, Reboot);
+    // The runtime re-reads both on SIGHUP and changes only the containers
+    // whose workload changed.
+    c.field(
+        "machine.registries.mirrors",
+        &registries.mirrors,
+        &new.registries.mirrors,
+        Reload(Service::Runtimed),
+    );
+    c.field(
+        "machine.registries.insecure",
+        &registries.insecure,
+        &new.registries.insecure,
+        Reload(Service::Runtimed),
+    );
+    c.field(
+        "machine.registries.auth",
+        &registries.auth,
+        &new.registries.auth,
+        Reload(Service::Runtimed),
+    );
     c.field(
         "machine.workloads",
         workloads,
         &new.workloads,
-        Restart(Service::Runtimed),
+        Reload(Service::Runtimed),
     );
 }
 

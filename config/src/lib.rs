@@ -59,8 +59,9 @@ pub use error::{ConfigError, FieldError};
 pub use patch::apply_patch;
 pub use schema::{
     Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, ExtraHost,
-    Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Route,
-    SUPPORTED_VERSIONS, Secret, Time, Version, Vlan, Workload,
+    Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Registries,
+    RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, Secret, Time, Version, Vlan,
+    Workload, WorkloadMount, parse_cpu, parse_memory,
 };
 
 use std::collections::HashMap;
@@ -127,6 +128,10 @@ impl MachineConfig {
             hide(&mut etcd.ca.key);
         }
         hide(&mut copy.cluster.secretbox_encryption_secret);
+        for auth in copy.machine.registries.auth.values_mut() {
+            hide(&mut auth.password);
+            hide(&mut auth.token);
+        }
         copy
     }
 
@@ -152,6 +157,7 @@ impl MachineConfig {
                 time: Time::default(),
                 kubelet: Kubelet::default(),
                 pi: Pi::default(),
+                registries: Registries::default(),
                 workloads: Vec::new(),
             },
             cluster: Cluster {

@@ -125,6 +125,9 @@ pub struct Machine {
     /// Raspberry Pi firmware settings.
     #[serde(default, skip_serializing_if = "Pi::is_empty")]
     pub pi: Pi,
+    /// Where images come from: mirrors, plain-HTTP registries, credentials.
+    #[serde(default, skip_serializing_if = "Registries::is_empty")]
+    pub registries: Registries,
     /// Containers the node's runtime keeps running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<Workload>,
@@ -354,14 +357,209 @@ impl Pi {
 pub struct Workload {
     /// Unique name, a DNS label; the key patches merge workloads by.
     pub name: String,
-    /// Image reference.
+    /// Image reference (`registry/repository[:tag][@sha256:...]`; a bare
+    /// name means Docker Hub's `library/`).
     pub image: String,
-    /// Arguments passed to the entry point.
+    /// Replaces the image's entry point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments passed to the entry point (replace the image's `Cmd`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Environment variables.
+    /// Environment variables, added to (and overriding) the image's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Working directory; default the image's, else `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `uid[:gid]` (numbers) or a user name from the image's `/etc/passwd`;
+    /// default the image's user, else root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Host paths bound into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<WorkloadMount>,
+    /// Memory, CPU and process limits.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// What to do when the container exits.
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
+    pub restart: RestartPolicy,
+    /// Mount the image's root filesystem read-only (no writable layer).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_rootfs: bool,
+    /// Capabilities added to the default set (`CAP_NET_ADMIN` or `NET_ADMIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL when stopping (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_seconds: Option<u32>,
+}
+
+impl Workload {
+    /// Grace period used when none is configured.
+    pub const DEFAULT_STOP_GRACE_PERIOD_SECONDS: u32 = 10;
+
+    /// The configured grace period, or the default.
+    pub fn stop_grace_period(&self) -> u32 {
+        self.stop_grace_period_seconds
+            .unwrap_or(Self::DEFAULT_STOP_GRACE_PERIOD_SECONDS)
+    }
+}
+
+/// A host path bound into a workload (`machine.workloads[].mounts[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadMount {
+    /// Absolute path on the node; it must exist.
+    pub source: String,
+    /// Absolute path in the container.
+    pub destination: String,
+    /// Bind it read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+}
+
+/// Resource limits of a workload (`machine.workloads[].resources`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resources {
+    /// Memory limit: bytes, or with a suffix `Ki`, `Mi`, `Gi` (`64Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPU limit in cores: `500m` (millicores) or `1.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Largest number of processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Resources {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The memory limit in bytes, if it is set and valid.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory.as_deref().and_then(|m| parse_memory(m).ok())
+    }
+
+    /// The CPU limit in millicores, if it is set and valid.
+    pub fn cpu_millis(&self) -> Option<u64> {
+        self.cpu.as_deref().and_then(|c| parse_cpu(c).ok())
+    }
+}
+
+/// `64Mi` → 67108864. Plain numbers are bytes.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|ch: char| !ch.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?}; write bytes or use Ki, Mi or Gi (64Mi)"
+            ));
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 64Mi"))?;
+    n.checked_mul(scale)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
+/// `500m` → 500, `1.5` → 1500, `2` → 2000 (millicores).
+pub fn parse_cpu(text: &str) -> Result<u64, String> {
+    let err = || format!("{text:?} is not a CPU amount such as 500m or 1.5");
+    let millis = if let Some(m) = text.strip_suffix('m') {
+        m.parse::<u64>().map_err(|_| err())?
+    } else {
+        let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+        if frac.len() > 3 || !frac.chars().all(|ch| ch.is_ascii_digit()) {
+            return Err(err());
+        }
+        let whole: u64 = whole.parse().map_err(|_| err())?;
+        let frac_millis: u64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<3}").parse().map_err(|_| err())?
+        };
+        whole
+            .checked_mul(1000)
+            .and_then(|w| w.checked_add(frac_millis))
+            .ok_or_else(err)?
+    };
+    if millis == 0 {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(millis)
+}
+
+/// When the runtime starts a workload's container again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whatever the exit (the default).
+    #[default]
+    Always,
+    /// Only after a non-zero exit or a kill.
+    OnFailure,
+    /// Never: the container stays exited.
+    Never,
+}
+
+impl RestartPolicy {
+    /// True for the default, which is not written out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Where images come from (`machine.registries`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Registries {
+    /// Mirrors by registry host (`docker.io: [http://10.0.0.5:5000]`),
+    /// tried in order before the registry itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Registry hosts (`host[:port]`) reached over plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure: Vec<String>,
+    /// Credentials by registry host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub auth: BTreeMap<String, RegistryAuth>,
+}
+
+impl Registries {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Credentials for one registry: a user name and password, or a bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryAuth {
+    /// User name (basic auth, also used to obtain bearer tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// A bearer token used as it is (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 /// Cluster-wide settings (`cluster:`).

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 
 use crate::error::FieldError;
 use crate::schema::{
-    CertificateAuthority, Cluster, ExtraHost, Interface, Machine, MachineConfig, Route, Vlan,
-    Workload,
+    CertificateAuthority, Cluster, ExtraHost, Interface, Machine, MachineConfig, Registries, Route,
+    Vlan, Workload, parse_cpu, parse_memory,
 };
 
 /// Smallest MTU Linux accepts for IPv4 (RFC 791).
@@ -130,6 +130,7 @@ fn machine(c: &mut Checker, m: &Machine) {
         }
     }
 
+    registries(c, &m.registries);
     let mut workload_names: HashMap<&str, usize> = HashMap::new();
     for (i, w) in m.workloads.iter().enumerate() {
         let path = format!("machine.workloads[{i}]");
@@ -530,6 +531,227 @@ fn workload(c: &mut Checker, path: &str, w: &Workload) {
             );
         }
     }
+    for (i, arg) in w.command.iter().chain(&w.args).enumerate() {
+        if arg.contains('\0') {
+            let field = if i < w.command.len() {
+                format!("{path}.command[{i}]")
+            } else {
+                format!("{path}.args[{}]", i - w.command.len())
+            };
+            c.error(field, "contains a NUL byte");
+        }
+    }
+    if let Some(dir) = &w.working_dir {
+        c.check(&format!("{path}.workingDir"), check_absolute(dir));
+    }
+    if let Some(user) = &w.user {
+        c.check(&format!("{path}.user"), check_user(user));
+    }
+    let mut destinations: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in w.mounts.iter().enumerate() {
+        let mpath = format!("{path}.mounts[{i}]");
+        c.check(&format!("{mpath}.source"), check_absolute(&m.source));
+        c.check(
+            &format!("{mpath}.destination"),
+            check_absolute(&m.destination),
+        );
+        if m.destination.trim_end_matches('/').is_empty() {
+            c.error(
+                format!("{mpath}.destination"),
+                "cannot be \"/\"; the image provides the root",
+            );
+        }
+        if let Some(first) = destinations.insert(&m.destination, i) {
+            c.error(
+                format!("{mpath}.destination"),
+                format!("{:?} is already mounted by mounts[{first}]", m.destination),
+            );
+        }
+    }
+    if let Some(memory) = &w.resources.memory {
+        c.check(
+            &format!("{path}.resources.memory"),
+            parse_memory(memory).and_then(|bytes| {
+                if bytes < MIN_WORKLOAD_MEMORY {
+                    Err(format!(
+                        "{memory:?} is below the smallest limit the kernel keeps a process alive in (4Mi)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+    }
+    if let Some(cpu) = &w.resources.cpu {
+        c.check(&format!("{path}.resources.cpu"), parse_cpu(cpu).map(|_| ()));
+    }
+    if w.resources.pids == Some(0) {
+        c.error(
+            format!("{path}.resources.pids"),
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
+    for (i, cap) in w.capabilities.iter().enumerate() {
+        c.check(&format!("{path}.capabilities[{i}]"), check_capability(cap));
+    }
+    if w.stop_grace_period_seconds.is_some_and(|s| s > 3600) {
+        c.error(
+            format!("{path}.stopGracePeriodSeconds"),
+            "must be at most 3600 (one hour)",
+        );
+    }
+}
+
+/// Below this a container's memory limit kills it before it starts.
+const MIN_WORKLOAD_MEMORY: u64 = 4 << 20;
+
+fn check_absolute(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        Err(format!("{path:?} is not an absolute path"))
+    } else if path.split('/').any(|part| part == "..") {
+        Err(format!("{path:?} contains \"..\""))
+    } else if path.contains('\0') {
+        Err(format!("{path:?} contains a NUL byte"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `uid[:gid]` numbers, or a user name (looked up in the image at start).
+fn check_user(user: &str) -> Result<(), String> {
+    let (name, group) = user.split_once(':').unwrap_or((user, ""));
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    };
+    if ok(name) && (group.is_empty() && !user.ends_with(':') || ok(group)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{user:?} is neither uid[:gid] nor a user[:group] name"
+        ))
+    }
+}
+
+/// Linux capability names, with or without `CAP_`.
+const CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Whether `name` (`NET_ADMIN` or `CAP_NET_ADMIN`, any case) is a capability.
+pub(crate) fn check_capability(name: &str) -> Result<(), String> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if CAPABILITIES.contains(&bare) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a Linux capability (e.g. NET_ADMIN)"
+        ))
+    }
+}
+
+fn registries(c: &mut Checker, r: &Registries) {
+    for (host, mirrors) in &r.mirrors {
+        let path = format!("machine.registries.mirrors.{host}");
+        c.check(&path, check_registry_host(host));
+        if mirrors.is_empty() {
+            c.error(&path, "lists no mirror; give at least one URL or remove it");
+        }
+        for (i, url) in mirrors.iter().enumerate() {
+            c.check(&format!("{path}[{i}]"), check_mirror_url(url));
+        }
+    }
+    for (i, host) in r.insecure.iter().enumerate() {
+        c.check(
+            &format!("machine.registries.insecure[{i}]"),
+            check_registry_host(host),
+        );
+    }
+    for (host, auth) in &r.auth {
+        let path = format!("machine.registries.auth.{host}");
+        c.check(&path, check_registry_host(host));
+        match (&auth.username, &auth.password, &auth.token) {
+            (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+            (_, _, Some(_)) => c.error(
+                &path,
+                "give either username and password or a token, not both",
+            ),
+            (Some(_), None, None) => c.error(format!("{path}.password"), "missing for username"),
+            (None, Some(_), None) => c.error(format!("{path}.username"), "missing for password"),
+            (None, None, None) => c.error(&path, "give username and password, or a token"),
+        }
+    }
+}
+
+/// `host[:port]` as a registry is named in image references.
+fn check_registry_host(host: &str) -> Result<(), String> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => (name, Some(port)),
+        _ => (host, None),
+    };
+    if let Some(port) = port {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{host:?}: {port:?} is not a port"));
+        }
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() || check_hostname(bare).is_ok() {
+        Ok(())
+    } else {
+        Err(format!("{host:?} is not a registry host[:port]"))
+    }
+}
+
+fn check_mirror_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    check_registry_host(host).map_err(|e| format!("{url:?}: {e}"))
 }
 
 fn cluster(c: &mut Checker, cl: &Cluster) {
@@ -607,13 +829,19 @@ fn check_link_name(name: &str) -> Result<(), String> {
 
 fn check_image(image: &str) -> Result<(), String> {
     if image.trim().is_empty() {
-        Err("is empty; give an image reference, e.g. \"ghcr.io/org/app:v1\"".to_owned())
-    } else if image.contains(char::is_whitespace) {
-        Err(format!(
+        return Err("is empty; give an image reference, e.g. \"ghcr.io/org/app:v1\"".to_owned());
+    }
+    if image.contains(char::is_whitespace) {
+        return Err(format!(
             "{image:?} contains whitespace; it is not an image reference"
-        ))
-    } else {
-        Ok(())
+        ));
+    }
+    match image.parse::<oci_spec::distribution::Reference>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "{image:?} is not an image reference ({e}); write registry/repository:tag, \
+             e.g. \"ghcr.io/org/app:v1\""
+        )),
     }
 }
 

@@ -66,9 +66,18 @@ fn type_change_needs_a_reboot() {
 
 #[test]
 fn each_section_maps_to_its_service() {
-    // Reloaded in place: the network and time sync re-read the configuration.
+    // Reloaded in place: the network, time sync and the container runtime
+    // re-read the configuration.
     for (patch, service) in [
         ("machine: {time: {disabled: true}}", Service::Timed),
+        (
+            "machine: {workloads: [{name: logs, image: busybox}]}",
+            Service::Runtimed,
+        ),
+        (
+            "machine: {registries: {insecure: ['10.0.2.100:5000']}}",
+            Service::Runtimed,
+        ),
         (
             "machine: {network: {nameservers: [9.9.9.9]}}",
             Service::Networkd,
@@ -88,11 +97,6 @@ fn each_section_maps_to_its_service() {
         (
             "machine: {kubelet: {extraArgs: {max-pods: '80'}}}",
             Some(Service::Kubelet),
-            false,
-        ),
-        (
-            "machine: {workloads: [{name: logs, image: busybox}]}",
-            Some(Service::Runtimed),
             false,
         ),
         ("machine: {pi: {configTxt: [gpu_mem=16]}}", None, true),
