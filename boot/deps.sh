@@ -6,15 +6,17 @@
 #     raspi-firmware);
 #   - the Rust target aarch64-unknown-linux-musl (rustup), with Debian's
 #     rustc-web as the fallback when rustup cannot fetch it;
-#   - the pinned Debian packages the image is built from (boot/packages.lock),
+#   - the pinned Debian packages the image is built from (boot/packages.lock)
+#     and those the tests build container images from (tests/packages.lock),
 #     downloaded into .cache/debs and checked against their sha256.
 # A second run downloads nothing.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-lock="$root/boot/packages.lock"
+# The image's packages, and the tests' (container images are built from them).
+locks=("$root/boot/packages.lock" "$root/tests/packages.lock")
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils)
+host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {
@@ -96,7 +98,7 @@ while read -r name version arch sha file; do
     chmod 0777 "$tmp"
     if ! (cd "$tmp" && apt-get download -qq "$spec"); then
         rm -rf "$tmp"
-        echo "deps: cannot download $spec (is the version in boot/packages.lock still in the archive?)" >&2
+        echo "deps: cannot download $spec (is the pinned version still in the archive?)" >&2
         exit 1
     fi
     got=$(ls "$tmp"/*.deb)
@@ -108,11 +110,11 @@ while read -r name version arch sha file; do
     fi
     mv "$got" "$dest"
     rm -rf "$tmp"
-done <"$lock"
+done < <(cat "${locks[@]}")
 
 # 5. U-Boot for QEMU's virt machine, used by the harness as -bios.
 qemu_uboot="$cache/../u-boot-qemu/u-boot.bin"
-uboot_deb=$(awk '$1 == "u-boot-qemu" {print $5}' "$lock")
+uboot_deb=$(awk '$1 == "u-boot-qemu" {print $5}' "${locks[0]}")
 stamp="$cache/../u-boot-qemu/.from"
 if [[ ! -f $qemu_uboot || $(cat "$stamp" 2>/dev/null) != "$uboot_deb" ]]; then
     say "extracting U-Boot for qemu_arm64"

@@ -4,6 +4,8 @@
 //! Setup failures panic on purpose: these run inside `#[test]` functions,
 //! where a panic is the failure report. Every wait is bounded.
 
+pub mod registry;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
