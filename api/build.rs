@@ -3,7 +3,10 @@
 use std::error::Error;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let protos = ["proto/bramble/machine/v1/machine.proto"];
+    let protos = [
+        "proto/bramble/machine/v1/machine.proto",
+        "proto/bramble/runtime/v1/runtime.proto",
+    ];
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

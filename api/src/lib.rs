@@ -25,5 +25,22 @@ pub mod machine {
     }
 }
 
+/// `bramble.runtime.*`: the node's container runtime, served by `runtimed`
+/// on a Unix socket to `apid`, which serves the same calls to clients.
+pub mod runtime {
+    /// `bramble.runtime.v1`.
+    #[allow(
+        missing_docs,
+        missing_debug_implementations,
+        unused_qualifications,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used
+    )]
+    pub mod v1 {
+        tonic::include_proto!("bramble.runtime.v1");
+    }
+}
+
 /// Default TCP port of the machine API on every node.
 pub const DEFAULT_PORT: u16 = 50000;

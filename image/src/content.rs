@@ -8,11 +8,12 @@ use crate::modules::Selection;
 use crate::tree::Tree;
 
 /// The node binaries, as `(file name in --bin-dir, path in the rootfs)`.
-pub const BINARIES: [(&str, &str); 4] = [
+pub const BINARIES: [(&str, &str); 5] = [
     ("bramble-init", "sbin/init"),
     ("bramble-apid", "usr/bin/apid"),
     ("bramble-networkd", "usr/bin/networkd"),
     ("bramble-timed", "usr/bin/timed"),
+    ("bramble-runtimed", "usr/bin/runtimed"),
 ];
 
 /// Empty directories of the rootfs (mount points and writable places).

@@ -1,0 +1,27 @@
+//! Containers: OCI runtime specs, the single-threaded shim that runs one container, cgroup readings.
+//!
+//! - [`spec`]: [`build_spec`] turns a workload and its image's configuration
+//!   into the OCI runtime spec (`config.json`) of its container.
+//! - [`shim`]: `bramble-runtimed shim`, the single-threaded parent of one
+//!   container ([`shim::run`]), and the reports it leaves for the daemon.
+//! - [`cgroup`]: usage readings of a container's cgroup and the preparation
+//!   of the cgroup that holds them all.
+
+pub mod cgroup;
+mod error;
+pub mod shim;
+pub mod spec;
+mod sys;
+
+pub use cgroup::{
+    CGROUP_ROOT, CgroupStats, cgroup_dir, oom_kills, prepare_cgroup_parent, read_stats,
+};
+pub use error::ContainerError;
+pub use shim::{ExitReport, ShimArgs, StartedReport, read_exit, read_started};
+pub use spec::{
+    DEFAULT_CAPABILITIES, NODE_HOSTS, NODE_RESOLV_CONF, STOP_SIGNAL_ANNOTATION, SpecInput,
+    build_spec, parse_signal, write_config,
+};
+
+#[cfg(test)]
+mod smoke_tests;

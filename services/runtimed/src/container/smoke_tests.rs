@@ -1,0 +1,475 @@
+//! End-to-end runs of the real shim binary on the build host: a busybox
+//! container created, run, stopped and removed by `bramble-runtimed shim`.
+//!
+//! They need root, a static busybox (`apt-get install busybox-static`),
+//! util-linux's `unshare`, and the shim binary: `$BRAMBLE_SHIM_EXE`, else
+//! `bramble-runtimed` next to the test binary's directory (`cargo build -p
+//! bramble-runtimed` first). Without any of these each test prints why and
+//! passes. Each shim runs in a private mount namespace with cgroup2 mounted
+//! alone at `/sys/fs/cgroup` (hosts with a hybrid v1/v2 layout have it at
+//! `/sys/fs/cgroup/unified` only), so no resource limits are set: such
+//! hosts' cgroup2 has no controllers.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use std::{fs, thread};
+
+use bramble_config::Workload;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
+
+use super::{ExitReport, ShimArgs, SpecInput, build_spec, read_exit, read_started, write_config};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn shim_exe() -> Result<PathBuf, String> {
+    if let Some(exe) = std::env::var_os("BRAMBLE_SHIM_EXE") {
+        return Ok(PathBuf::from(exe));
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = me
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("bramble-runtimed"))
+        .filter(|p| p.exists())
+        .ok_or("no shim binary: `cargo build -p bramble-runtimed` or set BRAMBLE_SHIM_EXE")?;
+    // `cargo test --lib` does not rebuild the binary: refuse a stale one.
+    let built = fs::metadata(&exe)
+        .and_then(|m| m.modified())
+        .map_err(|e| e.to_string())?;
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    if newest(&sources).is_some_and(|t| t > built) {
+        return Err(format!(
+            "{} is older than {}: `cargo build -p bramble-runtimed` again",
+            exe.display(),
+            sources.display()
+        ));
+    }
+    Ok(exe)
+}
+
+/// The newest modification time of the files under `dir`, leaving out
+/// test-only files (`*tests.rs`), which the binary does not depend on.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut best = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else if path.to_string_lossy().ends_with("tests.rs") {
+            None
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        best = best.max(t);
+    }
+    best
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    // /proc/self belongs to the effective user.
+    let root =
+        fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if !root {
+        return Some("needs root".into());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        return Some(format!("needs {BUSYBOX} (apt-get install busybox-static)"));
+    }
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return Some("needs util-linux's unshare".into());
+    }
+    shim_exe().err()
+}
+
+macro_rules! skip_unless_possible {
+    () => {
+        if let Some(why) = unavailable() {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    args: ShimArgs,
+    cgroup_dir: PathBuf,
+    child: Child,
+}
+
+fn start(id: &str, command: &[&str], grace_secs: u32) -> Run {
+    start_with(id, command, grace_secs, true, serde_json::json!({}))
+}
+
+/// Prepares a bundle for a busybox workload (`extra` holds more of its
+/// fields) and starts the shim on it.
+fn start_with(
+    id: &str,
+    command: &[&str],
+    grace_secs: u32,
+    exec: bool,
+    extra: serde_json::Value,
+) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
+        fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "sleep", "cat", "id", "hostname", "ls", "grep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+
+    let mut fields = serde_json::json!({
+        "name": id,
+        "image": "busybox",
+        "command": command,
+    });
+    if let (Some(map), serde_json::Value::Object(more)) = (fields.as_object_mut(), extra) {
+        map.extend(more);
+    }
+    let workload: Workload = serde_json::from_value(fields).unwrap();
+    let resolv = dir.path().join("node-resolv.conf");
+    fs::write(&resolv, "nameserver 192.0.2.53\n").unwrap();
+    let image = ImageConfigurationBuilder::default()
+        .config(ConfigBuilder::default().build().unwrap())
+        .build()
+        .unwrap();
+    // A parent per test: tests run in parallel and each removes its own.
+    let cgroup_path = format!("/bramble-smoke-{}-{id}/{id}", std::process::id());
+    let mut input = SpecInput::new(
+        &workload,
+        &image,
+        &rootfs,
+        cgroup_path.clone(),
+        "smoke".into(),
+    );
+    input.resolv_conf = Some(&resolv);
+    input.hosts = None;
+    let spec = build_spec(&input).unwrap();
+    write_config(&bundle, &spec).unwrap();
+
+    let args = ShimArgs {
+        id: id.into(),
+        bundle: bundle.clone(),
+        state_root: dir.path().join("state"),
+        exit_file: bundle.join("exit.json"),
+        started_file: bundle.join("started.json"),
+        grace_secs,
+    };
+    let child = spawn(&args, exec);
+    Run {
+        dir,
+        args,
+        cgroup_dir: PathBuf::from(format!("/sys/fs/cgroup/unified{cgroup_path}")),
+        child,
+    }
+}
+
+/// Runs the shim in a private mount namespace where cgroup2 is the only
+/// thing at /sys/fs/cgroup. With `exec` the shell becomes the shim, so the
+/// child is the shim; without, the shim is the shell's child.
+fn spawn(args: &ShimArgs, exec: bool) -> Child {
+    let run = if exec {
+        "exec \"$0\" shim \"$@\""
+    } else {
+        "\"$0\" shim \"$@\" & wait"
+    };
+    let script = format!(
+        "umount -R /sys/fs/cgroup 2>/dev/null; mount -t cgroup2 cgroup2 /sys/fs/cgroup && {run}"
+    );
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(shim_exe().unwrap())
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+impl Run {
+    fn wait_started(&mut self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(s) = read_started(&self.args.started_file) {
+                return s.pid;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let report = read_exit(&self.args.exit_file);
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("the shim ended ({status}) before starting: {report:?}\n{err}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the shim wrote no start report in 30 s");
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap())
+    }
+
+    /// The report of a shim that is not (or no longer) our child.
+    fn wait_exit_file(&self) -> ExitReport {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(report) = read_exit(&self.args.exit_file) {
+                return report;
+            }
+            assert!(Instant::now() < deadline, "no exit report in 60 s");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the shim; returns its exit status, the report and its
+    /// output (stdout, stderr).
+    fn finish(mut self) -> (i32, ExitReport, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the shim did not end in 60 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out).unwrap();
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        let report =
+            read_exit(&self.args.exit_file).unwrap_or_else(|e| panic!("{e}; shim stderr:\n{err}"));
+        // Everything is gone: libcontainer's state and the cgroup.
+        assert!(
+            !self.args.state_root.join(&self.args.id).exists(),
+            "state left behind"
+        );
+        assert!(
+            !self.cgroup_dir.exists(),
+            "cgroup {} left behind",
+            self.cgroup_dir.display()
+        );
+        if let Some(parent) = self.cgroup_dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+        drop(self.dir);
+        (status.code().unwrap_or(-1), report, out, err)
+    }
+}
+
+#[test]
+fn a_container_runs_and_its_exit_is_reported() {
+    skip_unless_possible!();
+    let mut run = start(
+        "smoke-run",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo out $(id -u):$(id -g) $(hostname) pid=$$; echo to-stderr >&2; exit 7",
+        ],
+        5,
+    );
+    let pid = run.wait_started();
+    let (code, report, out, err) = run.finish();
+    assert_eq!(code, 0, "shim stderr:\n{err}");
+    assert_eq!(report.error, None, "shim stderr:\n{err}");
+    assert_eq!(report.pid, Some(pid));
+    assert_eq!(report.exit_code, Some(7));
+    assert_eq!(report.signal, None);
+    assert!(!report.oom_killed);
+    // Its own PID namespace (it is 1 there), UTS name, and root user.
+    assert_eq!(out, "out 0:0 smoke pid=1\n");
+    // Only the container's output: no log lines from the shim.
+    assert_eq!(err, "to-stderr\n");
+}
+
+#[test]
+fn sigterm_reaches_the_container_unblocked() {
+    skip_unless_possible!();
+    let mut run = start(
+        "smoke-term",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.05; done",
+        ],
+        20,
+    );
+    run.wait_started();
+    thread::sleep(Duration::from_millis(300));
+    let shim = Pid::from_raw(i32::try_from(run.child.id()).unwrap());
+    let asked = Instant::now();
+    kill(shim, Signal::SIGTERM).unwrap();
+    let (code, report, out, err) = run.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report.exit_code, Some(3), "{report:?}\n{err}");
+    assert!(out.contains("got-term"), "{out}");
+    // Handled by the trap, not by SIGKILL after the 20 s grace period.
+    assert!(asked.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_container_ignoring_sigterm_is_killed_after_the_grace_period() {
+    skip_unless_possible!();
+    // PID 1 of a namespace without a handler ignores SIGTERM.
+    let mut run = start("smoke-kill", &["/bin/sleep", "1000"], 1);
+    run.wait_started();
+    let shim = Pid::from_raw(i32::try_from(run.child.id()).unwrap());
+    let asked = Instant::now();
+    kill(shim, Signal::SIGTERM).unwrap();
+    let (code, report, _, err) = run.finish();
+    let took = asked.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        report.signal,
+        Some(Signal::SIGKILL as i32),
+        "{report:?}\n{err}"
+    );
+    assert_eq!(report.exit_code, None);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_missing_program_is_an_error_report() {
+    skip_unless_possible!();
+    let run = start("smoke-missing", &["/bin/no-such-program"], 1);
+    let (code, report, _, err) = run.finish();
+    assert_eq!(code, 1, "{err}");
+    let error = report.error.clone().unwrap_or_default();
+    println!("error report: {error}\nshim stderr:\n{err}");
+    assert!(
+        error.contains("no-such-program"),
+        "{error}\nshim stderr:\n{err}"
+    );
+    assert!(!run_started(&report));
+}
+
+fn run_started(report: &ExitReport) -> bool {
+    report.exit_code.is_some() || report.signal.is_some()
+}
+
+#[test]
+fn a_leftover_container_is_removed_by_the_next_shim() {
+    skip_unless_possible!();
+    let mut run = start(
+        "smoke-leftover",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 3' TERM; while true; do sleep 0.05; done",
+        ],
+        5,
+    );
+    let old_init = run.wait_started();
+    // A crashed shim: its container keeps running, its state stays.
+    kill(run.pid(), Signal::SIGKILL).unwrap();
+    run.child.wait().unwrap();
+    assert!(run.args.state_root.join(&run.args.id).exists());
+    assert!(process_alive(old_init));
+
+    fs::remove_file(&run.args.started_file).unwrap();
+    run.child = spawn(&run.args, true);
+    let new_init = run.wait_started();
+    assert_ne!(new_init, old_init);
+    assert!(!process_alive(old_init), "the old container still runs");
+    kill(run.pid(), Signal::SIGTERM).unwrap();
+    let (code, report, _, err) = run.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report.exit_code, Some(3), "{report:?}\n{err}");
+}
+
+#[test]
+fn the_container_stops_when_the_daemon_dies() {
+    skip_unless_possible!();
+    // Here the shell is the shim's parent: it plays the daemon.
+    let mut run = start_with(
+        "smoke-orphan",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 3' TERM; while true; do sleep 0.05; done",
+        ],
+        5,
+        false,
+        serde_json::json!({}),
+    );
+    run.wait_started();
+    kill(run.pid(), Signal::SIGKILL).unwrap();
+    run.child.wait().unwrap();
+    let report = run.wait_exit_file();
+    assert_eq!(report.exit_code, Some(3), "{report:?}");
+    assert_eq!(report.error, None);
+    // The shim removes state and cgroup just before writing the report.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.cgroup_dir.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = run.finish();
+}
+
+/// Running: neither gone nor a zombie.
+fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+#[test]
+fn user_capabilities_mounts_and_a_read_only_root_apply() {
+    skip_unless_possible!();
+    let data = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(data.path(), Some(1000), Some(1000)).unwrap();
+    let script = "id -u; id -g; cat /etc/resolv.conf; \
+                  echo x > /data/f && echo wrote; \
+                  (echo y > /f) 2>/dev/null || echo ro-root; \
+                  grep CapEff /proc/self/status";
+    let mut run = start_with(
+        "smoke-user",
+        &["/bin/sh", "-c", script],
+        5,
+        true,
+        serde_json::json!({
+            "user": "1000:1000",
+            "readOnlyRootfs": true,
+            "capabilities": ["NET_BIND_SERVICE"],
+            "mounts": [{"source": data.path(), "destination": "/data"}],
+        }),
+    );
+    run.wait_started();
+    let (code, report, out, err) = run.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report.exit_code, Some(0), "{report:?}\n{out}\n{err}");
+    // Only the asked-for capability survives exec for a non-root user
+    // (CAP_NET_BIND_SERVICE is bit 10).
+    assert_eq!(
+        out,
+        "1000\n1000\nnameserver 192.0.2.53\nwrote\nro-root\nCapEff:\t0000000000000400\n"
+    );
+    assert_eq!(fs::read_to_string(data.path().join("f")).unwrap(), "x\n");
+}
