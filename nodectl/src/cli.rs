@@ -158,10 +158,13 @@ pub enum Command {
         action: ServiceAction,
     },
 
-    /// Show the last lines a service wrote.
+    /// Show the last lines a service (or, with -k, a container) wrote.
     Logs {
-        /// The service.
+        /// The service, or the container with -k.
         service: String,
+        /// NAME is a container (a workload), not a service.
+        #[arg(short = 'k', long = "container")]
+        container: bool,
         /// Number of lines.
         #[arg(long, default_value_t = 100)]
         tail: u32,
@@ -206,6 +209,24 @@ pub enum Command {
     /// List mounted file systems.
     Mounts,
 
+    /// List the images in the nodes' stores.
+    Images,
+
+    /// List the containers (the configured workloads) and their state.
+    Containers,
+
+    /// Show the running containers' memory, CPU and process counts.
+    Stats,
+
+    /// Act on one container.
+    Container {
+        /// The container (as `nodectl containers` names it).
+        name: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: ContainerAction,
+    },
+
     /// Reboot the nodes in order.
     Reboot,
 
@@ -219,7 +240,8 @@ pub enum Command {
         what: ConfigCommand,
     },
 
-    /// Work with Bramble images: write one onto an SD card.
+    /// Container images on the nodes (pull, import, rm), and Bramble's own
+    /// image (flash onto an SD card).
     Image {
         /// What to do.
         #[command(subcommand)]
@@ -244,6 +266,34 @@ pub enum ImageCommand {
     /// that is mounted, holds this system's root or swap, is too small, or an
     /// image that does not match its bmap or SHA256SUMS.
     Flash(FlashArgs),
+    /// Fetch a container image into the nodes' stores (linux/arm64).
+    Pull {
+        /// The image reference, e.g. docker.io/library/busybox:1.36.
+        reference: String,
+    },
+    /// Send an OCI image archive (a tar of an OCI image layout, as
+    /// `skopeo copy ... oci-archive:app.tar` makes) to the nodes' stores: no
+    /// registry needed.
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// Tag it with this reference [default: the archive's own
+        /// org.opencontainers.image.ref.name].
+        #[arg(long, value_name = "REFERENCE")]
+        reference: Option<String>,
+    },
+    /// Untag an image and remove the content nothing else uses.
+    Rm {
+        /// The image reference.
+        reference: String,
+    },
+}
+
+/// `nodectl container NAME ...`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainerAction {
+    /// Stop it (grace period, then SIGKILL) and start it again.
+    Restart,
 }
 
 /// `nodectl image flash`.

@@ -19,6 +19,7 @@ use bramble_api::machine::v1::{
     ResolversRequest, RoutesRequest, ServiceListRequest, ServiceRequest, ShutdownRequest,
     TimeRequest,
 };
+use bramble_api::runtime::v1 as rt;
 use clap::CommandFactory;
 
 use crate::client::MachineClient;
@@ -227,6 +228,92 @@ where
     Ok(ok)
 }
 
+/// `nodectl image pull|import|rm`.
+async fn image(
+    g: &cli::GlobalArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    what: cli::ImageCommand,
+) -> Result<bool, Error> {
+    let (targets, tls) = session(g)?;
+    let timeout = cmd::runtime::TRANSFER_TIMEOUT.max(g.timeout);
+    match what {
+        cli::ImageCommand::Flash(_) => unreachable_flash(),
+        cli::ImageCommand::Pull { reference } => {
+            let results = cmd::fan_out(&targets, &tls, timeout, move |mut c| {
+                let req = rt::ImagePullRequest {
+                    reference: reference.clone(),
+                };
+                async move { c.image_pull(req).await.map(tonic::Response::into_inner) }
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, r) in answers {
+                let image = r.image.unwrap_or_default();
+                writeln!(
+                    out,
+                    "{node}: {} {} ({} bytes fetched in {} ms)",
+                    image.reference, image.digest, r.fetched_bytes, r.duration_ms
+                )?;
+            }
+            Ok(ok)
+        }
+        cli::ImageCommand::Import { file, reference } => {
+            // Fail before dialling anything if the file cannot be read.
+            std::fs::metadata(&file).map_err(|e| Error::Input {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+            let results = cmd::fan_out(&targets, &tls, timeout, move |mut c| {
+                let (file, reference) = (file.clone(), reference.clone());
+                async move {
+                    let chunks = cmd::runtime::import_chunks(&file, reference)
+                        .await
+                        .map_err(|e| {
+                            tonic::Status::invalid_argument(format!("{}: {e}", file.display()))
+                        })?;
+                    c.image_import(chunks)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, r) in answers {
+                for image in r.images {
+                    writeln!(out, "{node}: imported {} {}", image.reference, image.digest)?;
+                }
+            }
+            Ok(ok)
+        }
+        cli::ImageCommand::Rm { reference } => {
+            let results = cmd::fan_out(&targets, &tls, g.timeout, move |mut c| {
+                let req = rt::ImageRemoveRequest {
+                    reference: reference.clone(),
+                };
+                async move { c.image_remove(req).await.map(tonic::Response::into_inner) }
+            })
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, r) in answers {
+                writeln!(
+                    out,
+                    "{node}: removed ({} blobs, {} snapshots freed)",
+                    r.removed_blobs, r.removed_snapshots
+                )?;
+            }
+            Ok(ok)
+        }
+    }
+}
+
+/// `image flash` runs before any session is opened (see [`run`]).
+fn unreachable_flash() -> Result<bool, Error> {
+    Err(Error::Usage(
+        "image flash is handled before connecting to nodes".to_owned(),
+    ))
+}
+
 /// Opens a stream on every node and prints each item as a row as it comes.
 async fn streamed<T, R, F, Fut>(
     g: &cli::GlobalArgs,
@@ -266,6 +353,75 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
         } => {
             cmd::flash::run(out, &args)?;
             Ok(true)
+        }
+        cli::Command::Image { what } => image(&cli.global, out, err, what).await,
+        cli::Command::Images => {
+            let call = |mut c: MachineClient| async move { c.images(rt::ImagesRequest {}).await };
+            rows(&cli.global, out, err, call, |node, r| {
+                r.images
+                    .into_iter()
+                    .map(|i| cmd::runtime::ImageRow::new(node, i))
+                    .collect()
+            })
+            .await
+        }
+        cli::Command::Containers => {
+            let call =
+                |mut c: MachineClient| async move { c.containers(rt::ContainersRequest {}).await };
+            rows(&cli.global, out, err, call, |node, r| {
+                r.containers
+                    .into_iter()
+                    .map(|x| cmd::runtime::ContainerRow::new(node, x))
+                    .collect()
+            })
+            .await
+        }
+        cli::Command::Stats => {
+            let call = |mut c: MachineClient| async move {
+                c.container_stats(rt::ContainerStatsRequest {}).await
+            };
+            rows(&cli.global, out, err, call, |node, r| {
+                r.stats
+                    .into_iter()
+                    .map(|x| cmd::runtime::StatsRow::new(node, x))
+                    .collect()
+            })
+            .await
+        }
+        cli::Command::Container { name, action } => {
+            let call = move |mut c: MachineClient| {
+                let req = rt::ContainerRestartRequest { name: name.clone() };
+                async move {
+                    match action {
+                        cli::ContainerAction::Restart => c.container_restart(req).await,
+                    }
+                }
+            };
+            each(&cli.global, out, err, "restarting", call).await
+        }
+        cli::Command::Logs {
+            service,
+            container: true,
+            tail,
+            follow,
+        } => {
+            let call = move |mut c: MachineClient| {
+                let req = rt::ContainerLogsRequest {
+                    name: service.clone(),
+                    tail,
+                    follow,
+                };
+                async move { c.container_logs(req).await }
+            };
+            streamed(
+                &cli.global,
+                out,
+                err,
+                follow,
+                call,
+                cmd::runtime::ContainerLogRow::new,
+            )
+            .await
         }
         cli::Command::Version => {
             let g = &cli.global;
@@ -386,6 +542,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
         }
         cli::Command::Logs {
             service,
+            container: false,
             tail,
             follow,
         } => {

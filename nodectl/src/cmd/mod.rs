@@ -6,6 +6,7 @@ pub mod flash;
 pub mod generate;
 pub mod network;
 pub mod node;
+pub mod runtime;
 pub mod version;
 
 use std::future::Future;

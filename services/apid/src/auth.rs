@@ -61,6 +61,14 @@ pub const RULES: &[Rule] = &[
     rule("Routes", Role::Reader, false),
     rule("Resolvers", Role::Reader, false),
     rule("Time", Role::Reader, false),
+    rule("Images", Role::Reader, false),
+    rule("Containers", Role::Reader, false),
+    rule("ContainerLogs", Role::Reader, false),
+    rule("ContainerStats", Role::Reader, false),
+    rule("ImagePull", Role::Operator, false),
+    rule("ImageImport", Role::Operator, false),
+    rule("ImageRemove", Role::Operator, false),
+    rule("ContainerRestart", Role::Operator, false),
     rule("ServiceStart", Role::Operator, false),
     rule("ServiceStop", Role::Operator, false),
     rule("ServiceRestart", Role::Operator, false),
@@ -239,11 +247,12 @@ mod tests {
             (
                 Role::Reader,
                 "Version GetConfig ServiceList Logs Dmesg Events Memory LoadAvg Processes Mounts Hostname \
-                 Links Addresses Routes Resolvers Time",
+                 Links Addresses Routes Resolvers Time Images Containers ContainerLogs ContainerStats",
             ),
             (
                 Role::Operator,
-                "ServiceStart ServiceStop ServiceRestart Reboot Shutdown",
+                "ServiceStart ServiceStop ServiceRestart Reboot Shutdown ImagePull ImageImport \
+                 ImageRemove ContainerRestart",
             ),
             (Role::Admin, "ApplyConfiguration Reset"),
         ];

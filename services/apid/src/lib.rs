@@ -20,6 +20,7 @@ pub mod info;
 pub mod network;
 pub mod pi;
 pub mod ready;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;

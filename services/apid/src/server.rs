@@ -46,6 +46,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     /// PID 1's control socket (services, logs, reboot).
     pub control_socket: PathBuf,
+    /// The container runtime's socket (images, containers).
+    pub runtime_socket: PathBuf,
     /// The file whose presence tells PID 1 to empty /var at the next boot.
     pub wipe_data_marker: PathBuf,
     /// The file where PID 1 names the boot disk, whose FAT partition gets
@@ -71,6 +73,7 @@ impl Config {
             wipe_data_marker: state_dir.join("wipe-data"),
             boot_device_file: None,
             control_socket: DEFAULT_CONTROL_SOCKET.into(),
+            runtime_socket: crate::runtime::DEFAULT_RUNTIME_SOCKET.into(),
             state_dir,
             info: NodeInfoSource::system(),
             handshake_timeout: Duration::from_secs(10),
@@ -342,7 +345,10 @@ impl BoundServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(AuthLayer::new(self.maintenance()));
-        let svc = MachineServiceServer::new(MachineApi::new(Arc::clone(&self.node)));
+        let svc = MachineServiceServer::new(MachineApi::new(
+            Arc::clone(&self.node),
+            crate::runtime::RuntimeClient::new(&self.config.runtime_socket),
+        ));
         let listener = self.duplicate_listener()?;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))

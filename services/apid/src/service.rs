@@ -32,8 +32,10 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
 use crate::info::{NodeInfoSource, Uname};
+use crate::runtime::RuntimeClient;
 use crate::store::{ConfigStore, Stored};
 use crate::system::SystemSource;
+use bramble_api::runtime::v1 as rt;
 
 /// How often a followed stream looks for news.
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
@@ -58,6 +60,7 @@ const SELF_SERVICE: &str = "apid";
 const FIRST_CONFIG_RELOADS: &[bramble_config::Service] = &[
     bramble_config::Service::Networkd,
     bramble_config::Service::Timed,
+    bramble_config::Service::Runtimed,
 ];
 
 /// State shared by every call and by the server loop.
@@ -244,12 +247,13 @@ fn control_status(what: &str, e: bramble_supervisor::Error) -> Status {
 #[derive(Debug, Clone)]
 pub struct MachineApi {
     node: Arc<Node>,
+    runtime: RuntimeClient,
 }
 
 impl MachineApi {
-    /// Serves from `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// Serves from `node`; container calls go to `runtime`.
+    pub fn new(node: Arc<Node>, runtime: RuntimeClient) -> Self {
+        Self { node, runtime }
     }
 }
 
@@ -912,6 +916,99 @@ impl MachineService for MachineApi {
         self.node
             .schedule_shutdown(Shutdown::PowerOff, "powering off");
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn images(
+        &self,
+        request: Request<rt::ImagesRequest>,
+    ) -> Result<Response<rt::ImagesResponse>, Status> {
+        self.runtime
+            .connect()
+            .await?
+            .images(request.into_inner())
+            .await
+    }
+
+    async fn image_pull(
+        &self,
+        request: Request<rt::ImagePullRequest>,
+    ) -> Result<Response<rt::ImagePullResponse>, Status> {
+        self.runtime
+            .connect()
+            .await?
+            .image_pull(request.into_inner())
+            .await
+    }
+
+    async fn image_import(
+        &self,
+        request: Request<tonic::Streaming<rt::ImageImportChunk>>,
+    ) -> Result<Response<rt::ImageImportResponse>, Status> {
+        use tokio_stream::StreamExt as _;
+        // A client that breaks off ends the forwarded stream early: the
+        // runtime then sees a truncated archive and stores nothing.
+        let chunks = request.into_inner().map_while(Result::ok);
+        self.runtime.connect().await?.image_import(chunks).await
+    }
+
+    async fn image_remove(
+        &self,
+        request: Request<rt::ImageRemoveRequest>,
+    ) -> Result<Response<rt::ImageRemoveResponse>, Status> {
+        self.runtime
+            .connect()
+            .await?
+            .image_remove(request.into_inner())
+            .await
+    }
+
+    async fn containers(
+        &self,
+        request: Request<rt::ContainersRequest>,
+    ) -> Result<Response<rt::ContainersResponse>, Status> {
+        self.runtime
+            .connect()
+            .await?
+            .containers(request.into_inner())
+            .await
+    }
+
+    type ContainerLogsStream = ResponseStream<rt::ContainerLogLine>;
+
+    async fn container_logs(
+        &self,
+        request: Request<rt::ContainerLogsRequest>,
+    ) -> Result<Response<Self::ContainerLogsStream>, Status> {
+        let stream = self
+            .runtime
+            .connect()
+            .await?
+            .container_logs(request.into_inner())
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<rt::ContainerStatsRequest>,
+    ) -> Result<Response<rt::ContainerStatsResponse>, Status> {
+        self.runtime
+            .connect()
+            .await?
+            .container_stats(request.into_inner())
+            .await
+    }
+
+    async fn container_restart(
+        &self,
+        request: Request<rt::ContainerRestartRequest>,
+    ) -> Result<Response<rt::ContainerRestartResponse>, Status> {
+        self.runtime
+            .connect()
+            .await?
+            .container_restart(request.into_inner())
+            .await
     }
 }
 
