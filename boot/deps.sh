@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Bramble's build and tests need, idempotently:
 #   - Debian packages for the host (QEMU, clang/llvm for cross C code, protoc,
+#     docker-registry and busybox-static for the container runtime's tests,
 #     e2fsprogs, dnsmasq and chrony for network and time tests), the arm64
 #     dpkg architecture and Debian's non-free-firmware component (for
 #     raspi-firmware);
@@ -16,7 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # The image's packages, and the tests' (container images are built from them).
 locks=("$root/boot/packages.lock" "$root/tests/packages.lock")
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry)
+host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {

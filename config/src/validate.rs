@@ -732,10 +732,10 @@ fn check_registry_host(host: &str) -> Result<(), String> {
         Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => (name, Some(port)),
         _ => (host, None),
     };
-    if let Some(port) = port {
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("{host:?}: {port:?} is not a port"));
-        }
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("{host:?}: {port:?} is not a port"));
     }
     let bare = name.trim_start_matches('[').trim_end_matches(']');
     if bare.parse::<IpAddr>().is_ok() || check_hostname(bare).is_ok() {

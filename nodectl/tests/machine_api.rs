@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bramble_supervisor::{Options, ServiceDef, Shutdown, Supervisor};
-use common::{TestServer, fixture_info, nodectl, stderr, stdout};
+use common::{TestRuntime, TestServer, fixture_info, nodectl, stderr, stdout};
 
 /// A real supervisor on `socket`, stepping on its own thread until the test
 /// ends or someone asks it to shut down (what `Reboot` and `Shutdown` do).
@@ -145,9 +145,27 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     let sup = TestSupervisor::start(state.path().join("init.sock"));
     wait_for_socket(&state.path().join("init.sock"));
     let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let _runtime = TestRuntime::start(state.path());
     let node = server.node();
     let cp = c.file("admin", "controlplane.yaml");
     ok(&["validate", "-f", &cp]);
+    // An OCI archive for `image import` (a file, no devices: no root needed).
+    let archive = state.path().join("app.tar");
+    let mut bytes = Vec::new();
+    bramble_images::build::ImageBuilder::new(
+        bramble_images::Platform::host().architecture.as_str(),
+    )
+    .layer(vec![bramble_images::build::Entry::file(
+        "hello.txt",
+        0o644,
+        b"hi\n",
+    )])
+    .config(&["/bin/true"], &[], &[], "", "")
+    .annotate_ref("docker.io/test/app:v1")
+    .write_archive(&mut bytes)
+    .unwrap();
+    std::fs::write(&archive, bytes).unwrap();
+    let archive = archive.to_str().unwrap().to_owned();
 
     // Maintenance mode: only Version and ApplyConfiguration.
     let err = fails(&["services", "--insecure", "-n", &node]);
@@ -233,6 +251,10 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
         (&["get", "time"], "reader"),
         (&["events"], "reader"),
         (&["dmesg", "--tail", "3"], "reader"),
+        (&["images"], "reader"),
+        (&["containers"], "reader"),
+        (&["stats"], "reader"),
+        (&["image", "import", &archive], "operator"),
         (&["service", "sleeper", "restart"], "operator"),
         (&["service", "sleeper", "stop"], "operator"),
         (&["service", "sleeper", "start"], "operator"),
@@ -261,6 +283,27 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     }
     let (_, services, _) = as_role(&c, "reader", &node, &["services"]);
     assert!(services.contains("sleeper"), "{services}");
+    // The runtime's answers, through apid.
+    let (_, images, _) = as_role(&c, "reader", &node, &["images"]);
+    assert!(images.contains("docker.io/test/app:v1"), "{images}");
+    let err = as_role(&c, "operator", &node, &["logs", "-k", "nosuch"]).2;
+    assert!(err.contains("no container named \"nosuch\""), "{err}");
+    let err = as_role(&c, "operator", &node, &["container", "nosuch", "restart"]).2;
+    assert!(err.contains("no container named \"nosuch\""), "{err}");
+    let err = as_role(&c, "reader", &node, &["container", "nosuch", "restart"]).2;
+    assert!(err.contains("needs the operator role"), "{err}");
+    let err = as_role(&c, "operator", &node, &["image", "pull", "Not A Reference"]).2;
+    assert!(err.contains("Not A Reference"), "{err}");
+    let out = as_role(
+        &c,
+        "operator",
+        &node,
+        &["image", "rm", "docker.io/test/app:v1"],
+    )
+    .1;
+    assert!(out.contains("removed"), "{out}");
+    let (_, images, _) = as_role(&c, "reader", &node, &["images"]);
+    assert!(!images.contains("docker.io/test/app:v1"), "{images}");
     let (_, logs, _) = as_role(&c, "reader", &node, &["logs", "sleeper", "--tail", "10000"]);
     assert!(logs.contains("sleeper up"), "{logs}");
     let err = as_role(&c, "operator", &node, &["service", "nosuch", "restart"]).2;

@@ -6,6 +6,7 @@
 //! through a port forwarded to loopback. QEMU is always killed when a
 //! [`qemu::Node`] is dropped.
 
+pub mod busybox;
 pub mod nodectl;
 pub mod paths;
 pub mod qemu;

@@ -67,6 +67,15 @@ pub fn nodectl() -> Result<PathBuf> {
     )
 }
 
+/// The relay QEMU runs for each forwarded guest connection
+/// (`src/bin/relay.rs`, built with the tests as `bramble-relay`).
+pub fn relay() -> PathBuf {
+    std::env::var_os("BRAMBLE_RELAY").map_or_else(
+        || workspace_root().join("target/debug/bramble-relay"),
+        PathBuf::from,
+    )
+}
+
 /// A directory for one test's files, removed when dropped unless
 /// `BRAMBLE_KEEP_TEST_DIRS` is set (then its path is printed).
 pub fn test_dir(name: &str) -> Result<tempfile::TempDir> {

@@ -151,6 +151,22 @@ pub struct Options {
     /// restricted user network (10.0.3.0/24, 10.0.4.0/24...), seen by the
     /// guest as eth1, eth2...
     pub extra_nics: u32,
+    /// Guest TCP addresses forwarded to host loopback ports (virt only):
+    /// the guest connects to `10.0.2.100:5000`, QEMU runs `bramble-relay`
+    /// for each connection, which connects to `127.0.0.1:PORT`. The
+    /// network stays restricted: nothing else leaves the guest.
+    pub guest_forwards: Vec<GuestForward>,
+}
+
+/// One guest address forwarded to a loopback port; see
+/// [`Options::guest_forwards`].
+#[derive(Debug, Clone)]
+pub struct GuestForward {
+    /// Address in QEMU's user network (10.0.2.0/24), e.g. `10.0.2.100`.
+    pub guest_ip: String,
+    pub guest_port: u16,
+    /// The port on the host's 127.0.0.1.
+    pub host_port: u16,
 }
 
 impl Options {
@@ -165,6 +181,7 @@ impl Options {
             machine: Machine::Virt,
             rtc_base: None,
             extra_nics: 0,
+            guest_forwards: Vec::new(),
         }
     }
 
@@ -204,6 +221,24 @@ impl Options {
         cmd
     }
 
+    /// `,guestfwd=...` for each [`GuestForward`]: a chardev forward serves
+    /// only one connection, so each connection runs the relay instead.
+    fn guest_forward_options(&self) -> String {
+        let relay = crate::paths::relay();
+        self.guest_forwards
+            .iter()
+            .map(|f| {
+                format!(
+                    ",guestfwd=tcp:{}:{}-cmd:{} 127.0.0.1:{}",
+                    f.guest_ip,
+                    f.guest_port,
+                    relay.display(),
+                    f.host_port
+                )
+            })
+            .collect()
+    }
+
     /// The QEMU command line: the `virt` machine with U-Boot as its firmware,
     /// so the image boots through the same boot script as on a Pi.
     pub fn command(&self, uboot: &Path) -> Command {
@@ -229,8 +264,9 @@ impl Options {
             // restrict=on: the guest reaches nothing beyond QEMU's own DHCP
             // and the forwarded port (tests stay on loopback).
             .arg(format!(
-                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:50000",
-                self.api_port
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:50000{}",
+                self.api_port,
+                self.guest_forward_options()
             ))
             .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
             .args(["-device", "virtio-rng-pci"])

@@ -45,6 +45,8 @@ impl TestServer {
         config.info = info;
         // A supervisor, if the test runs one, listens here.
         config.control_socket = state_dir.join("init.sock");
+        // A runtime, if the test runs one ([`TestRuntime`]), listens here.
+        config.runtime_socket = state_dir.join("runtimed.sock");
         config.shutdown_grace = Duration::from_secs(2);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -103,6 +105,67 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The real container runtime's API (`bramble-runtimed`'s store and
+/// server, no workloads) on `<state_dir>/runtimed.sock`, on its own thread.
+pub struct TestRuntime {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestRuntime {
+    pub fn start(state_dir: &Path) -> Self {
+        use bramble_runtimed::workloads::{Paths, Runtime};
+        let socket = state_dir.join("runtimed.sock");
+        let dir = state_dir.join("runtime");
+        let store = bramble_images::Store::open(&dir.join("images")).unwrap();
+        let paths = Paths {
+            state_dir: dir.join("state"),
+            run_dir: dir.join("run"),
+            log_dir: dir.join("log"),
+            cgroup_parent: dir.join("cgroup"),
+            shim_exe: PathBuf::from("/nonexistent/bramble-runtimed"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            hosts: PathBuf::from("/etc/hosts"),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let runtime = std::sync::Arc::new(Runtime::new(store, paths));
+                let listener = bramble_runtimed::daemon::bind(&socket).unwrap();
+                ready_tx.send(()).unwrap();
+                bramble_runtimed::daemon::serve(runtime, listener, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("runtime did not start");
+        Self {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestRuntime {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

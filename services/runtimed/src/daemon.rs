@@ -79,6 +79,32 @@ pub fn registry_config(r: &Registries) -> RegistryConfig {
     }
 }
 
+/// Listens on `socket`, replacing a stale socket file.
+pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", socket.display())),
+    }
+    UnixListener::bind(socket).with_context(|| format!("cannot listen on {}", socket.display()))
+}
+
+/// Serves the runtime API of `rt` on `listener` until `shutdown` completes.
+pub async fn serve(
+    rt: Arc<Runtime>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(RuntimeServer::new(RuntimeService::new(rt)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
 /// Runs until SIGTERM.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     for dir in [
@@ -94,27 +120,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the image store {}", opts.store.display()))?;
     let rt = Arc::new(Runtime::new(store, opts.paths.clone()));
 
-    if let Some(parent) = opts.socket.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    match std::fs::remove_file(&opts.socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot remove {}", opts.socket.display()));
-        }
-    }
-    let listener = UnixListener::bind(&opts.socket)
-        .with_context(|| format!("cannot listen on {}", opts.socket.display()))?;
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RuntimeServer::new(RuntimeService::new(Arc::clone(&rt))))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                let _ = serving_stopped.await;
-            }),
-    );
+    let listener = bind(&opts.socket)?;
+    let server = tokio::spawn(serve(Arc::clone(&rt), listener, async {
+        let _ = serving_stopped.await;
+    }));
     tracing::info!(socket = %opts.socket.display(), store = %opts.store.display(), "runtime API listening");
     match bramble_daemon::ready::notify(opts.ready_fd.as_deref()) {
         Ok(_) => {}

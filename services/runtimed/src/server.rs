@@ -232,6 +232,9 @@ impl RuntimeApi for RuntimeService {
                     reason: s.reason,
                     started_unix: s.started_unix,
                     image_digest: s.image_digest,
+                    last_run_ms: exit.map_or(0, |e| {
+                        e.finished_unix_ms.saturating_sub(e.shim_started_unix_ms)
+                    }),
                 }
             })
             .collect();

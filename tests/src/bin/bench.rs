@@ -1,8 +1,9 @@
 //! `make bench`: boots the image in QEMU and prints Bramble's figures:
 //! guest time from kernel start to "API ready", sizes, idle memory, and the
 //! machine API's figures on a configured node (apply-config round trips,
-//! the API server's idle RSS with mutual TLS), and what `nodectl image
-//! flash` writes against the raw image's size.
+//! the API server's idle RSS with mutual TLS), what `nodectl image
+//! flash` writes against the raw image's size, and the container runtime's
+//! figures (a `true` container's whole cycle, pull throughput, idle RSS).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,9 @@ struct Args {
     /// Measure only the flash figure (no QEMU).
     #[arg(long)]
     flash_only: bool,
+    /// Measure only the container runtime's figures (one boot).
+    #[arg(long)]
+    runtime_only: bool,
 }
 
 /// The number just before `unit` after `marker` on the first line holding
@@ -71,6 +75,12 @@ fn main() -> Result<()> {
         let flash = flash_figures(&dir, &args.image)?;
         println!("Bramble figures (nodectl image flash onto a file; no QEMU)");
         flash.print();
+        return Ok(());
+    }
+    if args.runtime_only {
+        let runtime = runtime_figures(&dir, &args.image)?;
+        println!("Bramble figures (QEMU virt, cortex-a72, 2 vCPUs under TCG on this host; 1 boot)");
+        runtime.print();
         return Ok(());
     }
     if args.raspi3b_only {
@@ -118,6 +128,7 @@ fn main() -> Result<()> {
     let api = machine_api_figures(&dir, &args.image)?;
     let raspi = raspi3b_ready(&dir, &args.image)?;
     let flash = flash_figures(&dir, &args.image)?;
+    let runtime = runtime_figures(&dir, &args.image)?;
     let rss = |name: &str| {
         figure(&memory, "idle memory:", &format!("{name} rss"))
             .map_or("n/a".to_owned(), |kib| format!("{:.2} MiB", kib / 1024.0))
@@ -156,6 +167,10 @@ fn main() -> Result<()> {
         rss("networkd")
     );
     println!("  timed idle RSS                     {:>12}", rss("timed"));
+    println!(
+        "  runtimed idle RSS (no workloads)   {:>12}   goal <= 10 MiB",
+        rss("runtimed")
+    );
     print_raspi3b(raspi);
     println!(
         "Machine API (configured node, mutual TLS; nodectl on the host, median of {API_RUNS})"
@@ -181,6 +196,7 @@ fn main() -> Result<()> {
         api.network_pass_ms
     );
     flash.print();
+    runtime.print();
     println!("Sizes");
     println!(
         "  raw image          {}",
@@ -203,6 +219,7 @@ fn main() -> Result<()> {
         "bramble-apid",
         "bramble-networkd",
         "bramble-timed",
+        "bramble-runtimed",
     ] {
         println!("  {bin:<18} {}", size(&args.bin_dir.join(bin)));
     }
@@ -570,6 +587,178 @@ fn pass_duration_ms(line: &str) -> Option<f64> {
         _ => return None,
     };
     Some(value * scale)
+}
+
+/// The container runtime's figures.
+struct RuntimeFigures {
+    /// create + start + wait + delete of a `true` container (shim start to
+    /// deletion), median.
+    true_cycle_ms: f64,
+    /// Runs measured.
+    true_runs: usize,
+    /// Bytes fetched and the pull's own duration (fetch, verify, unpack).
+    pull_bytes: u64,
+    pull_ms: u64,
+    /// runtimed's RSS, idle, with two containers running.
+    runtimed_rss_mib: f64,
+}
+
+/// Size of the bench image's incompressible layer.
+const PAYLOAD_BYTES: usize = 32 << 20;
+/// `true` runs measured.
+const TRUE_RUNS: usize = 7;
+
+/// Deterministic incompressible bytes (xorshift64).
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn runtime_figures(dir: &tempfile::TempDir, image: &Path) -> Result<RuntimeFigures> {
+    use bramble_images::build::Entry;
+    use bramble_tests::busybox;
+    let busybox_bin = busybox::arm64()?;
+    let registry = bramble_testkit::registry::Registry::start();
+    busybox::push(
+        &registry,
+        "bench/busybox:1",
+        &busybox::image(&busybox_bin).parts()?,
+    )?;
+    let big = busybox::image(&busybox_bin)
+        .layer(vec![Entry::file(
+            "payload.bin",
+            0o644,
+            &payload(PAYLOAD_BYTES),
+        )])
+        .parts()?;
+    busybox::push(&registry, "bench/payload:1", &big)?;
+
+    let disk = dir.path().join("runtime-disk.img");
+    qemu::prepare_disk(image, &disk, 0)?;
+    let mut opts = qemu::Options::new(disk, qemu::free_port()?);
+    opts.guest_forwards = vec![qemu::GuestForward {
+        guest_ip: "10.0.2.100".to_owned(),
+        guest_port: 5000,
+        host_port: registry.port(),
+    }];
+    let mut node = qemu::Node::start(&opts)?;
+    node.wait_ready(Duration::from_secs(180))?;
+    let addr = node.api_addr();
+    let gen_dir = dir.path().join("runtime-cluster");
+    let patch = "machine:
+  registries: {insecure: ['10.0.2.100:5000']}
+  workloads:
+    - {name: idle, image: '10.0.2.100:5000/bench/busybox:1', command: [/bin/sleep, '100000']}
+    - {name: once, image: '10.0.2.100:5000/bench/busybox:1', command: [/bin/true], restart: never}
+";
+    let c = nodectl::Client::generate(&gen_dir, &[patch])?;
+    let out = nodectl::run(
+        &[
+            "apply-config",
+            "--insecure",
+            "-n",
+            &addr,
+            "-f",
+            c.controlplane_str()?,
+        ],
+        Duration::from_secs(60),
+    )?;
+    ensure!(out.success, "apply-config: {}", out.stderr);
+    c.wait_answer(&addr, Duration::from_secs(60))?;
+
+    let once = |c: &nodectl::Client| -> Result<Option<serde_json::Value>> {
+        let Ok(out) = c.ok(&addr, &["containers", "-o", "json"]) else {
+            return Ok(None);
+        };
+        Ok(json_rows(&out)?.into_iter().find(|x| x["name"] == "once"))
+    };
+    let wait_exited = |restarts: u64| -> Result<f64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(x) = once(&c)?
+                && x["state"] == "exited"
+                && x["restarts"].as_u64() == Some(restarts)
+                && let Some(ms) = x["last_run_ms"].as_f64()
+            {
+                ensure!(x["exit_code"] == 0, "`true` failed: {x}");
+                return Ok(ms);
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "`true` did not finish run {restarts}: {:?}",
+                once(&c)?
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The first run includes the pull; it is not counted.
+    wait_exited(0)?;
+    let mut cycles = Vec::new();
+    for run in 1..=TRUE_RUNS {
+        c.ok(&addr, &["container", "once", "restart"])?;
+        cycles.push(wait_exited(run as u64)?);
+    }
+    let out = c.ok(&addr, &["image", "pull", "10.0.2.100:5000/bench/payload:1"])?;
+    // "NODE: REF DIGEST (N bytes fetched in M ms)"
+    let (pull_bytes, pull_ms) = out
+        .split('(')
+        .nth(1)
+        .and_then(|rest| {
+            let mut words = rest.split_whitespace();
+            let bytes = words.next()?.parse().ok()?;
+            let ms = words.nth(3)?.parse().ok()?;
+            Some((bytes, ms))
+        })
+        .with_context(|| format!("cannot read the pull's figures: {out}"))?;
+    std::thread::sleep(Duration::from_secs(5));
+    let ps = json_rows(&c.ok(&addr, &["processes", "-o", "json"])?)?;
+    let rss = ps
+        .iter()
+        .find(|p| {
+            p["command_line"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("/usr/bin/runtimed daemon"))
+        })
+        .and_then(|p| p["rss_bytes"].as_f64())
+        .context("runtimed is not in the process list")?;
+    node.kill();
+    Ok(RuntimeFigures {
+        true_cycle_ms: median(&mut cycles),
+        true_runs: TRUE_RUNS,
+        pull_bytes,
+        pull_ms,
+        runtimed_rss_mib: rss / 1048576.0,
+    })
+}
+
+impl RuntimeFigures {
+    fn print(&self) {
+        println!(
+            "Container runtime (configured node; images from a registry on the host's loopback)"
+        );
+        println!(
+            "  create+start+wait+delete of `true`          {:>8.1} ms   median of {}; crun in the same guest: not measured (see the issue notes)",
+            self.true_cycle_ms, self.true_runs
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let mbps = self.pull_bytes as f64 / 1e6 / (self.pull_ms.max(1) as f64 / 1000.0);
+        println!(
+            "  pull + verify + unpack                      {:>8.1} MB/s  ({} bytes in {} ms)",
+            mbps, self.pull_bytes, self.pull_ms
+        );
+        println!(
+            "  runtimed idle RSS (2 containers)            {:>8.2} MiB  goal <= 10 MiB",
+            self.runtimed_rss_mib
+        );
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,3 @@ pub use spec::{
     DEFAULT_CAPABILITIES, NODE_HOSTS, NODE_RESOLV_CONF, STOP_SIGNAL_ANNOTATION, SpecInput,
     build_spec, parse_signal, write_config,
 };
-
-#[cfg(test)]
-mod smoke_tests;

@@ -140,6 +140,10 @@ pub struct ExitReport {
     /// removed, as far as possible.
     #[serde(default)]
     pub error: Option<String>,
+    /// When the shim started, in milliseconds since the Unix epoch: with
+    /// `finished_unix_ms`, the whole create, start, wait and delete.
+    #[serde(default)]
+    pub shim_started_unix_ms: u64,
     /// When the shim finished, in milliseconds since the Unix epoch.
     pub finished_unix_ms: u64,
 }
@@ -190,7 +194,9 @@ pub fn run(args: &ShimArgs) -> ExitCode {
     if !tracing::dispatcher::has_been_set() {
         init_logging();
     }
+    let shim_started_unix_ms = now_ms();
     let mut report = supervise(args);
+    report.shim_started_unix_ms = shim_started_unix_ms;
     report.finished_unix_ms = now_ms();
     if let Some(e) = &report.error {
         tracing::error!(container = %args.id, "{e}");
@@ -749,6 +755,7 @@ mod tests {
             signal: Some(9),
             oom_killed: true,
             error: None,
+            shim_started_unix_ms: 1_699_999_999_900,
             finished_unix_ms: 1_700_000_000_000,
         };
         let path = dir.path().join("exit.json");

@@ -1,14 +1,16 @@
 //! End-to-end runs of the real shim binary on the build host: a busybox
 //! container created, run, stopped and removed by `bramble-runtimed shim`.
 //!
-//! They need root, a static busybox (`apt-get install busybox-static`),
-//! util-linux's `unshare`, and the shim binary: `$BRAMBLE_SHIM_EXE`, else
-//! `bramble-runtimed` next to the test binary's directory (`cargo build -p
-//! bramble-runtimed` first). Without any of these each test prints why and
-//! passes. Each shim runs in a private mount namespace with cgroup2 mounted
+//! They need root, a static busybox (`make deps` installs Debian's
+//! `busybox-static`) and util-linux's `unshare`; the shim is this package's
+//! own binary, which cargo builds for these tests. Without root each test
+//! prints why and passes; as root a missing program fails the test. Each
+//! shim runs in a private mount namespace with cgroup2 mounted
 //! alone at `/sys/fs/cgroup` (hosts with a hybrid v1/v2 layout have it at
 //! `/sys/fs/cgroup/unified` only), so no resource limits are set: such
 //! hosts' cgroup2 has no controllers.
+
+#![allow(clippy::unwrap_used)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,52 +23,14 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
 
-use super::{ExitReport, ShimArgs, SpecInput, build_spec, read_exit, read_started, write_config};
+use bramble_runtimed::container::{
+    ExitReport, ShimArgs, SpecInput, build_spec, read_exit, read_started, write_config,
+};
 
 const BUSYBOX: &str = "/bin/busybox";
 
-fn shim_exe() -> Result<PathBuf, String> {
-    if let Some(exe) = std::env::var_os("BRAMBLE_SHIM_EXE") {
-        return Ok(PathBuf::from(exe));
-    }
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let exe = me
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("bramble-runtimed"))
-        .filter(|p| p.exists())
-        .ok_or("no shim binary: `cargo build -p bramble-runtimed` or set BRAMBLE_SHIM_EXE")?;
-    // `cargo test --lib` does not rebuild the binary: refuse a stale one.
-    let built = fs::metadata(&exe)
-        .and_then(|m| m.modified())
-        .map_err(|e| e.to_string())?;
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    if newest(&sources).is_some_and(|t| t > built) {
-        return Err(format!(
-            "{} is older than {}: `cargo build -p bramble-runtimed` again",
-            exe.display(),
-            sources.display()
-        ));
-    }
-    Ok(exe)
-}
-
-/// The newest modification time of the files under `dir`, leaving out
-/// test-only files (`*tests.rs`), which the binary does not depend on.
-fn newest(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut best = None;
-    for entry in fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest(&path)
-        } else if path.to_string_lossy().ends_with("tests.rs") {
-            None
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        best = best.max(t);
-    }
-    best
+fn shim_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bramble-runtimed"))
 }
 
 /// Why these tests cannot run here, if they cannot.
@@ -77,13 +41,15 @@ fn unavailable() -> Option<String> {
     if !root {
         return Some("needs root".into());
     }
-    if !Path::new(BUSYBOX).exists() {
-        return Some(format!("needs {BUSYBOX} (apt-get install busybox-static)"));
-    }
-    if Command::new("unshare").arg("--version").output().is_err() {
-        return Some("needs util-linux's unshare".into());
-    }
-    shim_exe().err()
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "needs {BUSYBOX}: `make deps` installs busybox-static"
+    );
+    assert!(
+        Command::new("unshare").arg("--version").output().is_ok(),
+        "needs util-linux's unshare"
+    );
+    None
 }
 
 macro_rules! skip_unless_possible {
@@ -188,7 +154,7 @@ fn spawn(args: &ShimArgs, exec: bool) -> Child {
     );
     Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .arg(shim_exe().unwrap())
+        .arg(shim_exe())
         .args(args.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

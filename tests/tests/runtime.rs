@@ -1,0 +1,405 @@
+//! The node's container runtime in QEMU, with real parts: Debian's
+//! `docker-registry` on the host's loopback (the guest reaches it as
+//! 10.0.2.100:5000 through a forward; its network stays restricted), arm64
+//! images the test builds from Debian's static busybox, and the real
+//! `nodectl` over mutual TLS.
+//!
+//! One node, two boots: workloads pulled and run (output in `logs -k`), a
+//! memory limit enforced by the OOM killer and reported, a crashing
+//! container restarted with growing delays, a restart on request, `image
+//! import` of an archive with no registry involved, bad references, an
+//! unreachable registry, a corrupted layer and a truncated archive refused
+//! with nothing stored, workloads removed by a new configuration, and after
+//! a reboot with the registry stopped the remaining workloads running again
+//! from the node's own store.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bramble_images::build::{Entry, ImageBuilder};
+use bramble_testkit::registry::{Registry, free_port};
+use bramble_tests::nodectl::{self, Client};
+use bramble_tests::{busybox, paths, qemu};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pull, unpack and start under TCG.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where the guest finds the registry.
+const REGISTRY: &str = "10.0.2.100:5000";
+/// A forwarded address whose host side refuses every connection.
+const DEAD_REGISTRY: &str = "10.0.2.100:5001";
+
+/// The workloads of the first configuration.
+fn workloads() -> String {
+    format!(
+        r#"machine:
+  registries:
+    insecure: ["{REGISTRY}", "{DEAD_REGISTRY}"]
+  workloads:
+    - name: hello
+      image: {REGISTRY}/bramble/busybox:1
+      command: [/bin/sh, -c]
+      args: ["echo hello from $GREETING; while true; do sleep 1; done"]
+      env:
+        GREETING: bramble
+      resources:
+        memory: 32Mi
+        pids: 32
+      stopGracePeriodSeconds: 2
+    - name: hog
+      image: {REGISTRY}/bramble/busybox:1
+      command: [/bin/tail, /dev/zero]
+      resources:
+        memory: 16Mi
+      restart: never
+    - name: crash
+      image: {REGISTRY}/bramble/busybox:1
+      command: [/bin/sh, -c, "echo crashing; exit 3"]
+"#
+    )
+}
+
+/// A second image on top of busybox's layer, only ever imported.
+fn imported_image(busybox: &[u8]) -> ImageBuilder {
+    busybox::image(busybox)
+        .layer(vec![Entry::file(
+            "hello.txt",
+            0o644,
+            b"imported without a registry\n",
+        )])
+        .annotate_ref("docker.io/bramble/imported:v1")
+}
+
+/// Corrupts the registry's copy of `digest` (same size, other bytes), so
+/// it serves content that does not match its name.
+fn corrupt_blob(registry: &Registry, digest: &str) -> Result<()> {
+    let hex = digest.strip_prefix("sha256:").context("a sha256 digest")?;
+    let path = registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    for b in data.iter_mut().rev().take(64) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, data)?;
+    Ok(())
+}
+
+fn json(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))
+}
+
+fn containers(c: &Client, addr: &str) -> Result<Vec<serde_json::Value>> {
+    let v = json(&c.ok(addr, &["containers", "-o", "json"])?)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn container(c: &Client, addr: &str, name: &str) -> Result<Option<serde_json::Value>> {
+    Ok(containers(c, addr)?.into_iter().find(|x| x["name"] == name))
+}
+
+fn log_lines(c: &Client, addr: &str, name: &str) -> Result<Vec<serde_json::Value>> {
+    let out = c.ok(addr, &["logs", "-k", name, "--tail", "1000", "-o", "json"])?;
+    out.lines().map(json).collect()
+}
+
+fn images(c: &Client, addr: &str) -> Result<Vec<String>> {
+    let v = json(&c.ok(addr, &["images", "-o", "json"])?)?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| i["reference"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Polls `f` every 500 ms until it holds, for at most `timeout`.
+fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn start(
+    dir: &Path,
+    disk: &Path,
+    port: u16,
+    forwards: &[(u16, u16)],
+    n: u32,
+) -> Result<qemu::Node> {
+    let mut opts = qemu::Options::new(disk.to_path_buf(), port);
+    opts.console_log = Some(dir.join(format!("console-{n}.log")));
+    opts.guest_forwards = forwards
+        .iter()
+        .map(|&(guest_port, host_port)| qemu::GuestForward {
+            guest_ip: "10.0.2.100".to_owned(),
+            guest_port,
+            host_port,
+        })
+        .collect();
+    let mut node = qemu::Node::start(&opts)?;
+    node.wait_ready(BOOT_TIMEOUT)?;
+    Ok(node)
+}
+
+fn nodectl_fails(c: &Client, addr: &str, args: &[&str], needle: &str) -> Result<String> {
+    let out = c.run(addr, args)?;
+    ensure!(!out.success, "nodectl {args:?} succeeded: {}", out.stdout);
+    ensure!(
+        out.stderr.contains(needle),
+        "nodectl {args:?}: expected {needle:?} in: {}",
+        out.stderr
+    );
+    Ok(out.stderr)
+}
+
+#[test]
+fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() -> Result<()> {
+    let dir = paths::test_dir("runtime")?;
+    let busybox = busybox::arm64()?;
+    let mut registry = Registry::start();
+    busybox::push(
+        &registry,
+        "bramble/busybox:1",
+        &busybox::image(&busybox).parts()?,
+    )?;
+    // An image whose layer the registry will serve corrupted.
+    let bad = busybox::image(&busybox)
+        .layer(vec![Entry::file(
+            "bad.txt",
+            0o644,
+            b"this layer gets corrupted\n",
+        )])
+        .parts()?;
+    busybox::push(&registry, "bramble/corrupt:1", &bad)?;
+    let bad_layer = &bad.layers.last().context("a layer")?.digest;
+    corrupt_blob(&registry, bad_layer)?;
+
+    let disk = dir.path().join("disk.img");
+    qemu::prepare_disk(&paths::image()?, &disk, 0)?;
+    let port = qemu::free_port()?;
+    let forwards = [(5000, registry.port()), (5001, free_port())];
+    let mut node = start(dir.path(), &disk, port, &forwards, 1)?;
+    let addr = node.api_addr();
+    let c = Client::generate(&dir.path().join("cluster"), &[&workloads()])?;
+    let out = nodectl::run(
+        &[
+            "apply-config",
+            "--insecure",
+            "-n",
+            &addr,
+            "-f",
+            c.controlplane_str()?,
+        ],
+        ANSWER_TIMEOUT,
+    )?;
+    ensure!(
+        out.success,
+        "first apply-config: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    ensure!(out.stdout.contains("runtimed"), "{}", out.stdout);
+    c.wait_answer(&addr, ANSWER_TIMEOUT)?;
+
+    // Pulled and running; its output in its log.
+    eventually("hello running", START_TIMEOUT, || {
+        Ok(container(&c, &addr, "hello")?.is_some_and(|x| x["state"] == "running"))
+    })
+    .with_context(|| format!("{:?}\n{}", containers(&c, &addr), node.console_tail(40)))?;
+    eventually("hello's greeting", ANSWER_TIMEOUT, || {
+        Ok(log_lines(&c, &addr, "hello")?
+            .iter()
+            .any(|l| l["text"] == "hello from bramble" && l["stream"] == "stdout"))
+    })?;
+    let listed = images(&c, &addr)?;
+    ensure!(
+        listed.contains(&format!("{REGISTRY}/bramble/busybox:1")),
+        "{listed:?}"
+    );
+    let image_rows = json(&c.ok(&addr, &["images", "-o", "json"])?)?;
+    ensure!(image_rows[0]["platform"] == "linux/arm64", "{image_rows}");
+
+    // The memory limit: the OOM killer ends the hog, and it is reported.
+    eventually("hog OOM-killed", START_TIMEOUT, || {
+        Ok(container(&c, &addr, "hog")?
+            .is_some_and(|x| x["state"] == "exited" && x["oom_killed"] == true))
+    })
+    .with_context(|| format!("{:?}", container(&c, &addr, "hog")))?;
+    let hog = container(&c, &addr, "hog")?.context("hog")?;
+    ensure!(
+        hog["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("OOMKilled")),
+        "{hog}"
+    );
+    ensure!(hog["restarts"] == 0, "restart: never: {hog}");
+
+    // Limits are in the container's cgroup.
+    let stats = json(&c.ok(&addr, &["stats", "-o", "json"])?)?;
+    let hello_stats = stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "hello"))
+        .with_context(|| format!("no stats for hello: {stats}"))?;
+    ensure!(
+        hello_stats["memory_limit_bytes"] == 32 << 20 && hello_stats["pids"].as_u64() >= Some(1),
+        "{hello_stats}"
+    );
+
+    // The crashing container comes back, each time after a longer pause.
+    eventually("crash restarted three times", START_TIMEOUT, || {
+        Ok(container(&c, &addr, "crash")?.is_some_and(|x| x["restarts"].as_u64() >= Some(3)))
+    })?;
+    let crash = container(&c, &addr, "crash")?.context("crash")?;
+    ensure!(crash["exit_code"] == 3, "{crash}");
+    let starts: Vec<u64> = log_lines(&c, &addr, "crash")?
+        .iter()
+        .filter(|l| l["text"] == "crashing")
+        .filter_map(|l| l["time_unix_ms"].as_u64())
+        .collect();
+    ensure!(starts.len() >= 3, "{starts:?}");
+    let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    ensure!(
+        gaps[0] >= 900 && gaps[1] >= gaps[0] + 500,
+        "the delays between restarts must grow (1 s, 2 s, ...): {gaps:?} ms"
+    );
+
+    // A restart on request.
+    let before = container(&c, &addr, "hello")?.context("hello")?;
+    c.ok(&addr, &["container", "hello", "restart"])?;
+    eventually("hello restarted", ANSWER_TIMEOUT, || {
+        Ok(container(&c, &addr, "hello")?.is_some_and(|x| {
+            x["state"] == "running" && x["restarts"].as_u64() > before["restarts"].as_u64()
+        }))
+    })?;
+
+    // Bad input: refused with a reason, nothing stored.
+    let stored = images(&c, &addr)?;
+    nodectl_fails(&c, &addr, &["image", "pull", "Not An Image"], "reference")?;
+    nodectl_fails(
+        &c,
+        &addr,
+        &["image", "pull", &format!("{REGISTRY}/bramble/missing:1")],
+        "bramble/missing",
+    )?;
+    nodectl_fails(
+        &c,
+        &addr,
+        &[
+            "image",
+            "pull",
+            &format!("{DEAD_REGISTRY}/bramble/busybox:1"),
+        ],
+        DEAD_REGISTRY,
+    )?;
+    nodectl_fails(
+        &c,
+        &addr,
+        &["image", "pull", &format!("{REGISTRY}/bramble/corrupt:1")],
+        "digest",
+    )?;
+    let archive = dir.path().join("imported.tar");
+    let mut bytes = Vec::new();
+    imported_image(&busybox).write_archive(&mut bytes)?;
+    let truncated = dir.path().join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 2 / 3])?;
+    nodectl_fails(
+        &c,
+        &addr,
+        &["image", "import", truncated.to_str().context("path")?],
+        "archive",
+    )?;
+    ensure!(images(&c, &addr)? == stored, "nothing new may be stored");
+
+    // An image from an archive, no registry involved.
+    std::fs::write(&archive, &bytes)?;
+    let out = c.ok(
+        &addr,
+        &["image", "import", archive.to_str().context("path")?],
+    )?;
+    ensure!(out.contains("docker.io/bramble/imported:v1"), "{out}");
+
+    // A new configuration: the imported image runs, hog and crash go.
+    let second = "machine:
+  workloads:
+    - name: hog
+      $patch: delete
+    - name: crash
+      $patch: delete
+    - name: imported
+      image: bramble/imported:v1
+      command: [/bin/sh, -c, 'cat /hello.txt; while true; do sleep 1; done']
+";
+    let out = c.ok(
+        &addr,
+        &[
+            "apply-config",
+            "-f",
+            c.controlplane_str()?,
+            "--mode",
+            "no-reboot",
+            "--config-patch",
+            &workloads(),
+            "--config-patch",
+            second,
+        ],
+    )?;
+    ensure!(out.contains("runtimed"), "{out}");
+    eventually(
+        "hog and crash removed, imported running",
+        START_TIMEOUT,
+        || {
+            let list = containers(&c, &addr)?;
+            let names: Vec<&str> = list.iter().filter_map(|x| x["name"].as_str()).collect();
+            Ok(names == ["hello", "imported"] && list.iter().all(|x| x["state"] == "running"))
+        },
+    )
+    .with_context(|| format!("{:?}", containers(&c, &addr)))?;
+    eventually(
+        "the imported image's file in its log",
+        ANSWER_TIMEOUT,
+        || {
+            Ok(log_lines(&c, &addr, "imported")?
+                .iter()
+                .any(|l| l["text"] == "imported without a registry"))
+        },
+    )
+    .with_context(|| format!("{:?}", log_lines(&c, &addr, "imported")))?;
+
+    // The registry goes away; after a reboot both workloads run again from
+    // the node's own store.
+    registry.stop();
+    c.ok(&addr, &["reboot"])?;
+    node.wait_exit(Duration::from_secs(120))?;
+    let mut node = start(dir.path(), &disk, port, &forwards, 2)?;
+    c.wait_answer(&addr, ANSWER_TIMEOUT)?;
+    // The API is up before the runtime it forwards to.
+    eventually("both running after the reboot", START_TIMEOUT, || {
+        let Ok(list) = containers(&c, &addr) else {
+            return Ok(false);
+        };
+        Ok(list.len() == 2 && list.iter().all(|x| x["state"] == "running"))
+    })
+    .with_context(|| format!("{:?}\n{}", containers(&c, &addr), node.console_tail(40)))?;
+    eventually("hello's greeting after the reboot", ANSWER_TIMEOUT, || {
+        Ok(log_lines(&c, &addr, "hello")?
+            .iter()
+            .any(|l| l["text"] == "hello from bramble"))
+    })?;
+    node.kill();
+    Ok(())
+}
