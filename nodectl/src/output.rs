@@ -115,6 +115,14 @@ pub fn human_duration(seconds: f64) -> String {
     }
 }
 
+/// `HH:MM:SS.mmmZ` (UTC) of a time in milliseconds since the Unix epoch:
+/// the time column of logs and events.
+pub fn clock_time(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}Z", unix_ms % 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

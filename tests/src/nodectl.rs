@@ -143,6 +143,28 @@ impl Client {
         Ok(out.stdout)
     }
 
+    /// The first `apply-config --insecure` of the control-plane
+    /// configuration to a node in maintenance mode, then
+    /// [`Client::wait_answer`]; nodectl's output.
+    pub fn apply_first(&self, addr: &str, timeout: Duration) -> Result<String> {
+        let out = run(
+            &[
+                "apply-config",
+                "--insecure",
+                "-n",
+                addr,
+                "-f",
+                self.controlplane_str()?,
+            ],
+            timeout,
+        )?;
+        if !out.success {
+            bail!("first apply-config: {}{}", out.stdout, out.stderr);
+        }
+        self.wait_answer(addr, timeout)?;
+        Ok(out.stdout)
+    }
+
     /// Retries `version` until the node answers over mutual TLS, for at
     /// most `timeout` (the listener restarts after the first configuration;
     /// after a boot the port forward may lag). The last answer.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bramble_images::build::{Entry, ImageBuilder};
 use bramble_testkit::registry::{Registry, free_port};
-use bramble_tests::nodectl::{self, Client};
+use bramble_tests::nodectl::Client;
 use bramble_tests::{busybox, paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -196,25 +196,8 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
     let mut node = start(dir.path(), &disk, port, &forwards, 1)?;
     let addr = node.api_addr();
     let c = Client::generate(&dir.path().join("cluster"), &[&workloads()])?;
-    let out = nodectl::run(
-        &[
-            "apply-config",
-            "--insecure",
-            "-n",
-            &addr,
-            "-f",
-            c.controlplane_str()?,
-        ],
-        ANSWER_TIMEOUT,
-    )?;
-    ensure!(
-        out.success,
-        "first apply-config: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    ensure!(out.stdout.contains("runtimed"), "{}", out.stdout);
-    c.wait_answer(&addr, ANSWER_TIMEOUT)?;
+    let out = c.apply_first(&addr, ANSWER_TIMEOUT)?;
+    ensure!(out.contains("runtimed"), "{out}");
 
     // Pulled and running; its output in its log.
     eventually("hello running", START_TIMEOUT, || {

@@ -101,11 +101,9 @@ impl Row for LogRow {
     }
 
     fn cells(&self) -> Vec<String> {
-        let secs = self.time_unix_ms / 1000;
-        let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
         vec![
             self.node.clone(),
-            format!("{h:02}:{m:02}:{s:02}.{:03}Z", self.time_unix_ms % 1000),
+            crate::output::clock_time(self.time_unix_ms),
             self.text.clone(),
         ]
     }

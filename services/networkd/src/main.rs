@@ -75,12 +75,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(cli.log_level)
-        .init();
+    bramble_daemon::logging::init(cli.log_level);
 
     let opts = daemon::Options {
         run_dir: cli.run_dir,

@@ -83,12 +83,7 @@ fn main() -> ExitCode {
 }
 
 fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(args.log_level)
-        .init();
+    bramble_daemon::logging::init(args.log_level);
     let shim_exe = std::env::current_exe().context("cannot find this binary for the shim")?;
     let opts = Options {
         config: args.config,

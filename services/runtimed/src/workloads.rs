@@ -34,6 +34,10 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// Time the shim gets beyond the grace period to end after SIGTERM, before
 /// it is killed.
 const SHIM_EXTRA: Duration = Duration::from_secs(10);
+/// Longest wait for a shim to report its container started; then it is
+/// killed (the next shim removes what it left) and the start counts as
+/// failed.
+const START_LIMIT: Duration = Duration::from_secs(120);
 
 /// Where the runtime keeps things on the node.
 #[derive(Debug, Clone)]
@@ -199,24 +203,30 @@ impl Runtime {
 
     /// Makes the running set match `workloads` with `registries`: starts new
     /// workloads, stops removed ones, replaces changed ones.
+    /// Called by one task only (the daemon's configuration loop).
     pub async fn reconcile(self: &Arc<Self>, workloads: Vec<Workload>, registries: RegistryConfig) {
         *self.registries.write().await = registries;
-        let mut containers = self.containers.lock().await;
         let wanted: BTreeMap<String, Workload> =
             workloads.into_iter().map(|w| (w.name.clone(), w)).collect();
-        let going: Vec<String> = containers
-            .iter()
-            .filter(|(name, m)| wanted.get(*name) != Some(&m.workload))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let mut stopping = Vec::new();
-        for name in going {
-            if let Some(m) = containers.remove(&name) {
-                tracing::info!(container = %name, "stopping (removed or changed)");
-                stopping.push(m);
-            }
-        }
+        // Out of the list first, stopped without holding it: the API keeps
+        // answering during their grace periods.
+        let stopping: Vec<Arc<Managed>> = {
+            let mut containers = self.containers.lock().await;
+            let going: Vec<String> = containers
+                .iter()
+                .filter(|(name, m)| wanted.get(*name) != Some(&m.workload))
+                .map(|(name, _)| name.clone())
+                .collect();
+            going
+                .into_iter()
+                .filter_map(|name| {
+                    tracing::info!(container = %name, "stopping (removed or changed)");
+                    containers.remove(&name)
+                })
+                .collect()
+        };
         stop_all_of(&stopping).await;
+        let mut containers = self.containers.lock().await;
         for (name, workload) in wanted {
             if containers.contains_key(&name) {
                 continue;
@@ -538,6 +548,7 @@ async fn run_shim(
         .spawn()
         .map_err(|e| RuntimeError::Shim(format!("cannot run {}: {e}", paths.shim_exe.display())))?;
     let shim_pid = child.id();
+    let spawned = Instant::now();
     let readers = [
         child
             .stdout
@@ -579,6 +590,16 @@ async fn run_shim(
                 if let Ok(started) = container::read_started(&started_file) {
                     pid_known = true;
                     m.set(|s| s.pid = started.pid);
+                } else if spawned.elapsed() > START_LIMIT {
+                    tracing::warn!(container = %w.name, "the shim did not start the container within {START_LIMIT:?}; killing it");
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    for r in readers.into_iter().flatten() {
+                        r.abort();
+                    }
+                    return Err(RuntimeError::Shim(format!(
+                        "the container was not started within {START_LIMIT:?}"
+                    )));
                 }
             }
         }

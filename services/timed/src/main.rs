@@ -99,12 +99,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(cli.log_level)
-        .init();
+    bramble_daemon::logging::init(cli.log_level);
     if cli.min_poll > cli.max_poll {
         anyhow::bail!(
             "--min-poll ({}) must not exceed --max-poll ({})",

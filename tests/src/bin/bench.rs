@@ -660,19 +660,7 @@ fn runtime_figures(dir: &tempfile::TempDir, image: &Path) -> Result<RuntimeFigur
     - {name: once, image: '10.0.2.100:5000/bench/busybox:1', command: [/bin/true], restart: never}
 ";
     let c = nodectl::Client::generate(&gen_dir, &[patch])?;
-    let out = nodectl::run(
-        &[
-            "apply-config",
-            "--insecure",
-            "-n",
-            &addr,
-            "-f",
-            c.controlplane_str()?,
-        ],
-        Duration::from_secs(60),
-    )?;
-    ensure!(out.success, "apply-config: {}", out.stderr);
-    c.wait_answer(&addr, Duration::from_secs(60))?;
+    c.apply_first(&addr, Duration::from_secs(60))?;
 
     let once = |c: &nodectl::Client| -> Result<Option<serde_json::Value>> {
         let Ok(out) = c.ok(&addr, &["containers", "-o", "json"]) else {
