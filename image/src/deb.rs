@@ -39,16 +39,7 @@ where
         if !id.starts_with("data.tar") {
             continue;
         }
-        let decoder: Box<dyn Read + '_> = match id {
-            "data.tar" => Box::new(member),
-            "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new(member)),
-            "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(member)),
-            "data.tar.zst" => Box::new(
-                ruzstd::decoding::StreamingDecoder::new(member)
-                    .map_err(|e| bad(format!("{id}: {e}")))?,
-            ),
-            other => return Err(bad(format!("unsupported data member `{other}`"))),
-        };
+        let decoder = data_decoder(member, id).map_err(bad)?;
         let mut tar = tar::Archive::new(decoder);
         let entries = tar.entries().map_err(|e| bad(format!("{id}: {e}")))?;
         for entry in entries {
@@ -77,6 +68,63 @@ where
             })?;
         }
         return Ok(());
+    }
+    Err(bad("no data.tar.* member".into()))
+}
+
+/// A reader of the uncompressed data tarball in `member` (named `id`).
+fn data_decoder<'a, R: Read + 'a>(
+    member: R,
+    id: &str,
+) -> std::result::Result<Box<dyn Read + 'a>, String> {
+    Ok(match id {
+        "data.tar" => Box::new(member),
+        "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new(member)),
+        "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(member)),
+        "data.tar.zst" => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(member).map_err(|e| format!("{id}: {e}"))?,
+        ),
+        other => return Err(format!("unsupported data member `{other}`")),
+    })
+}
+
+/// Every symbolic link in the package's data tarball, as `(path, target)`
+/// (`path` without its leading `./`, the target as stored).
+pub fn symlinks(deb_path: &Path, deb: &[u8]) -> Result<Vec<(String, String)>> {
+    let bad = |reason: String| Error::BadDeb {
+        path: deb_path.to_path_buf(),
+        reason,
+    };
+    let mut links = Vec::new();
+    let mut archive = ar::Archive::new(Cursor::new(deb));
+    while let Some(member) = archive.next_entry() {
+        let member = member.map_err(|e| bad(format!("ar archive: {e}")))?;
+        let id = String::from_utf8_lossy(member.header().identifier()).into_owned();
+        let id = id.trim_end_matches('/').to_owned();
+        if !id.starts_with("data.tar") {
+            continue;
+        }
+        let decoder = data_decoder(member, &id).map_err(bad)?;
+        let mut tar = tar::Archive::new(decoder);
+        for entry in tar.entries().map_err(|e| bad(format!("{id}: {e}")))? {
+            let entry = entry.map_err(|e| bad(format!("{id}: {e}")))?;
+            if entry.header().entry_type() != tar::EntryType::Symlink {
+                continue;
+            }
+            let path = entry
+                .path()
+                .map_err(|e| bad(format!("{id}: bad member path: {e}")))?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned();
+            let target = entry
+                .link_name()
+                .map_err(|e| bad(format!("{id}: `{path}`: bad link target: {e}")))?
+                .map(|t| t.to_string_lossy().into_owned())
+                .ok_or_else(|| bad(format!("{id}: `{path}`: symlink without a target")))?;
+            links.push((path, target));
+        }
+        return Ok(links);
     }
     Err(bad("no data.tar.* member".into()))
 }

@@ -167,7 +167,8 @@ impl Tree {
         )
     }
 
-    /// Copies a host directory tree in: files 0644, directories 0755, symlinks as
+    /// Copies a host directory tree in: files 0644 (0755 if executable on the
+    /// host), directories 0755, symlinks as
     /// they are; owner and times are not taken from the host. Other file types and
     /// non-UTF-8 names are errors.
     pub fn overlay(&mut self, host_dir: &Path) -> Result<()> {
@@ -197,7 +198,12 @@ impl Tree {
                 self.overlay_at(&host, &path)?;
             } else if ft.is_file() {
                 let data = std::fs::read(&host).map_err(Error::io(&host))?;
-                self.file(&path, 0o644, data)?;
+                // Only whether it is executable comes from the host.
+                let executable = std::os::unix::fs::PermissionsExt::mode(
+                    &e.metadata().map_err(Error::io(&host))?.permissions(),
+                ) & 0o111
+                    != 0;
+                self.file(&path, if executable { 0o755 } else { 0o644 }, data)?;
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&host).map_err(Error::io(&host))?;
                 let target = target.to_str().ok_or_else(|| Error::Invalid {
@@ -305,11 +311,15 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("etc/bramble/services")).unwrap();
         let f = dir.path().join("etc/bramble/x.conf");
         std::fs::write(&f, b"k=v\n").unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let exe = dir.path().join("etc/bramble/run");
+        std::fs::write(&exe, b"\x7fELF").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::symlink("x.conf", dir.path().join("etc/bramble/y")).unwrap();
         let mut t = Tree::new();
         t.overlay(dir.path()).unwrap();
         assert_eq!(t.get("etc/bramble/x.conf").unwrap().mode, 0o644);
+        assert_eq!(t.get("etc/bramble/run").unwrap().mode, 0o755);
         assert_eq!(t.get("etc/bramble/services").unwrap().kind, Kind::Dir);
         assert_eq!(
             t.get("etc/bramble/y").unwrap().kind,

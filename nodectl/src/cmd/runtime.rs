@@ -111,6 +111,8 @@ pub struct ContainerRow {
     pub reason: String,
     /// Seconds since the epoch of the last start.
     pub started_unix: u64,
+    /// How long the last run took, shim start to deletion (ms).
+    pub last_run_ms: u64,
 }
 
 impl ContainerRow {
@@ -127,6 +129,7 @@ impl ContainerRow {
             oom_killed: c.oom_killed,
             reason: c.reason,
             started_unix: c.started_unix,
+            last_run_ms: c.last_run_ms,
         }
     }
 }

@@ -29,6 +29,9 @@ enum Cmd {
     Daemon(DaemonArgs),
     /// Create, run and wait for one container (started by the daemon).
     Shim(ShimArgs),
+    /// Time a `true` container with the shim and with another OCI runtime
+    /// (crun) on this node (`make bench`).
+    Compare(bramble_runtimed::compare::CompareArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +74,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Shim(args) => container::shim::run(&args),
+        Cmd::Compare(args) => match bramble_runtimed::compare::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("runtimed compare: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Daemon(args) => match run_daemon(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -79,8 +79,12 @@ fn main() -> Result<()> {
     }
     if args.runtime_only {
         let runtime = runtime_figures(&dir, &args.image)?;
-        println!("Bramble figures (QEMU virt, cortex-a72, 2 vCPUs under TCG on this host; 1 boot)");
+        let compare = crun_comparison(&dir, &args.bin_dir)?;
+        println!(
+            "Bramble figures (QEMU virt, cortex-a72, 2 vCPUs under TCG on this host; 2 boots)"
+        );
         runtime.print();
+        print_compare(&compare);
         return Ok(());
     }
     if args.raspi3b_only {
@@ -129,6 +133,7 @@ fn main() -> Result<()> {
     let raspi = raspi3b_ready(&dir, &args.image)?;
     let flash = flash_figures(&dir, &args.image)?;
     let runtime = runtime_figures(&dir, &args.image)?;
+    let compare = crun_comparison(&dir, &args.bin_dir)?;
     let rss = |name: &str| {
         figure(&memory, "idle memory:", &format!("{name} rss"))
             .map_or("n/a".to_owned(), |kib| format!("{:.2} MiB", kib / 1024.0))
@@ -197,6 +202,7 @@ fn main() -> Result<()> {
     );
     flash.print();
     runtime.print();
+    print_compare(&compare);
     println!("Sizes");
     println!(
         "  raw image          {}",
@@ -642,7 +648,9 @@ fn runtime_figures(dir: &tempfile::TempDir, image: &Path) -> Result<RuntimeFigur
     busybox::push(&registry, "bench/payload:1", &big)?;
 
     let disk = dir.path().join("runtime-disk.img");
-    qemu::prepare_disk(image, &disk, 0)?;
+    // Room on /var for the payload's blob and its unpacked snapshot: the
+    // data partition grows into it at first boot.
+    qemu::prepare_disk(image, &disk, 256 << 20)?;
     let mut opts = qemu::Options::new(disk, qemu::free_port()?);
     opts.guest_forwards = vec![qemu::GuestForward {
         guest_ip: "10.0.2.100".to_owned(),
@@ -733,7 +741,7 @@ impl RuntimeFigures {
             "Container runtime (configured node; images from a registry on the host's loopback)"
         );
         println!(
-            "  create+start+wait+delete of `true`          {:>8.1} ms   median of {}; crun in the same guest: not measured (see the issue notes)",
+            "  create+start+wait+delete of `true`          {:>8.1} ms   median of {}, through the daemon (shim start to deletion)",
             self.true_cycle_ms, self.true_runs
         );
         #[allow(clippy::cast_precision_loss)]
@@ -747,6 +755,161 @@ impl RuntimeFigures {
             self.runtimed_rss_mib
         );
     }
+}
+
+
+fn print_compare((line, ratio): &(String, f64)) {
+    println!(
+        "  runtimed vs crun, same guest             ratio {ratio:>6.2}     goal <= 1.0 ({line})"
+    );
+}
+
+/// The packages (in `tests/packages.lock`) that put crun on the bench image.
+const CRUN_PACKAGES: &[&str] = &[
+    "crun",
+    "libc6",
+    "libcap2",
+    "libseccomp2",
+    "libsystemd0",
+    "libyajl2",
+    "libgcrypt20",
+    "libgpg-error0",
+    "liblz4-1",
+    "liblzma5",
+    "libzstd1",
+];
+
+/// The service the bench image adds: one comparison after the runtime is up.
+const COMPARE_SERVICE: &str = r#"description = "make bench: a true container with runtimed's shim and with crun"
+command = ["/usr/bin/runtimed", "compare", "--other", "/usr/bin/crun", "--runs", "10"]
+after = ["runtimed"]
+restart = "never"
+log_console = true
+"#;
+
+/// Whether a file from a crun package belongs on the bench image: the
+/// program, the dynamic loader and the shared libraries.
+fn crun_file(path: &str) -> bool {
+    path == "usr/bin/crun"
+        || path == "lib/ld-linux-aarch64.so.1"
+        || ["lib/aarch64-linux-gnu/", "usr/lib/aarch64-linux-gnu/"]
+            .iter()
+            .any(|dir| {
+                path.strip_prefix(dir)
+                    .is_some_and(|rest| !rest.contains('/') && rest.contains(".so"))
+            })
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the bench image: the image's own inputs plus crun, its libraries,
+/// busybox and the comparison service, in a root file system overlay.
+fn compare_image(dir: &tempfile::TempDir, bin_dir: &Path) -> Result<PathBuf> {
+    use bramble_image::{deb, lock as pins};
+    use std::os::unix::fs::PermissionsExt;
+    let root = paths::workspace_root();
+    let overlay = dir.path().join("compare-overlay");
+    copy_tree(&root.join("image/rootfs"), &overlay)?;
+    std::fs::write(
+        overlay.join("etc/bramble/services/compare.toml"),
+        COMPARE_SERVICE,
+    )?;
+    let bench_dir = overlay.join("usr/share/bramble-bench");
+    std::fs::create_dir_all(&bench_dir)?;
+    std::fs::write(bench_dir.join("busybox"), bramble_tests::busybox::arm64()?)?;
+    let cache = paths::deb_cache()?;
+    let lock = pins::Lock::load(&bramble_tests::busybox::lock())?;
+    for name in CRUN_PACKAGES {
+        let entry = lock.get(name)?;
+        let deb_path = cache.join(&entry.file);
+        let data = pins::read_verified(&cache, entry)
+            .with_context(|| format!("{} (run `make deps`)", deb_path.display()))?;
+        let mut files = Vec::new();
+        deb::for_each_file(&deb_path, &data, |path, kind, r| {
+            if kind == deb::Kind::File && crun_file(path) {
+                files.push((path.to_owned(), deb::read_all(path, r)?));
+            }
+            Ok(())
+        })?;
+        for (path, bytes) in files {
+            let dest = overlay.join(&path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&dest, bytes)?;
+            // The loader and crun are executed; the image keeps only whether
+            // a file is executable.
+            let mode = if path.ends_with("/crun") || path.contains("ld-linux") {
+                0o755
+            } else {
+                0o644
+            };
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+        }
+        for (path, target) in deb::symlinks(&deb_path, &data)? {
+            if crun_file(&path) {
+                let dest = overlay.join(&path);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let _ = std::fs::remove_file(&dest);
+                std::os::unix::fs::symlink(&target, &dest)?;
+            }
+        }
+    }
+    let out = dir.path().join("compare-dist");
+    let status = std::process::Command::new(root.join("target/debug/bramble-image"))
+        .current_dir(&root)
+        .args(["build", "--lock", "boot/packages.lock", "--cache"])
+        .arg(&cache)
+        .args(["--boot-dir", "boot", "--bin-dir"])
+        .arg(bin_dir)
+        .arg("--rootfs-overlay")
+        .arg(&overlay)
+        .arg("--out")
+        .arg(&out)
+        .args(["--version", "0.0.0+compare", "--git-revision", "compare"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running target/debug/bramble-image (make build)")?;
+    ensure!(
+        status.success(),
+        "building the comparison image failed: {status}"
+    );
+    Ok(out.join("bramble-arm64.img"))
+}
+
+/// runtimed's shim against crun on a node booted from [`compare_image`]:
+/// `(runtimed ms, crun ms, ratio)` as `runtimed compare` printed them.
+fn crun_comparison(dir: &tempfile::TempDir, bin_dir: &Path) -> Result<(String, f64)> {
+    let image = compare_image(dir, bin_dir)?;
+    let disk = dir.path().join("compare-disk.img");
+    qemu::prepare_disk(&image, &disk, 0)?;
+    let mut node = qemu::Node::start(&qemu::Options::new(disk, qemu::free_port()?))?;
+    node.wait_ready(Duration::from_secs(180))?;
+    node.wait_for("compare: ", Duration::from_secs(300))
+        .or_else(|e| bail!("no comparison line: {e}\n{}", node.console_tail(40)))?;
+    let console = node.console();
+    let line = console
+        .lines()
+        .find(|l| l.contains("compare: "))
+        .context("no comparison line")?;
+    let ratio = figure(line, "compare: ", "ratio").context("no ratio on the comparison line")?;
+    let text = line[line.find("compare: ").unwrap_or(0)..].to_owned();
+    node.kill();
+    Ok((text, ratio))
 }
 
 #[cfg(test)]
