@@ -332,6 +332,12 @@ fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
         Reload(Service::Runtimed),
     );
     c.field(
+        "machine.registries.ca",
+        &registries.ca,
+        &new.registries.ca,
+        Reload(Service::Runtimed),
+    );
+    c.field(
         "machine.workloads",
         workloads,
         &new.workloads,

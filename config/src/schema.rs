@@ -538,6 +538,10 @@ pub struct Registries {
     /// Credentials by registry host.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub auth: BTreeMap<String, RegistryAuth>,
+    /// PEM certificates of authorities trusted for HTTPS registries besides
+    /// the image's own (a private registry's CA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
 }
 
 impl Registries {

@@ -710,6 +710,16 @@ fn registries(c: &mut Checker, r: &Registries) {
             check_registry_host(host),
         );
     }
+    for (i, pem) in r.ca.iter().enumerate() {
+        let begins = pem.matches("-----BEGIN CERTIFICATE-----").count();
+        let ends = pem.matches("-----END CERTIFICATE-----").count();
+        if begins == 0 || begins != ends {
+            c.error(
+                format!("machine.registries.ca[{i}]"),
+                "is not a PEM certificate (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)",
+            );
+        }
+    }
     for (host, auth) in &r.auth {
         let path = format!("machine.registries.auth.{host}");
         c.check(&path, check_registry_host(host));

@@ -95,6 +95,13 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
         "missing for password",
     ),
     (
+        "registry CA not a certificate",
+        "  workloads:\n",
+        "  registries:\n    ca: [\"not a certificate\"]\n  workloads:\n",
+        "machine.registries.ca[0]",
+        "is not a PEM certificate",
+    ),
+    (
         "insecure registry not a host",
         "  workloads:\n",
         "  registries:\n    insecure: [\"http://10.0.0.5:5000\"]\n  workloads:\n",

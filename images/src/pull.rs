@@ -38,6 +38,20 @@ pub struct RegistryConfig {
     /// without an entry are accessed anonymously.
     #[serde(default)]
     pub auth: BTreeMap<String, Credentials>,
+    /// PEM certificates of authorities trusted for HTTPS registries besides
+    /// the system's (`/etc/ssl/certs`): a private registry's CA.
+    #[serde(default)]
+    pub ca_certificates: Vec<String>,
+}
+
+/// `ca_certificates` as the registry client takes them.
+pub(crate) fn extra_roots(pems: &[String]) -> Vec<oci_client::client::Certificate> {
+    pems.iter()
+        .map(|pem| oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: pem.as_bytes().to_vec(),
+        })
+        .collect()
 }
 
 /// Credentials for a registry.
@@ -287,6 +301,7 @@ impl Store {
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
+            extra_root_certificates: extra_roots(&registries.ca_certificates),
             ..ClientConfig::default()
         });
 

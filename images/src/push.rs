@@ -9,10 +9,11 @@ use oci_client::{Client, Reference};
 use crate::build::{ImageParts, IndexParts};
 use crate::error::Error;
 
-/// Pushes to one registry, anonymously.
+/// Pushes to one registry.
 #[derive(Clone)]
 pub struct Pusher {
     client: Client,
+    auth: RegistryAuth,
 }
 
 impl std::fmt::Debug for Pusher {
@@ -29,8 +30,14 @@ fn registry_error(what: String, e: impl std::fmt::Display) -> Error {
 }
 
 impl Pusher {
-    /// A pusher speaking plain HTTP (`plain_http`) or HTTPS.
+    /// An anonymous pusher speaking plain HTTP (`plain_http`) or HTTPS.
     pub fn new(plain_http: bool) -> Self {
+        Self::with(plain_http, &[], None)
+    }
+
+    /// A pusher trusting `ca_certificates` (PEM) besides the system's, with
+    /// basic credentials `(user, password)` if given.
+    pub fn with(plain_http: bool, ca_certificates: &[String], basic: Option<(&str, &str)>) -> Self {
         crate::pull::install_crypto_provider();
         let protocol = if plain_http {
             ClientProtocol::Http
@@ -40,7 +47,11 @@ impl Pusher {
         Self {
             client: Client::new(ClientConfig {
                 protocol,
+                extra_root_certificates: crate::pull::extra_roots(ca_certificates),
                 ..ClientConfig::default()
+            }),
+            auth: basic.map_or(RegistryAuth::Anonymous, |(u, p)| {
+                RegistryAuth::Basic(u.to_owned(), p.to_owned())
             }),
         }
     }
@@ -57,8 +68,9 @@ impl Pusher {
             reason: format!("{e}"),
         })?;
         self.client
-            .store_auth_if_needed(r.resolve_registry(), &RegistryAuth::Anonymous)
-            .await;
+            .auth(&r, &self.auth, oci_client::RegistryOperation::Push)
+            .await
+            .map_err(|e| registry_error(format!("authenticating to push {reference}"), e))?;
         for (digest, data) in parts
             .layers
             .iter()

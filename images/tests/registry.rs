@@ -321,3 +321,68 @@ fn registry_binary_is_installed() {
     let registry = Registry::start();
     assert!(registry.host().starts_with("127.0.0.1:"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_basic_credentials_and_a_private_ca() {
+    let registry = Registry::start_secure("robot", "s3cret");
+    require_root!();
+    let secure = registry.secure().expect("a secure registry").clone();
+    let ca = vec![secure.ca_pem.clone()];
+    let pusher =
+        bramble_images::push::Pusher::with(false, &ca, Some((&secure.username, &secure.password)));
+    let parts = common::sample_image(&common::host_arch())
+        .parts()
+        .expect("parts");
+    let reference = registry.reference("private/app:v1");
+    push_image(&pusher, &reference, &parts).await;
+    let host = registry.host();
+    let creds = |password: &str| RegistryConfig {
+        auth: [(
+            host.clone(),
+            bramble_images::Credentials::Basic {
+                username: secure.username.clone(),
+                password: password.to_owned(),
+            },
+        )]
+        .into(),
+        ca_certificates: ca.clone(),
+        ..RegistryConfig::default()
+    };
+
+    let (_dir, store) = common::host_store();
+    // Without the CA the registry's certificate is not trusted.
+    let no_ca = RegistryConfig {
+        ca_certificates: Vec::new(),
+        ..creds(&secure.password)
+    };
+    let err = store
+        .pull(&reference, &no_ca)
+        .await
+        .expect_err("an untrusted certificate");
+    let msg = format!("{err:#}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+    // Without credentials, and with a wrong password, the registry refuses.
+    let anonymous = RegistryConfig {
+        ca_certificates: ca.clone(),
+        ..RegistryConfig::default()
+    };
+    for config in [anonymous, creds("wrong")] {
+        let err = store
+            .pull(&reference, &config)
+            .await
+            .expect_err("refused without the right credentials");
+        let msg = format!("{err:#}").to_lowercase();
+        assert!(
+            msg.contains("401") || msg.contains("unauthorized") || msg.contains("auth"),
+            "{msg}"
+        );
+    }
+    assert!(store.list().expect("list").is_empty(), "nothing stored");
+    // With both: pulled over HTTPS.
+    let report = store
+        .pull(&reference, &creds(&secure.password))
+        .await
+        .expect("pull with credentials");
+    assert_eq!(report.image.digest, parts.manifest_digest);
+    assert_eq!(report.fetched_bytes, blob_bytes(&parts));
+}

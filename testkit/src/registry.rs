@@ -18,6 +18,19 @@ pub struct Registry {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    secure: Option<Secure>,
+}
+
+/// HTTPS with a certificate from a CA made for the test, and basic
+/// authentication (htpasswd, bcrypt) for one user.
+#[derive(Debug, Clone)]
+pub struct Secure {
+    /// The CA's certificate (PEM), which clients must trust.
+    pub ca_pem: String,
+    /// The one user.
+    pub username: String,
+    /// Their password.
+    pub password: String,
 }
 
 impl Registry {
@@ -25,10 +38,42 @@ impl Registry {
     /// with what to do when the program is missing or does not come up.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for the registry");
-        Self::start_in(dir, None)
+        Self::start_in(dir, None, None)
     }
 
-    fn start_in(dir: tempfile::TempDir, port: Option<u16>) -> Self {
+    /// A registry serving HTTPS (for `127.0.0.1`, from a new CA) that
+    /// requires basic authentication as `username` / `password`.
+    pub fn start_secure(username: &str, password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the registry");
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bramble test registry CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("the CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server parameters");
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("the server certificate");
+        std::fs::write(dir.path().join("server.crt"), cert.pem()).expect("server.crt");
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).expect("server.key");
+        let hash = bcrypt::hash(password, 4).expect("a bcrypt hash");
+        std::fs::write(dir.path().join("htpasswd"), format!("{username}:{hash}\n"))
+            .expect("htpasswd");
+        let secure = Secure {
+            ca_pem: ca_cert.pem(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
+        Self::start_in(dir, None, Some(secure))
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: Option<u16>, secure: Option<Secure>) -> Self {
         assert!(
             std::path::Path::new(REGISTRY_PROGRAM).is_file(),
             "{REGISTRY_PROGRAM} is missing: `make deps` installs Debian's docker-registry"
@@ -37,14 +82,17 @@ impl Registry {
         let config = dir.path().join("config.yml");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("registry storage directory");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .expect("registry configuration");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if secure.is_some() {
+            let d = dir.path().display();
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\nauth:\n  htpasswd:\n    realm: bramble-test\n    path: {d}/htpasswd\n"
+            ));
+        }
+        std::fs::write(&config, yaml).expect("registry configuration");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
         let child = Command::new(REGISTRY_PROGRAM)
             .arg("serve")
@@ -58,6 +106,7 @@ impl Registry {
             child: Some(child),
             port,
             dir,
+            secure,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -79,6 +128,12 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its CA and credentials, if it was started with
+    /// [`Registry::start_secure`].
+    pub fn secure(&self) -> Option<&Secure> {
+        self.secure.as_ref()
     }
 
     /// Its loopback port.
@@ -118,7 +173,7 @@ impl Registry {
             &mut this.dir,
             tempfile::tempdir().expect("a placeholder directory"),
         );
-        Self::start_in(dir, Some(port))
+        Self::start_in(dir, Some(port), this.secure.take())
     }
 
     /// Where its blobs are stored (a test can corrupt one).

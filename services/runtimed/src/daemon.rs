@@ -76,6 +76,7 @@ pub fn registry_config(r: &Registries) -> RegistryConfig {
                 Some((host.clone(), creds))
             })
             .collect(),
+        ca_certificates: r.ca.clone(),
     }
 }
 
@@ -164,4 +165,56 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = include_str!("../../../config/tests/data/full.yaml");
+
+    #[test]
+    fn the_runtime_part_of_the_configuration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.yaml");
+        assert_eq!(load(&path).expect("no file"), Desired::default());
+        let registries = "  registries:
+    insecure: ['10.0.2.100:5000']
+    mirrors:
+      docker.io: ['http://10.0.2.100:5000']
+    ca:
+      - |
+        -----BEGIN CERTIFICATE-----
+        MIIB
+        -----END CERTIFICATE-----
+    auth:
+      ghcr.io: {username: robot, password: pw}
+      quay.io: {token: tok}
+  workloads:
+";
+        std::fs::write(&path, BASE.replacen("  workloads:\n", registries, 1)).expect("write");
+        let d = load(&path).expect("a valid configuration");
+        assert_eq!(d.workloads.len(), 1);
+        assert_eq!(d.registries.insecure, ["10.0.2.100:5000"]);
+        assert_eq!(
+            d.registries.mirrors["docker.io"],
+            ["http://10.0.2.100:5000"]
+        );
+        assert!(d.registries.ca_certificates[0].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(
+            d.registries.auth["ghcr.io"],
+            Credentials::Basic {
+                username: "robot".into(),
+                password: "pw".into()
+            }
+        );
+        assert_eq!(
+            d.registries.auth["quay.io"],
+            Credentials::Bearer("tok".into())
+        );
+
+        std::fs::write(&path, "machine: {type: boss}\n").expect("write");
+        let err = format!("{:#}", load(&path).expect_err("a bad configuration"));
+        assert!(err.contains("config.yaml"), "{err}");
+    }
 }
