@@ -38,6 +38,18 @@ impl Pusher {
     /// A pusher trusting `ca_certificates` (PEM) besides the system's, with
     /// basic credentials `(user, password)` if given.
     pub fn with(plain_http: bool, ca_certificates: &[String], basic: Option<(&str, &str)>) -> Self {
+        let auth = basic.map_or(RegistryAuth::Anonymous, |(u, p)| {
+            RegistryAuth::Basic(u.to_owned(), p.to_owned())
+        });
+        Self::with_auth(plain_http, ca_certificates, auth)
+    }
+
+    /// A plain-HTTP pusher sending `token` as a bearer token.
+    pub fn with_bearer(token: &str) -> Self {
+        Self::with_auth(true, &[], RegistryAuth::Bearer(token.to_owned()))
+    }
+
+    fn with_auth(plain_http: bool, ca_certificates: &[String], auth: RegistryAuth) -> Self {
         crate::pull::install_crypto_provider();
         let protocol = if plain_http {
             ClientProtocol::Http
@@ -50,9 +62,7 @@ impl Pusher {
                 extra_root_certificates: crate::pull::extra_roots(ca_certificates),
                 ..ClientConfig::default()
             }),
-            auth: basic.map_or(RegistryAuth::Anonymous, |(u, p)| {
-                RegistryAuth::Basic(u.to_owned(), p.to_owned())
-            }),
+            auth,
         }
     }
 

@@ -386,3 +386,40 @@ async fn https_with_basic_credentials_and_a_private_ca() {
     assert_eq!(report.image.digest, parts.manifest_digest);
     assert_eq!(report.fetched_bytes, blob_bytes(&parts));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens() {
+    let registry = Registry::start_with_tokens();
+    require_root!();
+    let push_token = registry.bearer_token("private/tok", &["pull", "push"]);
+    let pusher = bramble_images::push::Pusher::with_bearer(&push_token);
+    let parts = common::sample_image(&common::host_arch())
+        .parts()
+        .expect("parts");
+    let reference = registry.reference("private/tok:v1");
+    push_image(&pusher, &reference, &parts).await;
+    let host = registry.host();
+    let with_token = |token: String| RegistryConfig {
+        insecure: vec![host.clone()],
+        auth: [(host.clone(), bramble_images::Credentials::Bearer(token))].into(),
+        ..RegistryConfig::default()
+    };
+    let (_dir, store) = common::host_store();
+    // A token for another repository does not open this one.
+    let other = registry.bearer_token("private/other", &["pull"]);
+    let err = store
+        .pull(&reference, &with_token(other))
+        .await
+        .expect_err("a token for another repository");
+    let msg = format!("{err:#}").to_lowercase();
+    assert!(msg.contains("not authorized"), "{msg}");
+    assert!(store.list().expect("list").is_empty(), "nothing stored");
+    let report = store
+        .pull(
+            &reference,
+            &with_token(registry.bearer_token("private/tok", &["pull"])),
+        )
+        .await
+        .expect("pull with a bearer token");
+    assert_eq!(report.image.digest, parts.manifest_digest);
+}

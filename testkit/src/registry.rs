@@ -19,7 +19,19 @@ pub struct Registry {
     port: u16,
     dir: tempfile::TempDir,
     secure: Option<Secure>,
+    tokens: Option<Tokens>,
 }
+
+/// Token authentication: the registry accepts bearer tokens (JWTs, ES256)
+/// signed by a key made for the test; [`Registry::bearer_token`] mints them.
+#[derive(Debug)]
+pub struct Tokens {
+    key_pkcs8: Vec<u8>,
+    cert_der: Vec<u8>,
+}
+
+const TOKEN_SERVICE: &str = "bramble-test-registry";
+const TOKEN_ISSUER: &str = "bramble-test-issuer";
 
 /// HTTPS with a certificate from a CA made for the test, and basic
 /// authentication (htpasswd, bcrypt) for one user.
@@ -73,7 +85,82 @@ impl Registry {
         Self::start_in(dir, None, Some(secure))
     }
 
+    /// A plain-HTTP registry that requires bearer tokens from
+    /// [`Registry::bearer_token`].
+    pub fn start_with_tokens() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the registry");
+        let key = rcgen::KeyPair::generate().expect("a token signing key");
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, TOKEN_ISSUER);
+        let cert = params
+            .self_signed(&key)
+            .expect("the token signing certificate");
+        std::fs::write(dir.path().join("token.crt"), cert.pem()).expect("token.crt");
+        let tokens = Tokens {
+            key_pkcs8: key.serialize_der(),
+            cert_der: cert.der().to_vec(),
+        };
+        Self::start_in_with(dir, None, None, Some(tokens))
+    }
+
+    /// A JWT granting `actions` (`pull`, `push`) on `repository`, valid for
+    /// an hour, signed as the registry expects.
+    pub fn bearer_token(&self, repository: &str, actions: &[&str]) -> String {
+        use base64::Engine as _;
+        let tokens = self
+            .tokens
+            .as_ref()
+            .expect("a registry started with start_with_tokens");
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_secs();
+        let header = serde_json::json!({
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(&tokens.cert_der)],
+        });
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER,
+            "sub": "robot",
+            "aud": TOKEN_SERVICE,
+            "exp": now + 3600,
+            "nbf": now - 60,
+            "iat": now - 60,
+            "jti": format!("{now}-{repository}"),
+            "access": [{"type": "repository", "name": repository, "actions": actions}],
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &tokens.key_pkcs8,
+            &rng,
+        )
+        .expect("the signing key");
+        let signature = key
+            .sign(&rng, signing_input.as_bytes())
+            .expect("a signature");
+        format!("{signing_input}.{}", b64.encode(signature.as_ref()))
+    }
+
     fn start_in(dir: tempfile::TempDir, port: Option<u16>, secure: Option<Secure>) -> Self {
+        Self::start_in_with(dir, port, secure, None)
+    }
+
+    fn start_in_with(
+        dir: tempfile::TempDir,
+        port: Option<u16>,
+        secure: Option<Secure>,
+        tokens: Option<Tokens>,
+    ) -> Self {
         assert!(
             std::path::Path::new(REGISTRY_PROGRAM).is_file(),
             "{REGISTRY_PROGRAM} is missing: `make deps` installs Debian's docker-registry"
@@ -86,6 +173,12 @@ impl Registry {
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             storage.display()
         );
+        if tokens.is_some() {
+            let d = dir.path().display();
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:1/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {d}/token.crt\n"
+            ));
+        }
         if secure.is_some() {
             let d = dir.path().display();
             yaml.push_str(&format!(
@@ -107,6 +200,7 @@ impl Registry {
             port,
             dir,
             secure,
+            tokens,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -173,7 +267,7 @@ impl Registry {
             &mut this.dir,
             tempfile::tempdir().expect("a placeholder directory"),
         );
-        Self::start_in(dir, Some(port), this.secure.take())
+        Self::start_in_with(dir, Some(port), this.secure.take(), this.tokens.take())
     }
 
     /// Where its blobs are stored (a test can corrupt one).
