@@ -846,7 +846,7 @@ fn check_image(image: &str) -> Result<(), String> {
             "{image:?} contains whitespace; it is not an image reference"
         ));
     }
-    match image.parse::<oci_spec::distribution::Reference>() {
+    match bramble_reference::ImageReference::parse(image) {
         Ok(_) => Ok(()),
         Err(e) => Err(format!(
             "{image:?} is not an image reference ({e}); write registry/repository:tag, \

@@ -2,9 +2,9 @@
 //! byte (blobs, then the manifest, so its digest stays the one built).
 //! The project's tests use it to give a node something to pull.
 
+use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
 use crate::build::{ImageParts, IndexParts};
 use crate::error::Error;
@@ -73,10 +73,7 @@ impl Pusher {
 
     /// Pushes `parts` under `reference` (its tag or digest).
     pub async fn image(&self, reference: &str, parts: &ImageParts) -> Result<(), Error> {
-        let r: Reference = reference.parse().map_err(|e| Error::InvalidReference {
-            reference: reference.to_owned(),
-            reason: format!("{e}"),
-        })?;
+        let r = crate::reference::parse(reference)?;
         self.client
             .auth(&r, &self.auth, oci_client::RegistryOperation::Push)
             .await
@@ -103,10 +100,7 @@ impl Pusher {
     /// Pushes every image of `parts` by digest, then the index under
     /// `reference`.
     pub async fn index(&self, reference: &str, parts: &IndexParts) -> Result<(), Error> {
-        let r: Reference = reference.parse().map_err(|e| Error::InvalidReference {
-            reference: reference.to_owned(),
-            reason: format!("{e}"),
-        })?;
+        let r = crate::reference::parse(reference)?;
         for image in &parts.images {
             let by_digest = r.clone_with_digest(image.manifest_digest.clone());
             self.image(&by_digest.whole(), image).await?;

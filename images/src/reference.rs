@@ -38,23 +38,32 @@ pub(crate) fn parse(reference: &str) -> Result<Reference, Error> {
             "a bare digest names no repository; use name@sha256:...".to_owned(),
         ));
     }
-    let parsed: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
+    // Parsed by hand: oci-client's own parser compiles a regular expression
+    // that costs the process over 12 MiB (see bramble-reference).
+    let parsed = bramble_reference::ImageReference::parse(reference).map_err(|e| {
         invalid(format!(
             "{e} (expected [registry[:port]/]name[:tag][@sha256:digest], lowercase)"
         ))
     })?;
-    if let Some(digest) = parsed.digest() {
+    if let Some(digest) = &parsed.digest {
         crate::digest::hex_of(digest).map_err(|_| {
             invalid("only sha256 digests (64 lowercase hex digits) are supported".to_owned())
         })?;
     }
-    // Re-parse the normalised form: the library accepts a few things (such
-    // as `docker.io/busybox`) whose canonical form must also be stable.
-    let whole = parsed.whole();
-    whole.parse::<Reference>().map_err(|e| {
-        invalid(format!(
-            "normalises to {whole:?}, which does not parse: {e}"
-        ))
+    let bramble_reference::ImageReference {
+        registry,
+        repository,
+        tag,
+        digest,
+    } = parsed;
+    Ok(match (tag, digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t, d),
+        (None, Some(d)) => Reference::with_digest(registry, repository, d),
+        (t, None) => Reference::with_tag(
+            registry,
+            repository,
+            t.unwrap_or_else(|| bramble_reference::DEFAULT_TAG.to_owned()),
+        ),
     })
 }
 
