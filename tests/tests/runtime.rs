@@ -199,9 +199,13 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
     let out = c.apply_first(&addr, ANSWER_TIMEOUT)?;
     ensure!(out.contains("runtimed"), "{out}");
 
-    // Pulled and running; its output in its log.
+    // Pulled and running; its output in its log. The runtime starts after
+    // the API, so at first it may not answer yet.
     eventually("hello running", START_TIMEOUT, || {
-        Ok(container(&c, &addr, "hello")?.is_some_and(|x| x["state"] == "running"))
+        let Ok(found) = container(&c, &addr, "hello") else {
+            return Ok(false);
+        };
+        Ok(found.is_some_and(|x| x["state"] == "running"))
     })
     .with_context(|| format!("{:?}\n{}", containers(&c, &addr), node.console_tail(40)))?;
     eventually("hello's greeting", ANSWER_TIMEOUT, || {
