@@ -10,3 +10,4 @@ pub mod busybox;
 pub mod nodectl;
 pub mod paths;
 pub mod qemu;
+pub mod wait;

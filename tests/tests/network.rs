@@ -5,9 +5,9 @@
 //! the node starts with its clock far in the past.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bramble_tests::nodectl::{self, Client};
 use bramble_tests::{paths, qemu};
 
@@ -115,21 +115,8 @@ fn has(list: &[(String, String, String)], link: &str, address: &str, origin: &st
 }
 
 /// Polls `f` every 250 ms until it holds, for at most `timeout`.
-fn eventually(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<bool>,
-) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if f()? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn eventually(what: &str, timeout: Duration, f: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    bramble_tests::wait::eventually(what, timeout, Duration::from_millis(250), f)
 }
 
 #[test]

@@ -14,9 +14,9 @@
 //! from the node's own store.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bramble_images::build::{Entry, ImageBuilder};
 use bramble_testkit::registry::{Registry, free_port};
 use bramble_tests::nodectl::Client;
@@ -121,17 +121,8 @@ fn images(c: &Client, addr: &str) -> Result<Vec<String>> {
 }
 
 /// Polls `f` every 500 ms until it holds, for at most `timeout`.
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+fn eventually(what: &str, timeout: Duration, f: impl FnMut() -> Result<bool>) -> Result<()> {
+    bramble_tests::wait::eventually(what, timeout, Duration::from_millis(500), f).map(drop)
 }
 
 fn start(
