@@ -1,5 +1,11 @@
-//! The root file system image: a [`Tree`] written as an xz-compressed squashfs
-//! (the kernel's squashfs module decompresses xz) with backhand.
+//! The root file system image: a [`Tree`] written as an LZ4-compressed squashfs
+//! with backhand.
+//!
+//! LZ4, not xz: every binary a service runs is paged in from this image, and
+//! on a Pi's (or an emulated) CPU xz unpacks at a few MB/s, which made the
+//! API server's first start take half a second. LZ4 unpacks an order of
+//! magnitude faster; the image is about 1.8 times larger (15 MiB against
+//! 8 MiB, in a 256 MiB slot).
 //!
 //! Reproducible: the superblock time is SOURCE_DATE_EPOCH, every inode's mtime is
 //! SOURCE_DATE_EPOCH, every owner is 0:0, entries are added in sorted order and
@@ -8,17 +14,14 @@
 
 use std::io::Cursor;
 
-use backhand::compression::Compressor;
-use backhand::{
-    CompressionExtra, DEFAULT_BLOCK_SIZE, ExtraXz, FilesystemCompressor, FilesystemWriter,
-    NodeHeader,
-};
+use backhand::compression::{CompressionOptions, Compressor, Lz4};
+use backhand::{DEFAULT_BLOCK_SIZE, FilesystemCompressor, FilesystemWriter, NodeHeader};
 
 use crate::error::{Error, Result};
 use crate::tree::{Kind, Tree};
 
-/// xz preset for the squashfs data and metadata blocks.
-const XZ_LEVEL: u32 = 6;
+/// The kernel reads only LZ4's "legacy" block format, version 1.
+const LZ4_LEGACY: u32 = 1;
 
 /// Writes `tree` as a squashfs image with all times set to `mtime`.
 pub fn build(tree: &Tree, mtime: u32) -> Result<Vec<u8>> {
@@ -32,13 +35,11 @@ pub fn build(tree: &Tree, mtime: u32) -> Result<Vec<u8>> {
     fs.set_root_mode(0o755);
     fs.set_root_uid(0);
     fs.set_root_gid(0);
-    let mut xz = ExtraXz::default();
-    xz.level(XZ_LEVEL)
-        .map_err(|e| Error::Squashfs(format!("xz level: {e}")))?;
-    let mut compressor = FilesystemCompressor::new(Compressor::Xz, None)
-        .map_err(|e| Error::Squashfs(format!("compressor: {e}")))?;
-    compressor
-        .extra(CompressionExtra::Xz(xz))
+    let options = CompressionOptions::Lz4(Lz4 {
+        version: LZ4_LEGACY,
+        flags: 0,
+    });
+    let compressor = FilesystemCompressor::new(Compressor::Lz4, Some(options))
         .map_err(|e| Error::Squashfs(format!("compressor: {e}")))?;
     fs.set_compressor(compressor);
 
@@ -91,6 +92,15 @@ mod tests {
 
         let fs = FilesystemReader::from_reader(Cursor::new(a)).unwrap();
         assert_eq!(fs.mod_time, 1_700_000_000);
+        // The kernel mounts LZ4 squashfs only with the legacy-format options.
+        assert_eq!(fs.compressor, Some(Compressor::Lz4.into()));
+        assert_eq!(
+            fs.compression_options,
+            Some(CompressionOptions::Lz4(Lz4 {
+                version: LZ4_LEGACY,
+                flags: 0
+            }))
+        );
         let mut seen = Vec::new();
         for node in fs.files() {
             let p = node.fullpath.display().to_string();
