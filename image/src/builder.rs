@@ -6,7 +6,6 @@
 //! previous outputs (or none) and never a partial image.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -357,16 +356,6 @@ pub fn bramble_env(cmdline_txt: &str) -> Result<String> {
     Ok(format!("bramble_slot=A\nbramble_cmdline={cmdline}\n"))
 }
 
-fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(Vec::new(), flate2::Compression::best());
-    enc.write_all(data)
-        .and_then(|_| enc.finish())
-        .map_err(Error::io("initramfs gzip"))
-}
-
 /// Builds the image; see the module documentation.
 pub fn build(cfg: &BuildConfig) -> Result<Report> {
     check_config(cfg)?;
@@ -471,7 +460,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     let initrd_tree = content::initrd(&binaries[0], &release, &module_files)?;
     let mut cpio = Vec::new();
     initrd_tree.write_cpio(&mut cpio, sde32)?;
-    let initrd = gzip(&cpio)?;
+    let initrd = crate::lz4::compress_legacy(&cpio);
     drop(cpio);
     timer.step("initramfs");
     tracing::info!(entries = rootfs_tree.len(), "writing the root squashfs");
@@ -636,7 +625,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         ("p3 root B (empty)".into(), 0, layout.bytes(3).1),
         ("p5 STATE (ext4)".into(), 0, layout.bytes(5).1),
         ("p6 DATA (ext4)".into(), 0, layout.bytes(6).1),
-        ("  initramfs (gzip cpio)".into(), initrd.len() as u64, 0),
+        ("  initramfs (LZ4 cpio)".into(), initrd.len() as u64, 0),
         ("  kernel (vmlinuz)".into(), kernel.vmlinuz.len() as u64, 0),
     ];
     report.mapped_blocks = derived.mapped_blocks;

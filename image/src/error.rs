@@ -115,6 +115,10 @@ pub enum Error {
         limit: u64,
     },
 
+    /// The initramfs could not be packed or unpacked.
+    #[error("initramfs: {0}")]
+    Initramfs(String),
+
     /// Building the squashfs failed.
     #[error("squashfs: {0}")]
     Squashfs(String),

@@ -37,6 +37,8 @@ pub mod fat;
 #[cfg(feature = "builder")]
 pub mod lock;
 #[cfg(feature = "builder")]
+pub mod lz4;
+#[cfg(feature = "builder")]
 pub mod mkext4;
 #[cfg(feature = "builder")]
 pub mod modules;
