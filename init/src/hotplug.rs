@@ -5,6 +5,7 @@
 //! and loads the modules matching each new device's `MODALIAS`.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use nix::sys::socket::{
     AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
@@ -47,9 +48,10 @@ pub fn added_modalias(msg: &[u8]) -> Option<&str> {
 }
 
 /// Reads every pending uevent and loads the modules for new devices;
-/// returns how many modules it loaded. Errors from a module are reported
-/// and do not stop the others; an error of the socket itself is returned.
-pub fn drain(fd: BorrowedFd<'_>, db: &mut Database) -> nix::Result<usize> {
+/// returns how many it loaded, each announced on the console if `announce`.
+/// Errors from a module are reported and do not stop the others; an error
+/// of the socket itself is returned.
+pub fn drain(fd: BorrowedFd<'_>, db: &mut Database, announce: bool) -> nix::Result<usize> {
     let mut buf = vec![0u8; 8192];
     let mut loaded = 0;
     // Bounded, so a storm of events cannot keep PID 1 from its other work;
@@ -62,7 +64,7 @@ pub fn drain(fd: BorrowedFd<'_>, db: &mut Database) -> nix::Result<usize> {
             // pass finds whatever they announced.
             Err(nix::Error::ENOBUFS) => {
                 tracing::warn!("uevents were lost; walking sysfs again");
-                loaded += db.coldplug(std::path::Path::new("/sys"), 4);
+                loaded += db.coldplug(Path::new("/sys"), 4);
                 continue;
             }
             Err(nix::Error::EINTR) => continue,
@@ -72,19 +74,37 @@ pub fn drain(fd: BorrowedFd<'_>, db: &mut Database) -> nix::Result<usize> {
             continue;
         };
         let modalias = modalias.to_owned();
-        for module in db.modules_for(&modalias) {
-            match db.load_module(&module) {
-                Ok(true) => {
-                    tracing::info!("hotplug: loaded {module} for {modalias}");
-                    loaded += 1;
-                }
-                Ok(false) => {}
-                Err(err) => tracing::warn!("{err} (for device {modalias})"),
+        for module in db.load_for_device(&modalias) {
+            if announce {
+                tracing::info!("hotplug: loaded {module} for {modalias}");
             }
+            loaded += 1;
         }
     }
     Ok(loaded)
 }
+
+/// Coldplug at boot: one pass over `sysfs`, then the devices that the
+/// loaded drivers revealed, read from `events` (opened before the pass), until
+/// they need no more modules. One walk instead of a walk per generation of
+/// devices: a walk costs tens of milliseconds on a slow CPU. Returns how many
+/// modules were loaded.
+pub fn coldplug(events: BorrowedFd<'_>, db: &mut Database, sysfs: &Path) -> nix::Result<usize> {
+    let mut loaded = db.coldplug_once(sysfs);
+    // Each round is one generation of devices (PCI, then virtio, then
+    // their disks and links); real buses nest a few levels at most.
+    for _ in 0..MAX_EVENT_ROUNDS {
+        let more = drain(events, db, false)?;
+        if more == 0 {
+            break;
+        }
+        loaded += more;
+    }
+    Ok(loaded)
+}
+
+/// Bound on [`coldplug`]'s rounds of uevents.
+const MAX_EVENT_ROUNDS: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,9 @@
 //! on a bus and of every input device (`/sys/bus/*/devices/*`,
 //! `/sys/class/input/*`), matches each against the alias patterns and loads
 //! the matching modules, dependencies first, with `finit_module(2)`. Loading a driver can
-//! make new devices appear (a PCI bus reveals virtio devices), so coldplug runs
-//! in rounds until a round loads nothing.
+//! make new devices appear (a PCI bus reveals virtio devices): their uevents
+//! name them ([`crate::hotplug::coldplug`]), or, without a uevent socket,
+//! coldplug runs in rounds until a round loads nothing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
@@ -173,33 +174,41 @@ impl Database {
         }
     }
 
+    /// Loads the modules matching one device's `modalias`, once per distinct
+    /// modalias; returns the names of those it loaded. Failures are
+    /// reported and do not stop the others.
+    pub fn load_for_device(&mut self, modalias: &str) -> Vec<String> {
+        if !self.handled_aliases.insert(modalias.to_owned()) {
+            return Vec::new();
+        }
+        let matching = std::time::Instant::now();
+        let modules = self.modules_for(modalias);
+        self.stats.matching += matching.elapsed();
+        let mut loaded = Vec::new();
+        for module in modules {
+            let loading = std::time::Instant::now();
+            let result = self.load_module(&module);
+            self.stats.loading += loading.elapsed();
+            match result {
+                Ok(true) => loaded.push(module),
+                Ok(false) => {}
+                Err(err) => tracing::warn!("{err} (for device {modalias})"),
+            }
+        }
+        loaded
+    }
+
     /// One coldplug pass over the devices under `sysfs`; returns how many modules it
     /// loaded. Failures are reported and do not stop the pass.
     pub fn coldplug_once(&mut self, sysfs: &Path) -> usize {
-        let mut loaded = 0;
         let started = std::time::Instant::now();
         let modaliases = collect_modaliases(sysfs);
         self.stats.passes += 1;
         self.stats.walk += started.elapsed();
-        for modalias in modaliases {
-            if !self.handled_aliases.insert(modalias.clone()) {
-                continue;
-            }
-            let matching = std::time::Instant::now();
-            let modules = self.modules_for(&modalias);
-            self.stats.matching += matching.elapsed();
-            for module in modules {
-                let loading = std::time::Instant::now();
-                let result = self.load_module(&module);
-                self.stats.loading += loading.elapsed();
-                match result {
-                    Ok(true) => loaded += 1,
-                    Ok(false) => {}
-                    Err(err) => tracing::warn!("{err} (for device {modalias})"),
-                }
-            }
-        }
-        loaded
+        modaliases
+            .iter()
+            .map(|modalias| self.load_for_device(modalias).len())
+            .sum()
     }
 
     /// Coldplug until a pass loads nothing (at most `max_rounds` passes).

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -267,9 +268,21 @@ fn wait_for_layout(db: &mut Database, slot: char) -> Layout {
     let start = Instant::now();
     let mut next_report = Duration::from_secs(5);
     let mut delay = Duration::from_millis(20);
+    // Opened before the first pass, so the devices its drivers reveal are
+    // queued here (stage 2 opens its own socket for later ones).
+    let events = crate::hotplug::open()
+        .inspect_err(|err| tracing::warn!("uevent socket: {err}; walking sysfs in rounds"))
+        .ok();
     loop {
         let round = Instant::now();
-        let loaded = db.coldplug(Path::new("/sys"), 8);
+        let sysfs = Path::new("/sys");
+        let loaded = match &events {
+            Some(fd) => crate::hotplug::coldplug(fd.as_fd(), db, sysfs).unwrap_or_else(|err| {
+                tracing::warn!("reading uevents: {err}; walking sysfs in rounds");
+                db.coldplug(sysfs, 8)
+            }),
+            None => db.coldplug(sysfs, 8),
+        };
         if loaded > 0 {
             tracing::info!(
                 "coldplug: {loaded} module(s) loaded in {} ms ({})",

@@ -93,7 +93,7 @@ pub fn run() -> Result<Kind> {
         for id in sup.take_readable_watches() {
             if Some(id) == hotplug_watch {
                 if let (Some(fd), Some(db)) = (sup.watched(id), modules.as_mut())
-                    && let Err(err) = crate::hotplug::drain(fd, db)
+                    && let Err(err) = crate::hotplug::drain(fd, db, true)
                 {
                     tracing::warn!("reading uevents: {err}; devices added later get no driver");
                     sup.unwatch(id);
