@@ -113,7 +113,7 @@ pub fn run() -> Result<Infallible> {
         take_boot_config(&mut db, &layout.boot, &sysroot.join("system/state"));
     }
 
-    switch_root(sysroot)
+    switch_root(sysroot, &layout.disk.dev_path())
 }
 
 /// Written into STATE by the API's Reset with `wipe_data`.
@@ -355,8 +355,9 @@ pub fn kernel_release() -> String {
 }
 
 /// Moves the kernel filesystems into the new root, frees the initramfs,
-/// makes the new root `/` and executes its init in place of this process.
-fn switch_root(new_root: &Path) -> Result<Infallible> {
+/// makes the new root `/` and executes its init in place of this process,
+/// telling it which disk it booted from.
+fn switch_root(new_root: &Path, boot_disk: &Path) -> Result<Infallible> {
     for dir in ["dev", "proc", "sys"] {
         mounts::move_mount(&Path::new("/").join(dir), &new_root.join(dir))?;
     }
@@ -368,7 +369,9 @@ fn switch_root(new_root: &Path) -> Result<Infallible> {
     nix::unistd::chroot(".").map_err(|e| Error::sys("chroot into the new root", e))?;
     nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
     tracing::info!("switching to the root filesystem");
-    let err = std::process::Command::new("/sbin/init").exec();
+    let err = std::process::Command::new("/sbin/init")
+        .env(crate::stage2::BOOT_DISK_ENV, boot_disk)
+        .exec();
     Err(Error::io("executing", "/sbin/init", err))
 }
 

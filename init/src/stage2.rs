@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
@@ -15,6 +15,8 @@ pub const STATE_DIR: &str = "/system/state";
 pub const RUN_DIR: &str = "/run/bramble";
 pub const LOG_DIR: &str = "/var/log";
 pub const CONTROL_SOCKET: &str = "/run/bramble/init.sock";
+/// The RNG seed carried across boots, in [`STATE_DIR`].
+pub const SEED_FILE: &str = "random-seed";
 
 pub fn run() -> Result<Infallible> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -49,7 +51,7 @@ pub fn run() -> Result<Infallible> {
             tracing::warn!("creating {dir}: {err}");
         }
     }
-    crate::rng::carry_seed(&Path::new(STATE_DIR).join("random-seed"));
+    crate::rng::mix_seed(&Path::new(STATE_DIR).join(SEED_FILE));
 
     let hostname = default_hostname(Path::new("/sys/class/net"));
     if let Err(err) = nix::unistd::sethostname(&hostname) {
@@ -83,18 +85,33 @@ pub fn run() -> Result<Infallible> {
 /// partition (`services/apid/src/pi.rs`).
 pub const BOOT_DEVICE_FILE: &str = "boot-device";
 
-/// Finds the boot disk again (stage 1's knowledge does not survive the root
-/// switch; sysfs and one sector per partition are cheap) and writes its
-/// device path to `/run/bramble/boot-device`. Logged, never fatal.
-fn export_boot_device(run: &Path) {
+/// The environment variable in which stage 1 names the boot disk
+/// (`/dev/vda`, `/dev/mmcblk0`) when it executes stage 2.
+pub const BOOT_DISK_ENV: &str = "BRAMBLE_BOOT_DISK";
+
+/// The boot disk stage 1 found, or, without a usable [`BOOT_DISK_ENV`],
+/// the one sysfs and the partition tables show.
+fn boot_disk() -> Option<PathBuf> {
+    if let Some(disk) = std::env::var_os(BOOT_DISK_ENV).map(PathBuf::from)
+        && disk.starts_with("/dev")
+        && disk.exists()
+    {
+        return Some(disk);
+    }
     let devs = crate::disk::list_block_devices(Path::new("/sys/class/block"));
-    let Some(layout) = crate::disk::find_layout(&devs) else {
+    crate::disk::find_layout(&devs).map(|layout| layout.disk.dev_path())
+}
+
+/// Writes the boot disk's device path to `/run/bramble/boot-device`.
+/// Logged, never fatal.
+fn export_boot_device(run: &Path) {
+    let Some(disk) = boot_disk() else {
         return tracing::warn!(
             "no boot disk found: the Raspberry Pi settings of the configuration cannot be written"
         );
     };
     let path = run.join(BOOT_DEVICE_FILE);
-    let line = format!("{}\n", layout.disk.dev_path().display());
+    let line = format!("{}\n", disk.display());
     if let Err(err) = crate::atomic::write(&path, line.as_bytes(), 0o600) {
         tracing::warn!("writing {}: {err}", path.display());
     }
