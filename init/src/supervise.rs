@@ -18,8 +18,9 @@ use crate::stage2::{CONTROL_SOCKET, LOG_DIR, SERVICES_DIR};
 
 /// The service whose readiness makes the node "ready".
 const API_SERVICE: &str = "apid";
-/// Coldplug of the root filesystem's modules waits for "ready" at most this long.
-const COLDPLUG_LATEST: Duration = Duration::from_secs(10);
+/// The work deferred until "ready" (coldplug of the root filesystem's
+/// modules, the new RNG seed) waits for it at most this long.
+const DEFERRED_LATEST: Duration = Duration::from_secs(10);
 /// How long after "ready" the idle memory report is taken.
 const IDLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -70,17 +71,18 @@ pub fn run() -> Result<Kind> {
     let mut modules = None;
 
     let mut report = BootReport::default();
-    // Drivers for devices the initramfs had no module for are loaded once the
-    // API is up (or after COLDPLUG_LATEST): walking sysfs takes a while on a
-    // slow machine, and this loop must not keep the node from being ready.
-    let mut coldplug_pending = true;
-    let coldplug_latest = Instant::now() + COLDPLUG_LATEST;
+    // Drivers for devices the initramfs had no module for are loaded, and
+    // the RNG seed is renewed, once the API is up (or after DEFERRED_LATEST):
+    // walking sysfs takes a while on a slow machine, an fsync on an SD card
+    // too, and this loop must not keep the node from being ready.
+    let mut deferred_pending = true;
+    let deferred_latest = Instant::now() + DEFERRED_LATEST;
     loop {
         let now = Instant::now();
-        let wait = if coldplug_pending {
+        let wait = if deferred_pending {
             report
                 .wait(now)
-                .min(coldplug_latest.saturating_duration_since(now))
+                .min(deferred_latest.saturating_duration_since(now))
         } else {
             report.wait(now)
         };
@@ -115,8 +117,11 @@ pub fn run() -> Result<Kind> {
             }
         }
         report.update(&sup, Instant::now());
-        if coldplug_pending && (report.ready_at.is_some() || Instant::now() >= coldplug_latest) {
-            coldplug_pending = false;
+        if deferred_pending && (report.ready_at.is_some() || Instant::now() >= deferred_latest) {
+            deferred_pending = false;
+            crate::rng::renew_seed(
+                &Path::new(crate::stage2::STATE_DIR).join(crate::stage2::SEED_FILE),
+            );
             modules = crate::stage2::coldplug_rootfs_modules();
             if modules.is_some()
                 && let Some(fd) = hotplug.take()
