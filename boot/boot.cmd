@@ -40,6 +40,14 @@ if test "${board}" = "rpi"; then
     setenv bramble_console "console=ttyS1,115200"
 fi
 
-setenv bootargs "${bramble_cmdline} ${bramble_console} bramble.slot=${bramble_slot}"
+# A machine configuration put on this partition (`nodectl image flash --config`)
+# is moved into the node's state by PID 1. Saying here whether there is one
+# spares PID 1 loading the FAT driver and mounting this partition at every boot.
+setenv bramble_boot_config ""
+if test -e ${devtype} ${devnum}:${distro_bootpart} machine-config.yaml; then
+    setenv bramble_boot_config "bramble.boot_config=1"
+fi
+
+setenv bootargs "${bramble_cmdline} ${bramble_console} bramble.slot=${bramble_slot} ${bramble_boot_config}"
 booti ${kernel_addr_r} ${ramdisk_addr_r}:${bramble_initrd_size} ${bramble_fdt}
 echo "Bramble: booting slot ${bramble_slot} failed"

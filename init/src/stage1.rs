@@ -50,7 +50,8 @@ pub fn run() -> Result<Infallible> {
         Database::default()
     });
 
-    let slot = boot_slot(&fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let slot = boot_slot(&cmdline);
     let layout = wait_for_layout(&mut db, slot);
     tracing::info!(
         "boot disk /dev/{} (boot partition /dev/{}): slot {slot} on /dev/{}",
@@ -109,7 +110,7 @@ pub fn run() -> Result<Infallible> {
         &sysroot.join("system/state").join(WIPE_DATA_MARKER),
         &sysroot.join("var"),
     );
-    if state_on_disk {
+    if state_on_disk && boot_config_present(&cmdline) {
         take_boot_config(&mut db, &layout.boot, &sysroot.join("system/state"));
     }
 
@@ -339,6 +340,14 @@ fn found_layout(layout: &Layout) -> Layout {
     layout.clone()
 }
 
+/// Whether the boot script saw a [`BOOT_CONFIG`] on the boot partition
+/// (`bramble.boot_config=1`, `boot/boot.cmd`).
+pub fn boot_config_present(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .any(|arg| arg == "bramble.boot_config=1")
+}
+
 /// `bramble.slot=B` on the kernel command line selects slot B; anything
 /// else boots A.
 pub fn boot_slot(cmdline: &str) -> char {
@@ -462,6 +471,16 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&staged), 0o600);
         assert_eq!(mode(staged.parent().unwrap()), 0o700);
+    }
+
+    #[test]
+    fn boot_config_flag_from_cmdline() {
+        assert!(boot_config_present(
+            "console=ttyAMA0 bramble.slot=A bramble.boot_config=1"
+        ));
+        assert!(!boot_config_present("console=ttyAMA0 bramble.slot=A "));
+        assert!(!boot_config_present("bramble.boot_config=0"));
+        assert!(!boot_config_present("xbramble.boot_config=1"));
     }
 
     #[test]
