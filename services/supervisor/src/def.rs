@@ -14,6 +14,7 @@
 //! stop_timeout_secs = 10               # SIGTERM, then SIGKILL after this
 //! notify_ready = true                  # wait for "READY=1\n" on fd $BRAMBLE_READY_FD
 //! log_console = true                   # echo captured lines to the console as "[name] line"
+//! nice = -5                            # scheduling niceness, -20 (first) to 19; default 0
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -44,6 +45,8 @@ const MAX_LIST: usize = 64;
 const MAX_DELAY_MS: u64 = 24 * 3600 * 1000;
 const MAX_CRASH_LOOP_RESTARTS: u32 = 1000;
 const MAX_STOP_TIMEOUT_SECS: u64 = 3600;
+/// Niceness range (`setpriority(2)`).
+const NICE_RANGE: std::ops::RangeInclusive<i32> = -20..=19;
 
 /// When a service that exited is started again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +99,9 @@ pub struct ServiceDef {
     pub notify_ready: bool,
     /// Echo captured output lines to the console sink.
     pub log_console: bool,
+    /// Scheduling niceness given to the process as soon as it is spawned
+    /// (`None`: PID 1's, 0). Threads it started before that keep 0.
+    pub nice: Option<i32>,
     /// File this definition was loaded from (used in error messages).
     pub source: Option<PathBuf>,
 }
@@ -122,6 +128,7 @@ impl ServiceDef {
             stop_timeout: Duration::from_secs(10),
             notify_ready: false,
             log_console: false,
+            nice: None,
             source: None,
         }
     }
@@ -147,6 +154,7 @@ impl ServiceDef {
             stop_timeout: Duration::from_secs(file.stop_timeout_secs),
             notify_ready: file.notify_ready,
             log_console: file.log_console,
+            nice: file.nice,
             source: Some(source.to_path_buf()),
         };
         // Range checks that only make sense for the file's integer fields.
@@ -297,6 +305,18 @@ impl ServiceDef {
                 format!("must be at most {MAX_STOP_TIMEOUT_SECS}"),
             ));
         }
+        if let Some(nice) = self.nice
+            && !NICE_RANGE.contains(&nice)
+        {
+            return Err(self.invalid(
+                "nice",
+                format!(
+                    "{nice} is outside {} to {}",
+                    NICE_RANGE.start(),
+                    NICE_RANGE.end()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -330,6 +350,8 @@ struct ServiceFile {
     notify_ready: bool,
     #[serde(default)]
     log_console: bool,
+    #[serde(default)]
+    nice: Option<i32>,
 }
 
 fn d_restart_delay_ms() -> u64 {
@@ -545,10 +567,12 @@ crash_loop_window_secs = 30
 stop_timeout_secs = 5
 notify_ready = true
 log_console = true
+nice = -5
 "#,
         )
         .unwrap();
         assert_eq!(d.name, "apid");
+        assert_eq!(d.nice, Some(-5));
         assert_eq!(d.command[2], "[::]:50000");
         assert_eq!(d.env["RUST_LOG"], "info");
         assert_eq!(d.restart, RestartPolicy::OnFailure);
@@ -626,6 +650,8 @@ log_console = true
                 "env",
             ),
             ("command = [\"/a\"]\nafter = [\"a\"]", "after"),
+            ("command = [\"/a\"]\nnice = -21", "nice"),
+            ("command = [\"/a\"]\nnice = 20", "nice"),
         ] {
             let s = parse("a", text).unwrap_err().to_string();
             assert!(s.contains(&format!("`{field}`")), "{text}: {s}");

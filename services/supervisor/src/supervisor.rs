@@ -1116,6 +1116,12 @@ impl Supervisor {
         let ready_r = ready.map(|(r, _w)| r);
         let pid = Pid::from_raw(pid.as_raw())
             .ok_or_else(|| format!("cannot spawn {program}: bad pid"))?;
+        if let Some(nice) = def.nice
+            && let Err(e) = rustix::process::setpriority_process(Some(pid), nice)
+        {
+            // Still supervised; it only runs at PID 1's priority.
+            tracing::warn!(service = %def.name, "cannot set niceness {nice}: {e}");
+        }
         match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(pidfd) => Ok(Proc {
                 pid,

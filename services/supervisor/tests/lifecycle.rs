@@ -508,3 +508,21 @@ fn child_environment_and_fds() {
     assert!(!plain.iter().any(|l| l.starts_with("BRAMBLE_READY_FD")));
     shutdown(&mut s);
 }
+
+#[test]
+fn niceness_is_set_at_spawn() {
+    // Positive, so the test needs no privilege; PID 1 gives negative ones.
+    let mut nice = sh("nice", "exec sleep 100");
+    nice.nice = Some(7);
+    let mut s = sup(vec![nice, sh("plain", "exec sleep 100")]);
+    assert!(wait_for(&mut s, LONG, all_ready));
+    let of = |name: &str| {
+        let p = rustix::process::Pid::from_raw(pid(&s, name).unwrap()).unwrap();
+        rustix::process::getpriority_process(Some(p)).unwrap()
+    };
+    assert_eq!(of("nice"), 7);
+    assert_eq!(
+        of("plain"),
+        rustix::process::getpriority_process(None).unwrap()
+    );
+}
