@@ -77,7 +77,8 @@ pub struct BuildConfig {
     pub lock: PathBuf,
     /// Directory of cached `.deb`s.
     pub cache: PathBuf,
-    /// `boot/`: `boot.cmd`, `config.txt`, `bramble-extra.txt`, `cmdline.txt`, `modules.txt`.
+    /// `boot/`: `boot.cmd`, `config.txt`, `bramble-extra.txt`, `cmdline.txt`, `modules.txt`,
+    /// `modules-rootfs.txt`.
     pub boot_dir: PathBuf,
     /// Directory with `bramble-init`, `bramble-apid`, `bramble-networkd`, `timed`.
     pub bin_dir: PathBuf,
@@ -383,9 +384,17 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     let extra_txt = read(&cfg.boot_dir.join("bramble-extra.txt"))?;
     let cmdline_path = cfg.boot_dir.join("cmdline.txt");
     let cmdline_txt = read_text(&cmdline_path)?;
-    let modules_txt_path = cfg.boot_dir.join("modules.txt");
-    let modules_txt = read_text(&modules_txt_path)?;
-    let requested = modules::parse_list(&modules_txt_path.display().to_string(), &modules_txt)?;
+    let module_list = |name: &str| -> Result<(String, Vec<(usize, String)>)> {
+        let path = cfg.boot_dir.join(name);
+        let what = path.display().to_string();
+        let list = modules::parse_list(&what, &read_text(&path)?)?;
+        Ok((what, list))
+    };
+    // Stage 1's modules go into the initramfs and the root filesystem; the
+    // rest only into the root filesystem, where PID 1 (as modprobe) loads
+    // them when the kernel asks.
+    let (initrd_what, initrd_requested) = module_list("modules.txt")?;
+    let (rootfs_what, rootfs_requested) = module_list("modules-rootfs.txt")?;
     let env_txt = bramble_env(&cmdline_txt)?;
     let binaries = read_binaries(&cfg.bin_dir)?;
 
@@ -435,10 +444,18 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     let ca_bundle = content::ca_bundle(&certs);
     timer.step("unpack");
 
-    // Modules.
+    // Modules. Each list is resolved alone first, so an error names its file
+    // and line; the root filesystem gets both.
+    let initrd_selection = kernel.modules.select(&initrd_what, &initrd_requested)?;
+    kernel.modules.select(&rootfs_what, &rootfs_requested)?;
+    let both: Vec<(usize, String)> = initrd_requested
+        .iter()
+        .chain(&rootfs_requested)
+        .cloned()
+        .collect();
     let selection = kernel
         .modules
-        .select(&modules_txt_path.display().to_string(), &requested)?;
+        .select(&format!("{initrd_what} and {rootfs_what}"), &both)?;
     for b in &selection.builtin_requested {
         tracing::info!(module = %b, "built into the kernel; skipped");
     }
@@ -446,6 +463,8 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     report.modules = selection.modules.len();
     report.builtin_requested = selection.builtin_requested.clone();
     let module_files = ModuleFiles::new(&kernel.kver, &selection, &kernel.modules_builtin);
+    let initrd_module_files =
+        ModuleFiles::new(&kernel.kver, &initrd_selection, &kernel.modules_builtin);
     tracing::info!(kver = %kernel.kver, selected = selection.modules.len(), "kernel modules resolved");
 
     // Root file system and initramfs.
@@ -457,7 +476,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         modules: &module_files,
         overlay: &cfg.rootfs_overlay,
     })?;
-    let initrd_tree = content::initrd(&binaries[0], &release, &module_files)?;
+    let initrd_tree = content::initrd(&binaries[0], &release, &initrd_module_files)?;
     let mut cpio = Vec::new();
     initrd_tree.write_cpio(&mut cpio, sde32)?;
     let initrd = crate::lz4::compress_legacy(&cpio);

@@ -287,6 +287,10 @@ fn two_builds_are_identical_and_well_formed() {
     )
     .unwrap();
     assert!(dep.contains("kernel/fs/ext4/ext4.ko: "), "{dep}");
+    // Modules stage 1 never loads (boot/modules-rootfs.txt) stay out of it.
+    for ko in ["bonding.ko", "bridge.ko", "8021q.ko", "overlay.ko"] {
+        assert!(!dep.contains(ko), "{ko} in the initramfs: {dep}");
+    }
     assert!(
         find(&format!("lib/modules/{kver}/modules.alias"))
             .data
@@ -315,6 +319,29 @@ fn two_builds_are_identical_and_well_formed() {
     img.read_exact(&mut on_disk).unwrap();
     assert!(on_disk == sq);
     assert_eq!(&sq[..4], b"hsqs");
+    // The root filesystem has both module lists, and a modules.dep naming them.
+    let rootfs = backhand::FilesystemReader::from_reader(std::io::Cursor::new(sq)).unwrap();
+    let rootfs_dep = rootfs
+        .files()
+        .find(|n| n.fullpath == Path::new(&format!("/lib/modules/{kver}/modules.dep")))
+        .and_then(|n| match &n.inner {
+            backhand::InnerNode::File(f) => {
+                let mut text = String::new();
+                rootfs.file(f).reader().read_to_string(&mut text).unwrap();
+                Some(text)
+            }
+            _ => None,
+        })
+        .expect("modules.dep in the root filesystem");
+    for ko in [
+        "bonding.ko",
+        "8021q.ko",
+        "overlay.ko",
+        "ext4.ko",
+        "virtio_net.ko",
+    ] {
+        assert!(rootfs_dep.contains(ko), "{ko} missing: {rootfs_dep}");
+    }
 }
 
 /// A corrupted cached package stops the build before anything is written, with a
