@@ -81,9 +81,17 @@ pub fn relay() -> PathBuf {
 pub fn test_dir(name: &str) -> Result<tempfile::TempDir> {
     let base = workspace_root().join("target/boot-tests");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let keep = std::env::var_os(KEEP_TEST_DIRS).is_some_and(|v| !v.is_empty());
     let dir = tempfile::Builder::new()
         .prefix(&format!("{name}-"))
+        .disable_cleanup(keep)
         .tempdir_in(&base)
         .context("creating a test directory")?;
+    if keep {
+        eprintln!("{KEEP_TEST_DIRS}: keeping {}", dir.path().display());
+    }
     Ok(dir)
 }
+
+/// Set (to anything but the empty string) to keep every test directory.
+pub const KEEP_TEST_DIRS: &str = "BRAMBLE_KEEP_TEST_DIRS";
