@@ -42,16 +42,7 @@ fn configure_operate_reboot_and_reset_a_node() -> Result<()> {
 
     // Maintenance mode takes the first configuration over --insecure.
     nodectl::version_json(&addr)?;
-    let out = nodectl::run(
-        &["apply-config", "--insecure", "-n", &addr, "-f", cp],
-        CALL_TIMEOUT,
-    )?;
-    ensure!(
-        out.success,
-        "first apply-config: {}{}",
-        out.stdout,
-        out.stderr
-    );
+    c.apply_first(&addr, MTLS_TIMEOUT)?;
 
     // Mutual TLS only from now on; the server certificate, issued on the node
     // from the configuration's CA, verifies through the forwarded loopback port.
@@ -171,12 +162,7 @@ fn a_power_cut_during_apply_leaves_the_old_or_the_new_configuration() -> Result<
     let addr = node.api_addr();
     let c = Client::generate(&dir.path().join("cluster"), &[])?;
     let cp = c.controlplane_str()?;
-    let out = nodectl::run(
-        &["apply-config", "--insecure", "-n", &addr, "-f", cp],
-        CALL_TIMEOUT,
-    )?;
-    ensure!(out.success, "first apply-config: {}", out.stderr);
-    c.wait_answer(&node.api_addr(), MTLS_TIMEOUT)?;
+    c.apply_first(&addr, MTLS_TIMEOUT)?;
 
     // Cut the power at a few points of an apply: before it reaches the node,
     // while it is written, after it answered.

@@ -131,25 +131,8 @@ fn network_applied_live_reverted_by_try_and_clock_restored() -> Result<()> {
 
     // First boot, unconfigured: DHCP from QEMU's user network.
     nodectl::version_json(&addr)?;
-    let out = nodectl::run(
-        &[
-            "apply-config",
-            "--insecure",
-            "-n",
-            &addr,
-            "-f",
-            c.controlplane_str()?,
-        ],
-        ANSWER_TIMEOUT,
-    )?;
-    ensure!(
-        out.success,
-        "first apply-config: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    ensure!(out.stdout.contains("reloaded: networkd"), "{}", out.stdout);
-    c.wait_answer(&addr, ANSWER_TIMEOUT)?;
+    let out = c.apply_first(&addr, ANSWER_TIMEOUT)?;
+    ensure!(out.contains("reloaded: networkd"), "{out}");
 
     let list = addresses(&c, &addr)?;
     ensure!(has(&list, "eth0", "10.0.2.15/24", "dhcp"), "{list:?}");

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bramble_tests::nodectl::{self, Client};
+use bramble_tests::nodectl::Client;
 use bramble_tests::{paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -46,19 +46,7 @@ fn pi_config_txt_lines_are_written_to_the_boot_partition() -> Result<()> {
     );
 
     let c = Client::generate(&dir.path().join("cluster"), &[])?;
-    let out = nodectl::run(
-        &[
-            "apply-config",
-            "--insecure",
-            "-n",
-            &addr,
-            "-f",
-            c.controlplane_str()?,
-        ],
-        ANSWER_TIMEOUT,
-    )?;
-    ensure!(out.success, "first apply: {}{}", out.stdout, out.stderr);
-    c.wait_answer(&addr, ANSWER_TIMEOUT)?;
+    c.apply_first(&addr, ANSWER_TIMEOUT)?;
     node.wait_for(
         ": configured; API listening on [::]:50000 (mutual TLS)",
         Duration::from_secs(30),
