@@ -70,6 +70,18 @@ fn boots_through_uboot_to_pid1_and_answers_version() -> Result<()> {
         console.contains("initramfs: kernel"),
         "PID 1 stage 1 did not run"
     );
+    // Stage 1 walks sysfs once: the virtio devices that appear once
+    // virtio_pci is loaded come from uevents, and their drivers load too.
+    let coldplug = console
+        .lines()
+        .find(|l| l.contains("coldplug:") && l.contains("loaded in"))
+        .context("no coldplug line from stage 1")?;
+    ensure!(coldplug.contains("(1 pass(es)"), "{coldplug}");
+    ensure!(
+        console.contains("boot disk /dev/vda"),
+        "virtio_blk was not loaded:\n{}",
+        b.node.console_tail(40)
+    );
     // What a person at the console reads: the command that configures the
     // node, with the address QEMU's DHCP leased it.
     b.node.wait_for(
