@@ -451,16 +451,14 @@ impl Unpacker {
                 self.remove(&dir, &comps, &shown)?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name)
                     .map_err(self.sys(&shown, "creating the symbolic link"))?;
-                rustix::fs::chownat(
+                self.chown_at(&dir, name, &meta, &shown, "chown of the symbolic link")?;
+                self.times_at(
                     &dir,
                     name,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(self.sys(&shown, "chown of the symbolic link"))?;
-                rustix::fs::utimensat(&dir, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(self.sys(&shown, "setting the symbolic link's times"))?;
+                    &meta,
+                    &shown,
+                    "setting the symbolic link's times",
+                )?;
             }
             tar::EntryType::Link => {
                 let target = link.ok_or_else(|| self.bad(&shown, "hard link without a target"))?;
@@ -513,24 +511,49 @@ impl Unpacker {
                     rustix::fs::makedev(device.0, device.1),
                 )
                 .map_err(self.sys(&shown, "creating the device node"))?;
-                rustix::fs::chownat(
-                    &dir,
-                    name,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(self.sys(&shown, "chown of the device node"))?;
+                self.chown_at(&dir, name, &meta, &shown, "chown of the device node")?;
                 rustix::fs::chmodat(&dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
                     .map_err(self.sys(&shown, "chmod of the device node"))?;
-                rustix::fs::utimensat(&dir, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(self.sys(&shown, "setting the device node's times"))?;
+                self.times_at(&dir, name, &meta, &shown, "setting the device node's times")?;
             }
             other => {
                 return Err(self.bad(&shown, format!("unsupported tar entry type {other:?}")));
             }
         }
         Ok(())
+    }
+
+    /// Owner of `name` in `dir`, not following a symbolic link (for entries
+    /// that cannot be opened: links, device nodes).
+    fn chown_at(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+        shown: &str,
+        what: &str,
+    ) -> Result<(), Error> {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(self.sys(shown, what))
+    }
+
+    /// Times of `name` in `dir`, not following a symbolic link.
+    fn times_at(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+        shown: &str,
+        what: &str,
+    ) -> Result<(), Error> {
+        rustix::fs::utimensat(dir, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.sys(shown, what))
     }
 
     fn mkdir(&self, dir: &OwnedFd, name: &OsStr, shown: &str) -> Result<(), Error> {
