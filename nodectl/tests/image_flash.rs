@@ -1,5 +1,5 @@
 //! `nodectl image flash` through the command line: its refusals name the
-//! reason and write nothing (the flashing itself is tested in `flash/tests/`).
+//! reason and write nothing (the flashing itself is tested in `nodectl/flash/tests/`).
 
 #![allow(clippy::unwrap_used)]
 

@@ -152,10 +152,10 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     // An OCI archive for `image import` (a file, no devices: no root needed).
     let archive = state.path().join("app.tar");
     let mut bytes = Vec::new();
-    bramble_images::build::ImageBuilder::new(
-        bramble_images::Platform::host().architecture.as_str(),
+    bramble_oci_store::build::ImageBuilder::new(
+        bramble_oci_store::Platform::host().architecture.as_str(),
     )
-    .layer(vec![bramble_images::build::Entry::file(
+    .layer(vec![bramble_oci_store::build::Entry::file(
         "hello.txt",
         0o644,
         b"hi\n",

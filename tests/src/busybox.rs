@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bramble_image::{deb, lock as pins};
-use bramble_images::build::{Entry, ImageBuilder, ImageParts};
+use bramble_oci_store::build::{Entry, ImageBuilder, ImageParts};
 use bramble_testkit::registry::Registry;
 
 /// The pinned package.
@@ -72,6 +72,6 @@ pub fn push(registry: &Registry, repo_tag: &str, parts: &ImageParts) -> Result<(
         .enable_all()
         .build()?;
     let reference = registry.reference(repo_tag);
-    runtime.block_on(bramble_images::push::Pusher::new(true).image(&reference, parts))?;
+    runtime.block_on(bramble_oci_store::push::Pusher::new(true).image(&reference, parts))?;
     Ok(())
 }

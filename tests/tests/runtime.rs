@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bramble_images::build::{Entry, ImageBuilder};
+use bramble_oci_store::build::{Entry, ImageBuilder};
 use bramble_testkit::registry::{Registry, free_port};
 use bramble_tests::nodectl::Client;
 use bramble_tests::{busybox, paths, qemu};

@@ -120,7 +120,7 @@ impl TestRuntime {
         use bramble_runtimed::workloads::{Paths, Runtime};
         let socket = state_dir.join("runtimed.sock");
         let dir = state_dir.join("runtime");
-        let store = bramble_images::Store::open(&dir.join("images")).unwrap();
+        let store = bramble_oci_store::Store::open(&dir.join("images")).unwrap();
         let paths = Paths {
             state_dir: dir.join("state"),
             run_dir: dir.join("run"),

@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn every_rpc_of_the_proto_has_a_rule() {
-        let proto = include_str!("../../../api/proto/bramble/machine/v1/machine.proto");
+        let proto = include_str!("../../../lib/api/proto/bramble/machine/v1/machine.proto");
         let rpcs: Vec<&str> = proto
             .lines()
             .filter_map(|l| l.trim().strip_prefix("rpc "))

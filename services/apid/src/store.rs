@@ -310,7 +310,7 @@ impl ConfigStore {
 mod tests {
     use super::*;
 
-    const VALID: &str = include_str!("../../../config/tests/data/full.yaml");
+    const VALID: &str = include_str!("../../../lib/config/tests/data/full.yaml");
 
     #[test]
     fn adopts_a_config_placed_at_flash_time_only_in_maintenance_mode() {

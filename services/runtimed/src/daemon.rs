@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use bramble_api::runtime::v1::runtime_server::RuntimeServer;
 use bramble_config::{MachineConfig, Registries, Workload};
-use bramble_images::{Credentials, RegistryConfig, Store};
+use bramble_oci_store::{Credentials, RegistryConfig, Store};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -171,7 +171,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    const BASE: &str = include_str!("../../../config/tests/data/full.yaml");
+    const BASE: &str = include_str!("../../../lib/config/tests/data/full.yaml");
 
     #[test]
     fn the_runtime_part_of_the_configuration() {

@@ -5,7 +5,7 @@
 pub enum RuntimeError {
     /// The image store refused or failed.
     #[error(transparent)]
-    Image(#[from] bramble_images::Error),
+    Image(#[from] bramble_oci_store::Error),
     /// Building the container's OCI spec or bundle failed.
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),

@@ -2,7 +2,7 @@
 //!
 //! It keeps the machine configuration's `machine.workloads` running on
 //! youki's libcontainer (cgroups v2), with images from the node's store
-//! (`bramble-images`: registry pulls, archive imports, layer snapshots), and
+//! (`bramble-oci-store`: registry pulls, archive imports, layer snapshots), and
 //! serves `bramble.runtime.v1.Runtime` to `apid` on a Unix socket.
 //!
 //! Processes: the daemon is an async (tokio) process and never creates a

@@ -13,7 +13,7 @@ use bramble_api::runtime::v1::{
     ImagePullRequest, ImagePullResponse, ImageRemoveRequest, ImageRemoveResponse, ImagesRequest,
     ImagesResponse,
 };
-use bramble_images::ImageInfo;
+use bramble_oci_store::ImageInfo;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -54,7 +54,7 @@ fn image(info: ImageInfo) -> Image {
 
 /// Maps runtime errors to gRPC codes a client can act on.
 pub fn status(e: RuntimeError) -> Status {
-    use bramble_images::Error as I;
+    use bramble_oci_store::Error as I;
     match &e {
         RuntimeError::NotFound(_) => Status::not_found(e.to_string()),
         RuntimeError::Image(inner) => match inner {

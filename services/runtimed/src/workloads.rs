@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_config::{RestartPolicy, Workload};
-use bramble_images::{RegistryConfig, Store};
+use bramble_oci_store::{RegistryConfig, Store};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};

@@ -640,7 +640,7 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 fn runtime_figures(dir: &tempfile::TempDir, image: &Path) -> Result<RuntimeFigures> {
-    use bramble_images::build::Entry;
+    use bramble_oci_store::build::Entry;
     use bramble_tests::busybox;
     let busybox_bin = busybox::arm64()?;
     let registry = bramble_testkit::registry::Registry::start();
