@@ -14,7 +14,6 @@
 //! module-request helper, `/sbin/modprobe` links to it), it loads a module
 //! and exits.
 
-mod atomic;
 mod disk;
 mod error;
 mod hold;

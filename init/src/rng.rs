@@ -29,7 +29,7 @@ pub fn mix_seed(seed_file: &Path) {
 pub fn renew_seed(seed_file: &Path) {
     let mut fresh = [0u8; SEED_BYTES];
     let filled = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut fresh));
-    match filled.and_then(|()| crate::atomic::write(seed_file, &fresh, 0o600)) {
+    match filled.and_then(|()| Ok(bramble_atomic::write(seed_file, &fresh, 0o600)?)) {
         Ok(()) => {}
         Err(err) => tracing::warn!("saving a new RNG seed to {}: {err}", seed_file.display()),
     }

@@ -216,7 +216,7 @@ fn move_boot_config(source: &Path, staged: &Path) -> std::io::Result<Option<usiz
             .mode(0o700)
             .create(dir)?;
     }
-    crate::atomic::write(staged, &data, 0o600)?;
+    bramble_atomic::write(staged, &data, 0o600)?;
     fs::remove_file(source)?;
     Ok(Some(data.len()))
 }

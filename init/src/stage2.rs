@@ -57,7 +57,7 @@ pub fn run() -> Result<Infallible> {
     if let Err(err) = nix::unistd::sethostname(&hostname) {
         tracing::warn!("setting the hostname: {err}");
     }
-    if let Err(err) = crate::atomic::write(
+    if let Err(err) = bramble_atomic::write(
         &Path::new(RUN_DIR).join("hostname"),
         format!("{hostname}\n").as_bytes(),
         0o644,
@@ -66,7 +66,7 @@ pub fn run() -> Result<Infallible> {
     }
     tracing::info!("hostname {hostname}");
     // `/etc/hosts` links here; networkd rewrites it with the configured entries.
-    if let Err(err) = crate::atomic::write(
+    if let Err(err) = bramble_atomic::write(
         &Path::new(RUN_DIR).join("hosts"),
         b"127.0.0.1\tlocalhost\n::1\tlocalhost\n",
         0o644,
@@ -112,7 +112,7 @@ fn export_boot_device(run: &Path) {
     };
     let path = run.join(BOOT_DEVICE_FILE);
     let line = format!("{}\n", disk.display());
-    if let Err(err) = crate::atomic::write(&path, line.as_bytes(), 0o600) {
+    if let Err(err) = bramble_atomic::write(&path, line.as_bytes(), 0o600) {
         tracing::warn!("writing {}: {err}", path.display());
     }
 }

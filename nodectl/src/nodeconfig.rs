@@ -18,8 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -134,43 +133,10 @@ impl NodeConfig {
     }
 }
 
-/// Replaces `path` atomically with owner-only permissions: a temporary file
-/// beside it, fsync, rename, fsync of the directory.
-pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    write_atomic(path, contents, 0o600)
-}
-
-/// Replaces `path` atomically (temporary file, fsync, rename, fsync dir).
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+/// Replaces `path` atomically with owner-only permissions (`bramble-atomic`:
+/// a temporary file beside it, fsync, rename, fsync of the directory).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), bramble_atomic::FileError> {
+    bramble_atomic::write(path, contents, 0o600)
 }
 
 #[cfg(test)]

@@ -263,3 +263,12 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+impl From<bramble_atomic::FileError> for Error {
+    fn from(e: bramble_atomic::FileError) -> Self {
+        Error::Io {
+            context: format!("{} {}", e.what, e.path.display()),
+            source: e.source,
+        }
+    }
+}

@@ -1,8 +1,8 @@
-//! Small filesystem helpers: temporary paths that clean up after themselves,
-//! durable renames, and the store's lock files.
+//! Small filesystem helpers: temporary paths that clean up after themselves
+//! and the store's lock files. Durable writes and renames are `bramble-atomic`'s.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -73,40 +73,11 @@ pub(crate) fn remove_any(path: &Path) {
     }
 }
 
-/// fsyncs a directory, making renames and creations in it durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("syncing directory {}", dir.display())))
-}
-
-/// Renames `from` to `to` and fsyncs `to`'s directory.
-pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<(), Error> {
-    fs::rename(from, to).map_err(Error::io(format!(
-        "renaming {} to {}",
-        from.display(),
-        to.display()
-    )))?;
-    if let Some(parent) = to.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `dest` atomically: a temporary file in `tmp_dir`
-/// (same filesystem), fsync, rename, fsync of the directory.
+/// Writes `bytes` to `dest` atomically (`bramble-atomic`), through a
+/// temporary file of a unique name in `tmp_dir`, on the same filesystem.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = TempPath::new(tmp_dir.join(unique_name("write")));
-    let ctx = || format!("writing {}", tmp.path().display());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp.path())
-        .map_err(Error::io(ctx()))?;
-    file.write_all(bytes).map_err(Error::io(ctx()))?;
-    file.sync_all().map_err(Error::io(ctx()))?;
-    drop(file);
-    rename_durable(tmp.path(), dest)?;
+    bramble_atomic::write_via(tmp.path(), dest, bytes, 0o644)?;
     tmp.disarm();
     Ok(())
 }

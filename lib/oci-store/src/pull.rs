@@ -556,7 +556,7 @@ impl Store {
             .await
             .map_err(Error::io(format!("syncing {}", tmp.path().display())))?;
         drop(file);
-        fsutil::rename_durable(tmp.path(), &dest)?;
+        bramble_atomic::rename(tmp.path(), &dest)?;
         tmp.disarm();
         *fetched += bytes;
         debug!(digest = desc.digest, bytes, "blob downloaded");

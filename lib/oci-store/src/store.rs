@@ -309,7 +309,7 @@ impl Store {
             }
         }
         if report.removed_snapshots > 0 {
-            fsutil::fsync_dir(&self.snapshots_dir())?;
+            bramble_atomic::sync_dir(&self.snapshots_dir())?;
         }
         self.clear_tmp()?;
         info!(
@@ -521,7 +521,7 @@ impl Store {
             file.sync_all()
                 .map_err(Error::io(format!("syncing {}", tmp.path().display())))?;
             drop(file);
-            fsutil::rename_durable(tmp.path(), &dest)?;
+            bramble_atomic::rename(tmp.path(), &dest)?;
             tmp.disarm();
             debug!(digest, size, "blob stored");
         }
@@ -731,7 +731,7 @@ impl Store {
         match fs::rename(tmp.path(), &dest) {
             Ok(()) => {
                 tmp.disarm();
-                fsutil::fsync_dir(&self.snapshots_dir())?;
+                bramble_atomic::sync_dir(&self.snapshots_dir())?;
                 info!(layer = layer.digest, chain_id, "layer unpacked");
                 Ok(())
             }

@@ -27,8 +27,9 @@ use crate::error::Error;
 
 /// Default `PATH` given to services that do not set one.
 pub const DEFAULT_PATH: &str = "/usr/bin:/sbin";
-/// Environment variable carrying the readiness fd number.
-pub const READY_FD_ENV: &str = "BRAMBLE_READY_FD";
+/// Environment variable carrying the readiness fd number: the protocol's
+/// one definition is the daemons' side of it, `bramble_daemon::ready`.
+pub use bramble_daemon::ready::READY_FD_ENV;
 /// The readiness pipe's fd number in the child (the value of `BRAMBLE_READY_FD`).
 /// A single digit, so `echo READY=1 >&$BRAMBLE_READY_FD` works even in dash.
 pub const CHILD_READY_FD: i32 = 3;

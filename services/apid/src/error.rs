@@ -70,13 +70,4 @@ pub enum Error {
     /// The gRPC server stopped with an error.
     #[error("API server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
-
-    /// The readiness notification could not be delivered.
-    #[error("readiness notification on fd {fd}: {reason}")]
-    Readiness {
-        /// The fd number given in `BRAMBLE_READY_FD`.
-        fd: String,
-        /// Why it failed.
-        reason: String,
-    },
 }

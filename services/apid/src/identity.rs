@@ -16,7 +16,6 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::atomic;
 use crate::error::Error;
 
 /// File name of the PEM certificate in the state directory.
@@ -149,7 +148,7 @@ impl ServerIdentity {
     /// a warning: the API must come up for the node to be reachable at all.
     pub fn load_or_generate(dir: &Path, names: &SubjectNames) -> Result<(Self, Origin), Error> {
         ensure_dir(dir)?;
-        match atomic::remove_stale_temporaries(dir) {
+        match bramble_atomic::remove_stale_temporaries(dir).map_err(io::Error::from) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(dir = %dir.display(), count = n, "removed temporary files left by an interrupted write")
@@ -196,18 +195,18 @@ impl ServerIdentity {
     }
 
     fn persist(&self, cert_path: &Path, key_path: &Path) -> Result<(), Error> {
-        atomic::write_file(key_path, self.key_pem.as_bytes(), KEY_MODE).map_err(|source| {
-            Error::Persist {
+        bramble_atomic::write(key_path, self.key_pem.as_bytes(), KEY_MODE)
+            .map_err(io::Error::from)
+            .map_err(|source| Error::Persist {
                 path: key_path.to_owned(),
                 source,
-            }
-        })?;
-        atomic::write_file(cert_path, self.cert_pem.as_bytes(), CERT_MODE).map_err(|source| {
-            Error::Persist {
+            })?;
+        bramble_atomic::write(cert_path, self.cert_pem.as_bytes(), CERT_MODE)
+            .map_err(io::Error::from)
+            .map_err(|source| Error::Persist {
                 path: cert_path.to_owned(),
                 source,
-            }
-        })
+            })
     }
 
     /// SHA-256 fingerprint of the certificate.
@@ -275,7 +274,9 @@ fn ensure_dir(dir: &Path) -> Result<(), Error> {
         .map_err(state_err)?;
     // Make the new directory entry itself durable.
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        atomic::sync_dir(parent).map_err(state_err)?;
+        bramble_atomic::sync_dir(parent)
+            .map_err(io::Error::from)
+            .map_err(state_err)?;
     }
     Ok(())
 }

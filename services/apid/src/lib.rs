@@ -11,7 +11,6 @@
 //! readiness notification and SIGTERM handling.
 
 pub mod addrs;
-pub mod atomic;
 pub mod auth;
 pub mod console;
 pub mod error;
@@ -19,7 +18,6 @@ pub mod identity;
 pub mod info;
 pub mod network;
 pub mod pi;
-pub mod ready;
 pub mod runtime;
 pub mod server;
 pub mod service;

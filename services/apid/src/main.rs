@@ -8,7 +8,7 @@ use bramble_apid::server::{
     DEFAULT_CONFIG_DIR, DEFAULT_CONTROL_SOCKET, DEFAULT_LISTEN, DEFAULT_STATE_DIR,
     DEFAULT_WIPE_DATA_MARKER,
 };
-use bramble_apid::{BoundServer, Config, ready};
+use bramble_apid::{BoundServer, Config};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::level_filters::LevelFilter;
@@ -34,19 +34,15 @@ struct Args {
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
     control_socket: PathBuf,
 
-    /// Log level (error, warn, info, debug, trace).
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
-    log_level: LevelFilter,
+    /// Log level: error, warn, info, debug or trace (default: `RUST_LOG`,
+    /// else info).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    bramble_daemon::logging::init(args.log_level);
     bramble_apid::install_crypto_provider();
     // One thread: the API serves a handful of clients and must stay small.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -76,7 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         certificate = ?server.identity_origin(),
         "API listening"
     );
-    if let Err(e) = ready::notify_from_env() {
+    if let Err(e) = bramble_daemon::ready::notify_from_env() {
         // The supervisor will see the missing line; keep serving.
         tracing::error!(error = %e, "readiness notification failed");
     }

@@ -773,7 +773,7 @@ impl MachineService for MachineApi {
         self.node.control("reset", |_| Ok(())).await?;
         let mut current = self.node.current.lock().await;
         if req.wipe_data {
-            crate::atomic::write_file(&self.node.wipe_data_marker, b"", 0o600).map_err(|e| {
+            bramble_atomic::write(&self.node.wipe_data_marker, b"", 0o600).map_err(|e| {
                 Status::internal(format!(
                     "cannot mark /var for wiping ({}): {e}",
                     self.node.wipe_data_marker.display()

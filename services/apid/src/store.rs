@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 use bramble_config::MachineConfig;
 
-use crate::atomic;
 use crate::error::Error;
 
 /// File name of the configuration in force.
@@ -101,10 +100,12 @@ impl ConfigStore {
             path: staged.clone(),
             source,
         })?;
-        atomic::sync_dir(&self.dir).map_err(|source| Error::Persist {
-            path: staged,
-            source,
-        })?;
+        bramble_atomic::sync_dir(&self.dir)
+            .map_err(io::Error::from)
+            .map_err(|source| Error::Persist {
+                path: staged,
+                source,
+            })?;
         Ok(true)
     }
 
@@ -126,7 +127,7 @@ impl ConfigStore {
         let set_aside = |what: &str| -> Result<bool, Error> {
             let to = self.path(&format!("config.from-boot.{what}.yaml"));
             fs::rename(&path, &to)
-                .and_then(|()| atomic::sync_dir(&self.dir))
+                .and_then(|()| bramble_atomic::sync_dir(&self.dir).map_err(io::Error::from))
                 .map_err(|source| Error::Persist { path: to, source })?;
             Ok(false)
         };
@@ -146,7 +147,7 @@ impl ConfigStore {
             Ok(raw) => {
                 self.store(&raw, false)?;
                 fs::remove_file(&path)
-                    .and_then(|()| atomic::sync_dir(&self.dir))
+                    .and_then(|()| bramble_atomic::sync_dir(&self.dir).map_err(io::Error::from))
                     .map_err(|source| Error::Persist { path, source })?;
                 Ok(true)
             }
@@ -181,7 +182,9 @@ impl ConfigStore {
             return self.write(TRYING, "");
         }
         match fs::remove_file(&path) {
-            Ok(()) => atomic::sync_dir(&self.dir).map_err(|source| Error::Persist { path, source }),
+            Ok(()) => bramble_atomic::sync_dir(&self.dir)
+                .map_err(io::Error::from)
+                .map_err(|source| Error::Persist { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(Error::Persist { path, source }),
         }
@@ -271,10 +274,12 @@ impl ConfigStore {
             }
         }
         if self.dir.is_dir() {
-            atomic::sync_dir(&self.dir).map_err(|source| Error::Persist {
-                path: self.dir.clone(),
-                source,
-            })?;
+            bramble_atomic::sync_dir(&self.dir)
+                .map_err(io::Error::from)
+                .map_err(|source| Error::Persist {
+                    path: self.dir.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -290,8 +295,10 @@ impl ConfigStore {
 
     fn write(&self, name: &str, raw: &str) -> Result<(), Error> {
         let path = self.path(name);
-        atomic::write_file(&path, raw.as_bytes(), FILE_MODE)
-            .map_err(|source| Error::Persist { path, source })
+        bramble_atomic::write(&path, raw.as_bytes(), FILE_MODE).map_err(|e| Error::Persist {
+            path,
+            source: e.into(),
+        })
     }
 
     fn ensure_dir(&self) -> Result<(), Error> {

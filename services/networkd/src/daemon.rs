@@ -322,7 +322,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         kernel_hostname: None,
     };
     // A marker left by an earlier instance is stale until we hold a lease.
-    crate::fsutil::remove_if_exists(&daemon.status.network_dir().join("online"))?;
+    bramble_atomic::remove_if_exists(&daemon.status.network_dir().join("online"))?;
 
     // The configured network first, then DHCP wherever it is wanted.
     daemon.reload().await;

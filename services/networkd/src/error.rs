@@ -60,7 +60,7 @@ pub enum Error {
 
     /// A file operation failed.
     #[error(transparent)]
-    File(#[from] bramble_daemon::FileError),
+    File(#[from] bramble_atomic::FileError),
 
     /// Serialising the status document failed.
     #[error("cannot serialise network state: {0}")]

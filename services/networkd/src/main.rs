@@ -16,7 +16,6 @@ mod reconcile;
 mod resolv;
 mod status;
 
-use bramble_daemon::fs as fsutil;
 use bramble_daemon::ready;
 
 use std::path::PathBuf;
@@ -68,9 +67,10 @@ struct Cli {
     #[arg(long)]
     set_hostname: bool,
 
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: LevelFilter,
+    /// Log level: error, warn, info, debug or trace (default: `RUST_LOG`,
+    /// else info).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -10,7 +10,6 @@ use std::path::Path;
 use crate::dhcp::Lease;
 use crate::dhcp::lease::{MAX_NAMESERVERS, MAX_SEARCH_DOMAINS};
 use crate::error::Error;
-use crate::fsutil;
 
 /// The longest `search` line resolvers read (musl and glibc: 256 bytes).
 const MAX_SEARCH_LINE: usize = 256;
@@ -79,9 +78,10 @@ impl Resolvers {
 
 /// Atomically writes `<run-dir>/resolv.conf`.
 pub fn write_resolv_conf(run_dir: &Path, resolvers: &Resolvers) -> Result<(), Error> {
-    Ok(fsutil::write_atomic(
+    Ok(bramble_atomic::write(
         &run_dir.join("resolv.conf"),
         resolvers.render().as_bytes(),
+        0o644,
     )?)
 }
 
@@ -103,17 +103,19 @@ pub fn render_hosts(hostname: Option<&str>, extra: &[(IpAddr, Vec<String>)]) -> 
 
 /// Atomically writes `<run-dir>/hosts`.
 pub fn write_hosts(run_dir: &Path, text: &str) -> Result<(), Error> {
-    Ok(fsutil::write_atomic(
+    Ok(bramble_atomic::write(
         &run_dir.join("hosts"),
         text.as_bytes(),
+        0o644,
     )?)
 }
 
 /// Atomically writes `<run-dir>/hostname`.
 pub fn write_hostname(run_dir: &Path, name: &str) -> Result<(), Error> {
-    Ok(fsutil::write_atomic(
+    Ok(bramble_atomic::write(
         &run_dir.join("hostname"),
         format!("{name}\n").as_bytes(),
+        0o644,
     )?)
 }
 

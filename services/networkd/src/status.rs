@@ -13,7 +13,6 @@ use tracing::info;
 use crate::desired::Desired;
 use crate::dhcp::{Lease, LossReason, Phase};
 use crate::error::Error;
-use crate::fsutil;
 use crate::links::Link;
 use crate::resolv::{self, Resolvers};
 
@@ -266,7 +265,7 @@ impl Status {
                         None => true,
                     };
                     if !renewal || changed {
-                        println!("{}", lease.summary(&l.name));
+                        info!("{}", lease.summary(&l.name));
                     }
                     let age = now.saturating_duration_since(lease.acquired);
                     let acquired_unix = unix_secs(wall).saturating_sub(age.as_secs());
@@ -281,7 +280,7 @@ impl Status {
                 if let Some(l) = self.links.get_mut(index)
                     && let Some(old) = l.lease.take()
                 {
-                    println!("{}: {} {}", l.name, old.lease.cidr(), reason.as_str());
+                    info!("{}: {} {}", l.name, old.lease.cidr(), reason.as_str());
                 }
             }
             LinkEvent::Stopped { index } => {
@@ -329,7 +328,11 @@ impl Status {
     pub fn flush(&mut self) -> Result<(), Error> {
         let json = serde_json::to_string_pretty(&self.document())? + "\n";
         if self.written_state.as_deref() != Some(json.as_str()) {
-            fsutil::write_atomic(&self.network_dir().join("state.json"), json.as_bytes())?;
+            bramble_atomic::write(
+                &self.network_dir().join("state.json"),
+                json.as_bytes(),
+                0o644,
+            )?;
             self.written_state = Some(json);
         }
 
@@ -337,13 +340,13 @@ impl Status {
         if self.written_online != Some(online) {
             let marker = self.network_dir().join("online");
             if online {
-                fsutil::write_atomic(&marker, b"")?;
+                bramble_atomic::write(&marker, b"", 0o644)?;
                 match uptime_secs() {
                     Some(t) => info!("network online: {t:.3} s after kernel start"),
                     None => info!("network online"),
                 }
             } else {
-                fsutil::remove_if_exists(&marker)?;
+                bramble_atomic::remove_if_exists(&marker)?;
                 if self.written_online == Some(true) {
                     info!("network offline: no link holds a lease");
                 }

@@ -269,17 +269,18 @@ fn dhcp_lease_renew_keep_rebind_release() {
     assert_eq!(link["lease"]["lease_seconds"], 120);
     assert_eq!(link["lease"]["renew_seconds"], T1_SECS);
     assert_eq!(link["lease"]["server"], SERVER_IP);
-    let stdout = wait_for("the console line", Duration::from_secs(5), || {
-        let s = read(&lab.path("networkd.stdout"));
-        (!s.is_empty()).then_some(s)
+    // The lease is logged (and so shown on the console) as one line, and
+    // nothing goes to stdout: daemons only log.
+    let bound =
+        format!("{CLIENT_IF}: {LEASED_IP}/24 via {SERVER_IP} (lease 120 s from {SERVER_IP})");
+    let logged = wait_for("the lease's log line", Duration::from_secs(5), || {
+        read(&lab.path("networkd.stderr"))
+            .lines()
+            .find(|l| l.ends_with(&format!(" INFO {bound}")))
+            .map(str::to_owned)
     });
-    assert_eq!(
-        stdout.lines().next(),
-        Some(
-            format!("{CLIENT_IF}: {LEASED_IP}/24 via {SERVER_IP} (lease 120 s from {SERVER_IP})")
-                .as_str()
-        )
-    );
+    assert!(logged.ends_with(&bound), "{logged}");
+    assert_eq!(read(&lab.path("networkd.stdout")), "");
     assert_eq!(read(&lab.path("ready")), "READY=1\n");
     // The kernel nodename went out as option 12.
     assert!(
@@ -360,8 +361,8 @@ fn dhcp_lease_renew_keep_rebind_release() {
         "online marker kept after release"
     );
     assert!(
-        read(&lab.path("networkd.stdout"))
-            .contains(&format!("{CLIENT_IF}: {MOVED_IP}/24 released"))
+        read(&lab.path("networkd.stderr"))
+            .contains(&format!(" INFO {CLIENT_IF}: {MOVED_IP}/24 released"))
     );
 }
 

@@ -65,9 +65,10 @@ struct DaemonArgs {
         default_value = "/run/bramble/runtimed.sock"
     )]
     socket: PathBuf,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: LevelFilter,
+    /// Log level: error, warn, info, debug or trace (default: `RUST_LOG`,
+    /// else info).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
 }
 
 fn main() -> ExitCode {

@@ -518,7 +518,7 @@ async fn run_shim(
     let config_path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&spec)
         .map_err(|e| RuntimeError::Shim(format!("cannot encode the OCI spec: {e}")))?;
-    bramble_daemon::fs::write_atomic(&config_path, &json).map_err(|e| RuntimeError::Io {
+    bramble_atomic::write(&config_path, &json, 0o644).map_err(|e| RuntimeError::Io {
         path: config_path.display().to_string(),
         source: std::io::Error::other(e.to_string()),
     })?;

@@ -59,7 +59,7 @@ pub fn load(path: &Path) -> Result<Settings, Error> {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Settings::defaults()),
         Err(source) => {
-            return Err(Error::File(bramble_daemon::FileError {
+            return Err(Error::File(bramble_atomic::FileError {
                 what: "read",
                 path: path.to_owned(),
                 source,

@@ -11,7 +11,7 @@ use crate::ntp::ReplyError;
 pub enum Error {
     /// A file operation failed.
     #[error(transparent)]
-    File(#[from] bramble_daemon::FileError),
+    File(#[from] bramble_atomic::FileError),
 
     /// The machine configuration file cannot be used. `message` names the
     /// field(s) at fault, one `path: reason` per line.

@@ -25,7 +25,6 @@ mod persist;
 mod query;
 mod status;
 
-use bramble_daemon::fs as fsutil;
 use bramble_daemon::ready;
 
 use std::path::PathBuf;
@@ -92,9 +91,10 @@ struct Cli {
     #[arg(long, value_name = "PORT", default_value_t = ntp::NTP_PORT)]
     port: u16,
 
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log_level: LevelFilter,
+    /// Log level: error, warn, info, debug or trace (default: `RUST_LOG`,
+    /// else info).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::fsutil;
 
 /// File name inside the state directory.
 pub const FILE_NAME: &str = "clock.json";
@@ -57,7 +56,7 @@ pub fn load(state_dir: &Path) -> Result<Option<Saved>, Error> {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(Error::File(bramble_daemon::FileError {
+            return Err(Error::File(bramble_atomic::FileError {
                 what: "read",
                 path,
                 source,
@@ -84,7 +83,7 @@ pub fn save(state_dir: &Path, saved: &Saved) -> Result<(), Error> {
         source,
     })?;
     json.push(b'\n');
-    Ok(fsutil::write_atomic(&path(state_dir), &json)?)
+    Ok(bramble_atomic::write(&path(state_dir), &json, 0o644)?)
 }
 
 /// Where the clock should be stepped to at start: the saved time when it is

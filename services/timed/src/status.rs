@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::fsutil;
 
 /// Sub-directory of the run directory.
 pub const DIR: &str = "time";
@@ -72,7 +71,11 @@ pub fn write_state(run_dir: &Path, doc: &StateDoc) -> Result<(), Error> {
         source,
     })?;
     json.push(b'\n');
-    Ok(fsutil::write_atomic(&dir(run_dir).join(STATE_FILE), &json)?)
+    Ok(bramble_atomic::write(
+        &dir(run_dir).join(STATE_FILE),
+        &json,
+        0o644,
+    )?)
 }
 
 /// Creates the `synced` marker (atomically) unless it exists; returns
@@ -82,7 +85,7 @@ pub fn mark_synced(run_dir: &Path) -> Result<bool, Error> {
     if path.exists() {
         return Ok(false);
     }
-    fsutil::write_atomic(&path, b"")?;
+    bramble_atomic::write(&path, b"", 0o644)?;
     Ok(true)
 }
 

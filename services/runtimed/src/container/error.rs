@@ -105,7 +105,7 @@ pub enum ContainerError {
 
     /// An atomic write failed.
     #[error(transparent)]
-    File(#[from] bramble_daemon::FileError),
+    File(#[from] bramble_atomic::FileError),
 
     /// A cgroup could not be prepared or cleaned up.
     #[error("cgroup {path}: {reason}")]

@@ -171,7 +171,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ContainerError
         path: path.to_owned(),
         reason: format!("cannot encode: {e}"),
     })?;
-    bramble_daemon::fs::write_atomic(path, &json)?;
+    bramble_atomic::write(path, &json, 0o644)?;
     Ok(())
 }
 

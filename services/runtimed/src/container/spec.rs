@@ -308,7 +308,7 @@ pub fn write_config(bundle: &Path, spec: &Spec) -> Result<(), ContainerError> {
         path: path.clone(),
         reason: format!("cannot serialize the spec: {e}"),
     })?;
-    bramble_daemon::fs::write_atomic(&path, &json)?;
+    bramble_atomic::write(&path, &json, 0o644)?;
     Ok(())
 }
 
