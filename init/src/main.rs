@@ -9,8 +9,8 @@
 //! service supervisor until a shutdown is asked for, then stops everything in
 //! order and powers off or reboots.
 //!
-//! PID 1 must never exit and never panic: every failure is reported on the
-//! console and either retried or held. Called as `modprobe` (the kernel's
+//! PID 1 must never exit: every failure is reported on the console and either
+//! retried or held, and so is a panic (`panic.rs`). Called as `modprobe` (the kernel's
 //! module-request helper, `/sbin/modprobe` links to it), it loads a module
 //! and exits.
 
@@ -22,6 +22,7 @@ mod logging;
 mod modprobe;
 mod modules;
 mod mounts;
+mod panic;
 mod rng;
 mod shutdown;
 mod stage1;
@@ -46,14 +47,12 @@ fn main() {
     }
 
     logging::init();
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!("internal error: {info}");
-    }));
-
     if std::process::id() != 1 {
         eprintln!("bramble-init: must run as PID 1 (it mounts, switches root and powers off)");
         std::process::exit(2);
     }
+    // From here on a panic holds the node like a fatal error (`panic.rs`).
+    panic::install();
 
     let outcome = if Path::new(INITRD_MARKER).exists() {
         stage1::run()

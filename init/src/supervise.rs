@@ -132,6 +132,16 @@ pub fn run() -> Result<Kind> {
             if added > 0 {
                 tracing::info!("{added} more input device(s) watched for the power key");
             }
+            if report.ready_at.is_some()
+                && crate::panic::test_fault_requested(
+                    &fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+                )
+            {
+                panic!(
+                    "injected by {} on the kernel command line",
+                    crate::panic::TEST_FAULT_ARG
+                );
+            }
         }
     }
 }
