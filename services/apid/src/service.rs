@@ -4,38 +4,55 @@
 //! handlers only read the [`Caller`] where the answer depends on it
 //! (secrets in `GetConfig`). Service control, logs, reboot and shutdown go to
 //! PID 1's supervisor through its control socket.
+//!
+//! This file holds the state every call shares ([`Node`]), the server type
+//! ([`MachineApi`]) and the RPC table, each entry handing its call to the
+//! module of its group, where the handler opens its tracing span:
+//!
+//! * `config`: ApplyConfiguration (carrying out a [`plan`]), GetConfig, Reset;
+//! * `plan`: what an apply will do, decided before anything is written;
+//! * `system`: Version, the Service* calls, Memory, LoadAvg, Processes,
+//!   Mounts, Reboot, Shutdown;
+//! * `network`: the network readers (Hostname, Links, Addresses, Routes,
+//!   Resolvers, Time);
+//! * `logs`: the streams that can be followed: Logs, Dmesg, Events;
+//! * `runtime`: the container calls, forwarded to runtimed.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bramble_api::machine::v1::machine_service_server::MachineService;
 use bramble_api::machine::v1::{
     AddressesRequest, AddressesResponse, ApplyConfigurationRequest, ApplyConfigurationResponse,
-    ApplyMode, DmesgRequest, Event, EventsRequest, GetConfigRequest, GetConfigResponse,
-    HostnameRequest, HostnameResponse, KernelLogLine, LinksRequest, LinksResponse, LoadAvgRequest,
-    LoadAvgResponse, LogLine, LogsRequest, MemoryRequest, MemoryResponse, MountsRequest,
-    MountsResponse, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
-    ResetRequest, ResetResponse, ResolversRequest, ResolversResponse, RoutesRequest,
-    RoutesResponse, Service, ServiceListRequest, ServiceListResponse, ServiceRequest,
-    ServiceResponse, ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse, VersionRequest,
-    VersionResponse,
+    DmesgRequest, Event, EventsRequest, GetConfigRequest, GetConfigResponse, HostnameRequest,
+    HostnameResponse, KernelLogLine, LinksRequest, LinksResponse, LoadAvgRequest, LoadAvgResponse,
+    LogLine, LogsRequest, MemoryRequest, MemoryResponse, MountsRequest, MountsResponse,
+    ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse, ResetRequest,
+    ResetResponse, ResolversRequest, ResolversResponse, RoutesRequest, RoutesResponse,
+    ServiceListRequest, ServiceListResponse, ServiceRequest, ServiceResponse, ShutdownRequest,
+    ShutdownResponse, TimeRequest, TimeResponse, VersionRequest, VersionResponse,
 };
-use bramble_config::MachineConfig;
+use bramble_api::runtime::v1 as rt;
 use bramble_supervisor::Shutdown;
 use bramble_supervisor::control::Client;
-use std::pin::Pin;
 use tokio::sync::{Mutex, watch};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
-use crate::info::{NodeInfoSource, Uname};
+use crate::info::NodeInfoSource;
 use crate::runtime::RuntimeClient;
 use crate::store::{ConfigStore, Stored};
 use crate::system::SystemSource;
-use bramble_api::runtime::v1 as rt;
+
+mod config;
+mod logs;
+mod network;
+mod plan;
+mod runtime;
+mod system;
 
 /// How often a followed stream looks for news.
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
@@ -50,20 +67,10 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reply gets to reach the client before a reboot or power-off
 /// is asked for.
 const REPLY_HEAD_START: Duration = Duration::from_millis(300);
-/// Longest `try` window.
-const MAX_TRY: Duration = Duration::from_secs(24 * 3600);
 /// The API server's own service name: its changes are applied by the server
 /// itself (it restarts its listener), not by the supervisor.
 const SELF_SERVICE: &str = "apid";
-/// Services that run on defaults in maintenance mode and re-read the first
-/// configuration when it arrives.
-const FIRST_CONFIG_RELOADS: &[bramble_config::Service] = &[
-    bramble_config::Service::Networkd,
-    bramble_config::Service::Timed,
-    bramble_config::Service::Runtimed,
-];
 
-/// State shared by every call and by the server loop.
 #[derive(Debug)]
 pub struct Node {
     info: NodeInfoSource,
@@ -265,349 +272,55 @@ fn caller<T>(request: &Request<T>) -> Caller {
         .unwrap_or(Caller::Anonymous)
 }
 
-/// What an apply will do, decided before anything is written.
-#[derive(Debug)]
-struct Plan {
-    mode: ApplyMode,
-    diff: String,
-    restarts: Vec<String>,
-    /// Services that re-read the configuration while running.
-    reloads: Vec<String>,
-    reboot: bool,
-    reload_self: bool,
-}
-
-fn plan(
-    old: Option<&MachineConfig>,
-    new: &MachineConfig,
-    req: &ApplyConfigurationRequest,
-) -> Result<Plan, Status> {
-    let asked = ApplyMode::try_from(req.mode)
-        .map_err(|_| Status::invalid_argument(format!("mode: unknown apply mode {}", req.mode)))?;
-    let names = |set: &std::collections::BTreeSet<bramble_config::Service>| -> Vec<String> {
-        set.iter().map(|s| s.name().to_owned()).collect()
-    };
-    let (diff, mut restarts, reloads, reboot) = match old {
-        Some(old) => {
-            let d = bramble_config::diff(old, new);
-            (d.to_string(), names(&d.restart), names(&d.reload), d.reboot)
-        }
-        // Leaving maintenance mode: everything is new. The API server
-        // takes it up itself; the services that ran on defaults re-read it.
-        None => (
-            new.redacted()
-                .to_yaml()
-                .lines()
-                .map(|l| format!("+{l}\n"))
-                .collect(),
-            vec![SELF_SERVICE.to_owned()],
-            FIRST_CONFIG_RELOADS
-                .iter()
-                .map(|s| s.name().to_owned())
-                .collect(),
-            false,
-        ),
-    };
-    let reload_self = restarts.iter().any(|s| s == SELF_SERVICE);
-    restarts.retain(|s| s != SELF_SERVICE);
-    let mode = match asked {
-        ApplyMode::Auto if reboot => ApplyMode::Reboot,
-        ApplyMode::Auto => ApplyMode::NoReboot,
-        ApplyMode::NoReboot | ApplyMode::Try if reboot => {
-            return Err(Status::failed_precondition(
-                "this change needs a reboot to take effect: apply it with --mode reboot, staged or auto",
-            ));
-        }
-        ApplyMode::Try if req.try_timeout_seconds == 0 => {
-            return Err(Status::invalid_argument(
-                "try_timeout_seconds: try mode needs a timeout (for example --timeout 1m)",
-            ));
-        }
-        ApplyMode::Try if Duration::from_secs(req.try_timeout_seconds.into()) > MAX_TRY => {
-            return Err(Status::invalid_argument(
-                "try_timeout_seconds: at most 24 hours",
-            ));
-        }
-        ApplyMode::Try if old.is_none() => {
-            return Err(Status::failed_precondition(
-                "try mode needs a configuration to return to; apply the first one with --mode auto",
-            ));
-        }
-        other => other,
-    };
-    Ok(Plan {
-        mode,
-        diff,
-        restarts,
-        reloads,
-        reboot,
-        reload_self,
-    })
-}
-
-/// `; restarting a, b; reloading c` for the event that records an apply.
-fn taking_up(restarts: &[String], reloads: &[String]) -> String {
-    let mut s = String::new();
-    if !restarts.is_empty() {
-        s.push_str(&format!("; restarting {}", restarts.join(", ")));
-    }
-    if !reloads.is_empty() {
-        s.push_str(&format!("; reloading {}", reloads.join(", ")));
-    }
-    s
-}
-
-fn mode_name(mode: ApplyMode) -> &'static str {
-    match mode {
-        ApplyMode::Auto => "auto",
-        ApplyMode::NoReboot => "no-reboot",
-        ApplyMode::Reboot => "reboot",
-        ApplyMode::Staged => "staged",
-        ApplyMode::Try => "try",
-    }
-}
-
-fn summary(plan: &Plan, dry_run: bool, timeout: u32) -> String {
-    let verb = if dry_run { "would be" } else { "was" };
-    let what = match plan.mode {
-        ApplyMode::Staged => "staged; it takes effect at the next boot".to_owned(),
-        ApplyMode::Reboot => "stored; the node reboots into it".to_owned(),
-        ApplyMode::Try => format!(
-            "applied for {timeout} s; the previous configuration returns then unless another is applied"
-        ),
-        ApplyMode::NoReboot | ApplyMode::Auto => "applied without a reboot".to_owned(),
-    };
-    if plan.diff.is_empty() {
-        return format!("the configuration is unchanged; it {verb} {what}");
-    }
-    format!("the configuration {verb} {what}")
-}
-
-impl MachineApi {
-    async fn apply(
-        &self,
-        req: ApplyConfigurationRequest,
-    ) -> Result<ApplyConfigurationResponse, Status> {
-        let raw = String::from_utf8(req.data.clone())
-            .map_err(|_| Status::invalid_argument("data: the configuration is not UTF-8 text"))?;
-        let new = MachineConfig::parse(&raw)
-            .map_err(|e| Status::invalid_argument(format!("the configuration is invalid:\n{e}")))?;
-        let unknown = crate::network::unknown_links(&new, &self.node.system.class_net);
-        if !unknown.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "the configuration is invalid:\n{}",
-                unknown.join("\n")
-            )));
-        }
-        let node = &self.node;
-        let mut current = node.current.lock().await;
-        let old = current.as_ref().map(|s| &s.config);
-        let plan = plan(old, &new, &req)?;
-        let response = ApplyConfigurationResponse {
-            mode: plan.mode as i32,
-            diff: plan.diff.clone(),
-            restarted: plan.restarts.clone(),
-            reboot_required: plan.reboot,
-            summary: summary(&plan, req.dry_run, req.try_timeout_seconds),
-            reloaded: plan.reloads.clone(),
-        };
-        if req.dry_run {
-            return Ok(response);
-        }
-        let persist = |r: Result<(), crate::Error>| {
-            r.map_err(|e| Status::internal(format!("the configuration was not stored: {e}")))
-        };
-        if plan.mode == ApplyMode::Staged {
-            persist(node.store.stage(&raw))?;
-            node.note("configuration staged for the next boot".into());
-            // Still holding `current`: applies and their writes stay in order.
-            node.sync_pi(crate::pi::lines(Some(&new))).await;
-            return Ok(response);
-        }
-        let previous = current.as_ref().map(|s| s.raw.clone());
-        persist(node.store.store(&raw, plan.mode == ApplyMode::Try))?;
-        let pi_lines = crate::pi::lines(Some(&new));
-        *current = Some(Stored { raw, config: new });
-        // Before the reboot below is asked for, still holding `current`.
-        node.sync_pi(pi_lines).await;
-        drop(current);
-        let generation = node
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        node.note(format!(
-            "configuration applied ({}){}",
-            mode_name(plan.mode),
-            taking_up(&plan.restarts, &plan.reloads)
-        ));
-
-        if plan.mode == ApplyMode::Reboot {
-            node.schedule_shutdown(Shutdown::Reboot, "rebooting into the new configuration");
-            return Ok(response);
-        }
-        // The reply goes out now; the services restart behind it (each
-        // restart is reported in the node's events and logs).
-        let api = self.clone();
-        let (restarts, reloads, reload_self) = (
-            plan.restarts.clone(),
-            plan.reloads.clone(),
-            plan.reload_self,
-        );
-        tokio::spawn(async move { api.take_up(restarts, reloads, reload_self).await });
-        if plan.mode == ApplyMode::Try
-            && let Some(previous) = previous
-        {
-            self.schedule_revert(
-                generation,
-                previous,
-                Duration::from_secs(req.try_timeout_seconds.into()),
-            );
-        }
-        Ok(response)
-    }
-
-    /// Makes the running services take up a stored configuration.
-    async fn take_up(&self, restarts: Vec<String>, reloads: Vec<String>, reload_self: bool) {
-        for service in &reloads {
-            let name = service.clone();
-            match self.node.control("reload", move |c| c.reload(&name)).await {
-                Ok(()) => tracing::info!(%service, "asked to re-read the configuration"),
-                // Not every service exists on every node (or yet).
-                Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => tracing::warn!(%service, error = %e.message(), "not reloaded"),
-            }
-        }
-        for service in &restarts {
-            let name = service.clone();
-            match self
-                .node
-                .control("restart", move |c| c.restart(&name))
-                .await
-            {
-                Ok(()) => tracing::info!(%service, "restarted for the new configuration"),
-                // Not every service exists on every node (or yet).
-                Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => tracing::warn!(%service, error = %e.message(), "not restarted"),
-            }
-        }
-        if reload_self {
-            self.node.request_reload();
-        }
-    }
-
-    fn schedule_revert(&self, generation: u64, previous: String, after: Duration) {
-        let api = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let node = &api.node;
-            if node.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
-                return;
-            }
-            node.note("try timeout passed: returning to the previous configuration".into());
-            let req = ApplyConfigurationRequest {
-                data: previous.into_bytes(),
-                mode: ApplyMode::Auto as i32,
-                dry_run: false,
-                try_timeout_seconds: 0,
-            };
-            if let Err(e) = api.apply(req).await {
-                tracing::error!(error = %e.message(), "reverting the tried configuration failed");
-            }
-        });
-    }
-}
-
 #[tonic::async_trait]
 impl MachineService for MachineApi {
     async fn version(
         &self,
         request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        tracing::debug!(peer = ?request.remote_addr(), "Version");
-        let mut v = self.node.info.version();
-        v.maintenance = self.node.current.lock().await.is_none();
-        Ok(Response::new(v))
+        system::version(self, request).await
     }
 
     async fn apply_configuration(
         &self,
         request: Request<ApplyConfigurationRequest>,
     ) -> Result<Response<ApplyConfigurationResponse>, Status> {
-        self.apply(request.into_inner()).await.map(Response::new)
+        config::apply_configuration(self, request).await
     }
 
     async fn get_config(
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
-        let admin = caller(&request).is_admin();
-        let current = self.node.current.lock().await;
-        let stored = current
-            .as_ref()
-            .ok_or_else(|| Status::failed_precondition("the node has no configuration"))?;
-        let data = if admin {
-            stored.raw.clone()
-        } else {
-            stored.config.redacted().to_yaml()
-        };
-        Ok(Response::new(GetConfigResponse {
-            data: data.into_bytes(),
-            redacted: !admin,
-        }))
+        config::get_config(self, request).await
     }
 
     async fn service_list(
         &self,
-        _request: Request<ServiceListRequest>,
+        request: Request<ServiceListRequest>,
     ) -> Result<Response<ServiceListResponse>, Status> {
-        let list = self.node.control("list services", |c| c.list()).await?;
-        let services = list
-            .into_iter()
-            .map(|s| Service {
-                name: s.name,
-                description: s.description,
-                state: s.state,
-                pid: s.pid.unwrap_or(0),
-                restarts: s.restarts,
-                ready: s.ready,
-                last_error: s.last_error.unwrap_or_default(),
-            })
-            .collect();
-        Ok(Response::new(ServiceListResponse { services }))
+        system::service_list(self, request).await
     }
 
     async fn service_start(
         &self,
         request: Request<ServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        let name = service_name(request)?;
-        self.node.control("start", move |c| c.start(&name)).await?;
-        Ok(Response::new(ServiceResponse {}))
+        system::service_start(self, request).await
     }
 
     async fn service_stop(
         &self,
         request: Request<ServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        let name = service_name(request)?;
-        if name == SELF_SERVICE {
-            return Err(Status::failed_precondition(
-                "stopping apid would cut off the API; restart it instead",
-            ));
-        }
-        self.node.control("stop", move |c| c.stop(&name)).await?;
-        Ok(Response::new(ServiceResponse {}))
+        system::service_stop(self, request).await
     }
 
     async fn service_restart(
         &self,
         request: Request<ServiceRequest>,
     ) -> Result<Response<ServiceResponse>, Status> {
-        let name = service_name(request)?;
-        self.node
-            .control("restart", move |c| c.restart(&name))
-            .await?;
-        Ok(Response::new(ServiceResponse {}))
+        system::service_restart(self, request).await
     }
 
     type LogsStream = ResponseStream<LogLine>;
@@ -616,62 +329,7 @@ impl MachineService for MachineApi {
         &self,
         request: Request<LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        let req = request.into_inner();
-        if req.service.is_empty() {
-            return Err(Status::invalid_argument("service: name a service"));
-        }
-        let tail = match req.tail {
-            0 => bramble_supervisor::protocol::DEFAULT_LOG_TAIL,
-            n => (n as usize).min(bramble_supervisor::protocol::MAX_LOG_TAIL),
-        };
-        let service = req.service;
-        let first = {
-            let service = service.clone();
-            self.node
-                .control("logs", move |c| c.logs(&service, tail))
-                .await?
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let node = Arc::clone(&self.node);
-        tokio::spawn(async move {
-            let mut last = first.last().map(|l| (l.time_unix_ms, l.text.clone()));
-            for l in first {
-                if tx.send(Ok(log_line(l))).await.is_err() {
-                    return;
-                }
-            }
-            while req.follow && !tx.is_closed() {
-                tokio::time::sleep(FOLLOW_POLL).await;
-                let name = service.clone();
-                let lines = match node
-                    .control("logs", move |c| c.logs(&name, FOLLOW_WINDOW))
-                    .await
-                {
-                    Ok(lines) => lines,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                // Lines after the last one sent (all of them if it scrolled
-                // out of the window).
-                let start = last
-                    .as_ref()
-                    .and_then(|(t, text)| {
-                        lines
-                            .iter()
-                            .rposition(|l| l.time_unix_ms == *t && &l.text == text)
-                    })
-                    .map_or(0, |i| i + 1);
-                for l in lines.into_iter().skip(start) {
-                    last = Some((l.time_unix_ms, l.text.clone()));
-                    if tx.send(Ok(log_line(l))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        logs::logs(self, request).await
     }
 
     type DmesgStream = ResponseStream<KernelLogLine>;
@@ -680,38 +338,7 @@ impl MachineService for MachineApi {
         &self,
         request: Request<DmesgRequest>,
     ) -> Result<Response<Self::DmesgStream>, Status> {
-        let req = request.into_inner();
-        let (first, mut reader) = self
-            .node
-            .system
-            .dmesg(req.tail as usize)
-            .map_err(|e| Status::unavailable(format!("cannot read the kernel log: {e}")))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(async move {
-            for l in first {
-                if tx.send(Ok(l)).await.is_err() {
-                    return;
-                }
-            }
-            while req.follow && !tx.is_closed() {
-                tokio::time::sleep(FOLLOW_POLL).await;
-                let lines = match reader.read_available() {
-                    Ok(lines) => lines,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!("kernel log: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                for l in lines {
-                    if tx.send(Ok(l)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        logs::dmesg(self, request).await
     }
 
     type EventsStream = ResponseStream<Event>;
@@ -720,257 +347,130 @@ impl MachineService for MachineApi {
         &self,
         request: Request<EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let req = request.into_inner();
-        let since = req.since;
-        let (first, mut seq) = self
-            .node
-            .control("events", move |c| c.events(since))
-            .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let node = Arc::clone(&self.node);
-        tokio::spawn(async move {
-            let mut batch = first;
-            loop {
-                for e in batch {
-                    let event = Event {
-                        seq: e.seq,
-                        time_unix_ms: e.time_unix_ms,
-                        service: e.service.unwrap_or_default(),
-                        from: e.from.unwrap_or_default(),
-                        to: e.to.unwrap_or_default(),
-                        message: e.message,
-                    };
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                if !req.follow || tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(FOLLOW_POLL).await;
-                let after = seq;
-                match node.control("events", move |c| c.events(after)).await {
-                    Ok((events, last)) => {
-                        batch = events;
-                        seq = last;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        logs::events(self, request).await
     }
 
     async fn reset(
         &self,
         request: Request<ResetRequest>,
     ) -> Result<Response<ResetResponse>, Status> {
-        let req = request.into_inner();
-        // Nothing is wiped unless the reboot that follows can be asked for.
-        self.node.control("reset", |_| Ok(())).await?;
-        let mut current = self.node.current.lock().await;
-        if req.wipe_data {
-            bramble_atomic::write(&self.node.wipe_data_marker, b"", 0o600).map_err(|e| {
-                Status::internal(format!(
-                    "cannot mark /var for wiping ({}): {e}",
-                    self.node.wipe_data_marker.display()
-                ))
-            })?;
-        }
-        self.node
-            .store
-            .wipe()
-            .map_err(|e| Status::internal(format!("cannot wipe the configuration: {e}")))?;
-        *current = None;
-        self.node.sync_pi(Vec::new()).await;
-        drop(current);
-        self.node.note(format!(
-            "reset: configuration wiped{}; rebooting into maintenance mode",
-            if req.wipe_data {
-                ", /var is emptied at the next boot"
-            } else {
-                ""
-            }
-        ));
-        self.node
-            .schedule_shutdown(Shutdown::Reboot, "rebooting after the reset");
-        Ok(Response::new(ResetResponse {}))
+        config::reset(self, request).await
     }
 
     async fn memory(
         &self,
-        _request: Request<MemoryRequest>,
+        request: Request<MemoryRequest>,
     ) -> Result<Response<MemoryResponse>, Status> {
-        self.node
-            .system
-            .memory()
-            .map(Response::new)
-            .map_err(|e| Status::unavailable(format!("/proc/meminfo: {e}")))
+        system::memory(self, request).await
     }
 
     async fn load_avg(
         &self,
-        _request: Request<LoadAvgRequest>,
+        request: Request<LoadAvgRequest>,
     ) -> Result<Response<LoadAvgResponse>, Status> {
-        self.node
-            .system
-            .load_avg()
-            .map(Response::new)
-            .map_err(|e| Status::unavailable(format!("/proc/loadavg: {e}")))
+        system::load_avg(self, request).await
     }
 
     async fn processes(
         &self,
-        _request: Request<ProcessesRequest>,
+        request: Request<ProcessesRequest>,
     ) -> Result<Response<ProcessesResponse>, Status> {
-        let processes = self
-            .node
-            .system
-            .processes()
-            .map_err(|e| Status::unavailable(format!("/proc: {e}")))?;
-        Ok(Response::new(ProcessesResponse { processes }))
+        system::processes(self, request).await
     }
 
     async fn mounts(
         &self,
-        _request: Request<MountsRequest>,
+        request: Request<MountsRequest>,
     ) -> Result<Response<MountsResponse>, Status> {
-        let mounts = self
-            .node
-            .system
-            .mounts()
-            .map_err(|e| Status::unavailable(format!("/proc/self/mountinfo: {e}")))?;
-        Ok(Response::new(MountsResponse { mounts }))
+        system::mounts(self, request).await
     }
 
     async fn hostname(
         &self,
-        _request: Request<HostnameRequest>,
+        request: Request<HostnameRequest>,
     ) -> Result<Response<HostnameResponse>, Status> {
-        Ok(Response::new(HostnameResponse {
-            hostname: Uname::get().nodename,
-        }))
+        network::hostname(self, request).await
     }
 
     async fn links(
         &self,
-        _request: Request<LinksRequest>,
+        request: Request<LinksRequest>,
     ) -> Result<Response<LinksResponse>, Status> {
-        // A copy, so an apply is not held up while the kernel answers.
-        let config = self
-            .node
-            .current
-            .lock()
-            .await
-            .as_ref()
-            .map(|s| s.config.clone());
-        crate::network::links(config.as_ref(), &self.node.system.run)
-            .await
-            .map(Response::new)
+        network::links(self, request).await
     }
 
     async fn addresses(
         &self,
-        _request: Request<AddressesRequest>,
+        request: Request<AddressesRequest>,
     ) -> Result<Response<AddressesResponse>, Status> {
-        crate::network::addresses().await.map(Response::new)
+        network::addresses(self, request).await
     }
 
     async fn routes(
         &self,
-        _request: Request<RoutesRequest>,
+        request: Request<RoutesRequest>,
     ) -> Result<Response<RoutesResponse>, Status> {
-        crate::network::routes().await.map(Response::new)
+        network::routes(self, request).await
     }
 
     async fn resolvers(
         &self,
-        _request: Request<ResolversRequest>,
+        request: Request<ResolversRequest>,
     ) -> Result<Response<ResolversResponse>, Status> {
-        let current = self.node.current.lock().await;
-        let config = current.as_ref().map(|s| &s.config);
-        crate::network::resolvers(config, &self.node.system.resolv_conf).map(Response::new)
+        network::resolvers(self, request).await
     }
 
-    async fn time(&self, _request: Request<TimeRequest>) -> Result<Response<TimeResponse>, Status> {
-        Ok(Response::new(crate::network::time(&self.node.system.run)))
+    async fn time(&self, request: Request<TimeRequest>) -> Result<Response<TimeResponse>, Status> {
+        network::time(self, request).await
     }
 
     async fn reboot(
         &self,
-        _request: Request<RebootRequest>,
+        request: Request<RebootRequest>,
     ) -> Result<Response<RebootResponse>, Status> {
-        self.node.control("reboot", |_| Ok(())).await?;
-        self.node.schedule_shutdown(Shutdown::Reboot, "rebooting");
-        Ok(Response::new(RebootResponse {}))
+        system::reboot(self, request).await
     }
 
     async fn shutdown(
         &self,
-        _request: Request<ShutdownRequest>,
+        request: Request<ShutdownRequest>,
     ) -> Result<Response<ShutdownResponse>, Status> {
-        self.node.control("shutdown", |_| Ok(())).await?;
-        self.node
-            .schedule_shutdown(Shutdown::PowerOff, "powering off");
-        Ok(Response::new(ShutdownResponse {}))
+        system::shutdown(self, request).await
     }
 
     async fn images(
         &self,
         request: Request<rt::ImagesRequest>,
     ) -> Result<Response<rt::ImagesResponse>, Status> {
-        self.runtime
-            .connect()
-            .await?
-            .images(request.into_inner())
-            .await
+        runtime::images(self, request).await
     }
 
     async fn image_pull(
         &self,
         request: Request<rt::ImagePullRequest>,
     ) -> Result<Response<rt::ImagePullResponse>, Status> {
-        self.runtime
-            .connect()
-            .await?
-            .image_pull(request.into_inner())
-            .await
+        runtime::image_pull(self, request).await
     }
 
     async fn image_import(
         &self,
         request: Request<tonic::Streaming<rt::ImageImportChunk>>,
     ) -> Result<Response<rt::ImageImportResponse>, Status> {
-        use tokio_stream::StreamExt as _;
-        // A client that breaks off ends the forwarded stream early: the
-        // runtime then sees a truncated archive and stores nothing.
-        let chunks = request.into_inner().map_while(Result::ok);
-        self.runtime.connect().await?.image_import(chunks).await
+        runtime::image_import(self, request).await
     }
 
     async fn image_remove(
         &self,
         request: Request<rt::ImageRemoveRequest>,
     ) -> Result<Response<rt::ImageRemoveResponse>, Status> {
-        self.runtime
-            .connect()
-            .await?
-            .image_remove(request.into_inner())
-            .await
+        runtime::image_remove(self, request).await
     }
 
     async fn containers(
         &self,
         request: Request<rt::ContainersRequest>,
     ) -> Result<Response<rt::ContainersResponse>, Status> {
-        self.runtime
-            .connect()
-            .await?
-            .containers(request.into_inner())
-            .await
+        runtime::containers(self, request).await
     }
 
     type ContainerLogsStream = ResponseStream<rt::ContainerLogLine>;
@@ -979,53 +479,20 @@ impl MachineService for MachineApi {
         &self,
         request: Request<rt::ContainerLogsRequest>,
     ) -> Result<Response<Self::ContainerLogsStream>, Status> {
-        let stream = self
-            .runtime
-            .connect()
-            .await?
-            .container_logs(request.into_inner())
-            .await?
-            .into_inner();
-        Ok(Response::new(Box::pin(stream)))
+        runtime::container_logs(self, request).await
     }
 
     async fn container_stats(
         &self,
         request: Request<rt::ContainerStatsRequest>,
     ) -> Result<Response<rt::ContainerStatsResponse>, Status> {
-        self.runtime
-            .connect()
-            .await?
-            .container_stats(request.into_inner())
-            .await
+        runtime::container_stats(self, request).await
     }
 
     async fn container_restart(
         &self,
         request: Request<rt::ContainerRestartRequest>,
     ) -> Result<Response<rt::ContainerRestartResponse>, Status> {
-        self.runtime
-            .connect()
-            .await?
-            .container_restart(request.into_inner())
-            .await
+        runtime::container_restart(self, request).await
     }
-}
-
-/// Lines fetched per poll of a followed log.
-const FOLLOW_WINDOW: usize = 500;
-
-fn log_line(l: bramble_supervisor::LogLine) -> LogLine {
-    LogLine {
-        time_unix_ms: l.time_unix_ms,
-        text: l.text,
-    }
-}
-
-fn service_name(request: Request<ServiceRequest>) -> Result<String, Status> {
-    let name = request.into_inner().name;
-    if name.is_empty() {
-        return Err(Status::invalid_argument("name: name a service"));
-    }
-    Ok(name)
 }

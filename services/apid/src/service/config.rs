@@ -1,0 +1,217 @@
+//! The configuration calls: ApplyConfiguration (carrying out the plan
+//! `super::plan` made: storing, restarting and reloading services, a try
+//! window's revert, a reboot), GetConfig and Reset.
+
+use std::time::Duration;
+
+use bramble_api::machine::v1::{
+    ApplyConfigurationRequest, ApplyConfigurationResponse, ApplyMode, GetConfigRequest,
+    GetConfigResponse, ResetRequest, ResetResponse,
+};
+use bramble_config::MachineConfig;
+use bramble_supervisor::Shutdown;
+use tonic::{Request, Response, Status};
+
+use super::plan::{mode_name, plan, summary, taking_up};
+use super::{MachineApi, caller};
+use crate::store::Stored;
+
+impl MachineApi {
+    async fn apply(
+        &self,
+        req: ApplyConfigurationRequest,
+    ) -> Result<ApplyConfigurationResponse, Status> {
+        let raw = String::from_utf8(req.data.clone())
+            .map_err(|_| Status::invalid_argument("data: the configuration is not UTF-8 text"))?;
+        let new = MachineConfig::parse(&raw)
+            .map_err(|e| Status::invalid_argument(format!("the configuration is invalid:\n{e}")))?;
+        let unknown = crate::network::unknown_links(&new, &self.node.system.class_net);
+        if !unknown.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the configuration is invalid:\n{}",
+                unknown.join("\n")
+            )));
+        }
+        let node = &self.node;
+        let mut current = node.current.lock().await;
+        let old = current.as_ref().map(|s| &s.config);
+        let plan = plan(old, &new, &req)?;
+        let response = ApplyConfigurationResponse {
+            mode: plan.mode as i32,
+            diff: plan.diff.clone(),
+            restarted: plan.restarts.clone(),
+            reboot_required: plan.reboot,
+            summary: summary(&plan, req.dry_run, req.try_timeout_seconds),
+            reloaded: plan.reloads.clone(),
+        };
+        if req.dry_run {
+            return Ok(response);
+        }
+        let persist = |r: Result<(), crate::Error>| {
+            r.map_err(|e| Status::internal(format!("the configuration was not stored: {e}")))
+        };
+        if plan.mode == ApplyMode::Staged {
+            persist(node.store.stage(&raw))?;
+            node.note("configuration staged for the next boot".into());
+            // Still holding `current`: applies and their writes stay in order.
+            node.sync_pi(crate::pi::lines(Some(&new))).await;
+            return Ok(response);
+        }
+        let previous = current.as_ref().map(|s| s.raw.clone());
+        persist(node.store.store(&raw, plan.mode == ApplyMode::Try))?;
+        let pi_lines = crate::pi::lines(Some(&new));
+        *current = Some(Stored { raw, config: new });
+        // Before the reboot below is asked for, still holding `current`.
+        node.sync_pi(pi_lines).await;
+        drop(current);
+        let generation = node
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        node.note(format!(
+            "configuration applied ({}){}",
+            mode_name(plan.mode),
+            taking_up(&plan.restarts, &plan.reloads)
+        ));
+
+        if plan.mode == ApplyMode::Reboot {
+            node.schedule_shutdown(Shutdown::Reboot, "rebooting into the new configuration");
+            return Ok(response);
+        }
+        // The reply goes out now; the services restart behind it (each
+        // restart is reported in the node's events and logs).
+        let api = self.clone();
+        let (restarts, reloads, reload_self) = (
+            plan.restarts.clone(),
+            plan.reloads.clone(),
+            plan.reload_self,
+        );
+        tokio::spawn(async move { api.take_up(restarts, reloads, reload_self).await });
+        if plan.mode == ApplyMode::Try
+            && let Some(previous) = previous
+        {
+            self.schedule_revert(
+                generation,
+                previous,
+                Duration::from_secs(req.try_timeout_seconds.into()),
+            );
+        }
+        Ok(response)
+    }
+
+    /// Makes the running services take up a stored configuration.
+    async fn take_up(&self, restarts: Vec<String>, reloads: Vec<String>, reload_self: bool) {
+        for service in &reloads {
+            let name = service.clone();
+            match self.node.control("reload", move |c| c.reload(&name)).await {
+                Ok(()) => tracing::info!(%service, "asked to re-read the configuration"),
+                // Not every service exists on every node (or yet).
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => tracing::warn!(%service, error = %e.message(), "not reloaded"),
+            }
+        }
+        for service in &restarts {
+            let name = service.clone();
+            match self
+                .node
+                .control("restart", move |c| c.restart(&name))
+                .await
+            {
+                Ok(()) => tracing::info!(%service, "restarted for the new configuration"),
+                // Not every service exists on every node (or yet).
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => tracing::warn!(%service, error = %e.message(), "not restarted"),
+            }
+        }
+        if reload_self {
+            self.node.request_reload();
+        }
+    }
+
+    fn schedule_revert(&self, generation: u64, previous: String, after: Duration) {
+        let api = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let node = &api.node;
+            if node.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+                return;
+            }
+            node.note("try timeout passed: returning to the previous configuration".into());
+            let req = ApplyConfigurationRequest {
+                data: previous.into_bytes(),
+                mode: ApplyMode::Auto as i32,
+                dry_run: false,
+                try_timeout_seconds: 0,
+            };
+            if let Err(e) = api.apply(req).await {
+                tracing::error!(error = %e.message(), "reverting the tried configuration failed");
+            }
+        });
+    }
+}
+
+#[tracing::instrument(skip_all, fields(mode = request.get_ref().mode, dry_run = request.get_ref().dry_run))]
+pub(super) async fn apply_configuration(
+    api: &MachineApi,
+    request: Request<ApplyConfigurationRequest>,
+) -> Result<Response<ApplyConfigurationResponse>, Status> {
+    api.apply(request.into_inner()).await.map(Response::new)
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn get_config(
+    api: &MachineApi,
+    request: Request<GetConfigRequest>,
+) -> Result<Response<GetConfigResponse>, Status> {
+    let admin = caller(&request).is_admin();
+    let current = api.node.current.lock().await;
+    let stored = current
+        .as_ref()
+        .ok_or_else(|| Status::failed_precondition("the node has no configuration"))?;
+    let data = if admin {
+        stored.raw.clone()
+    } else {
+        stored.config.redacted().to_yaml()
+    };
+    Ok(Response::new(GetConfigResponse {
+        data: data.into_bytes(),
+        redacted: !admin,
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(wipe_data = request.get_ref().wipe_data))]
+pub(super) async fn reset(
+    api: &MachineApi,
+    request: Request<ResetRequest>,
+) -> Result<Response<ResetResponse>, Status> {
+    let req = request.into_inner();
+    // Nothing is wiped unless the reboot that follows can be asked for.
+    api.node.control("reset", |_| Ok(())).await?;
+    let mut current = api.node.current.lock().await;
+    if req.wipe_data {
+        bramble_atomic::write(&api.node.wipe_data_marker, b"", 0o600).map_err(|e| {
+            Status::internal(format!(
+                "cannot mark /var for wiping ({}): {e}",
+                api.node.wipe_data_marker.display()
+            ))
+        })?;
+    }
+    api.node
+        .store
+        .wipe()
+        .map_err(|e| Status::internal(format!("cannot wipe the configuration: {e}")))?;
+    *current = None;
+    api.node.sync_pi(Vec::new()).await;
+    drop(current);
+    api.node.note(format!(
+        "reset: configuration wiped{}; rebooting into maintenance mode",
+        if req.wipe_data {
+            ", /var is emptied at the next boot"
+        } else {
+            ""
+        }
+    ));
+    api.node
+        .schedule_shutdown(Shutdown::Reboot, "rebooting after the reset");
+    Ok(Response::new(ResetResponse {}))
+}
