@@ -34,11 +34,11 @@
 //! all of them when it executes its program); the default set is not made
 //! ambient, so a non-root process runs with only what the workload asked for.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
-use std::fs;
-use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use bramble_config::Workload;
 use oci_spec::image::ImageConfiguration;
@@ -48,6 +48,8 @@ use oci_spec::runtime::{
     LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
     UserBuilder,
 };
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use super::ContainerError;
 
@@ -626,70 +628,69 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
 /// Reads a file of the image (`etc/passwd`), following its symbolic links
 /// inside `rootfs` only. `None` when it does not exist.
 fn read_image_file(rootfs: &Path, rel: &str) -> Result<Option<String>, ContainerError> {
-    let path = resolve_in_root(rootfs, Path::new(rel))?;
-    match fs::read(&path) {
-        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(ContainerError::io("read", path)(e)),
-    }
+    let Some(mut file) = open_in_root(rootfs, Path::new(rel))? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(ContainerError::io("read", rootfs.join(rel)))?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-/// `path` inside `root`, resolving symbolic links as if `root` were `/`:
-/// absolute targets and `..` never leave it.
-pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, ContainerError> {
-    let mut pending: VecDeque<OsString> = VecDeque::new();
-    let push_components = |p: &Path, pending: &mut VecDeque<OsString>, front: bool| {
-        let parts: Vec<OsString> = p
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_owned()),
-                Component::ParentDir => Some(OsString::from("..")),
-                Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-            })
-            .collect();
-        if front {
-            for part in parts.into_iter().rev() {
-                pending.push_front(part);
+/// Opens the regular file `path` inside `root` for reading, the kernel
+/// resolving it and its symbolic links as if `root` were `/` (`openat2` with
+/// `RESOLVE_IN_ROOT`): absolute link targets and `..` never leave `root`, and
+/// a rename racing the lookup cannot move it out either. `None` when the file
+/// or a directory on the way does not exist.
+///
+/// The file is first opened with `O_PATH`, which opens nothing on the inode,
+/// so a FIFO or device node placed there (a container's upper layer can hold
+/// one) is refused before it is opened for reading; the regular file is then
+/// reopened for reading through `/proc/self/fd`, the same inode, not
+/// resolved again.
+pub(crate) fn open_in_root(root: &Path, path: &Path) -> Result<Option<File>, ContainerError> {
+    let shown = root.join(path.strip_prefix("/").unwrap_or(path));
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ContainerError::io("open", root)(e.into()))?;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let mut races = 0;
+    let found = loop {
+        match rustix::fs::openat2(
+            &dir,
+            path,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => break fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
+            // The kernel could not rule out that a concurrent rename let
+            // `..` escape; the lookup may be retried.
+            Err(Errno::AGAIN) if races < 8 => races += 1,
+            Err(Errno::LOOP) => {
+                return Err(ContainerError::Parse {
+                    path: shown,
+                    reason: "too many levels of symbolic links".into(),
+                });
             }
-        } else {
-            pending.extend(parts);
+            Err(e) => return Err(ContainerError::io("open", shown)(e.into())),
         }
     };
-    push_components(path, &mut pending, false);
-
-    let mut resolved = PathBuf::new();
-    let mut links = 0u32;
-    while let Some(part) = pending.pop_front() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        let full = root.join(&candidate);
-        match fs::symlink_metadata(&full) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(ContainerError::Parse {
-                        path: root.join(path.strip_prefix("/").unwrap_or(path)),
-                        reason: "too many levels of symbolic links".into(),
-                    });
-                }
-                let target =
-                    fs::read_link(&full).map_err(ContainerError::io("read link", &full))?;
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                push_components(&target, &mut pending, true);
-            }
-            _ => resolved = candidate,
-        }
+    let stat =
+        rustix::fs::fstat(&found).map_err(|e| ContainerError::io("stat", &shown)(e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(ContainerError::Parse {
+            path: shown,
+            reason: "not a regular file".into(),
+        });
     }
-    Ok(root.join(resolved))
+    let reopen = format!("/proc/self/fd/{}", found.as_raw_fd());
+    let file = File::open(&reopen).map_err(ContainerError::io("open", shown))?;
+    Ok(Some(file))
 }
 
 fn is_number(text: &str) -> bool {
@@ -788,6 +789,7 @@ mod tests {
     use super::*;
     use bramble_config::{Resources, WorkloadMount};
     use oci_spec::image::{ConfigBuilder, ImageConfigurationBuilder};
+    use std::fs;
 
     fn workload() -> Workload {
         serde_json::from_value(serde_json::json!({"name": "web", "image": "nginx"})).unwrap()
@@ -1116,27 +1118,110 @@ mod tests {
         );
     }
 
+    /// Where `open_in_root` landed: the opened file's path, from the kernel.
+    fn resolved(root: &Path, path: &str) -> PathBuf {
+        let file = open_in_root(root, Path::new(path)).unwrap().unwrap();
+        fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap()
+    }
+
     #[test]
     fn passwd_symlinks_stay_inside_the_rootfs() {
         let f = Fixture::new();
         let root = f.rootfs();
+        let real_root = fs::canonicalize(&root).unwrap();
         // An absolute link resolves inside the rootfs, never on the node.
         fs::create_dir_all(root.join("data")).unwrap();
         fs::rename(root.join("etc/passwd"), root.join("data/passwd")).unwrap();
         std::os::unix::fs::symlink("/data/passwd", root.join("etc/passwd")).unwrap();
         assert_eq!(user_of(&f, Some("nginx"), None).unwrap().0, 101);
+        assert_eq!(resolved(&root, "etc/passwd"), real_root.join("data/passwd"));
+        // An absolute link to a node file that exists outside the rootfs
+        // finds nothing inside it.
+        let outside = f.dir.path().join("resolv.conf");
+        fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/passwd")).unwrap();
+        assert!(
+            open_in_root(&root, Path::new("etc/passwd"))
+                .unwrap()
+                .is_none()
+        );
         // `..` cannot climb out either: this points at the fixture's
         // resolv.conf outside the rootfs if followed naively.
         fs::remove_file(root.join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("../../../../resolv.conf", root.join("etc/passwd")).unwrap();
+        assert!(
+            open_in_root(&root, Path::new("etc/passwd"))
+                .unwrap()
+                .is_none()
+        );
+        fs::write(root.join("resolv.conf"), "inside\n").unwrap();
+        assert_eq!(resolved(&root, "etc/passwd"), real_root.join("resolv.conf"));
         assert_eq!(
-            resolve_in_root(&root, Path::new("etc/passwd")).unwrap(),
-            root.join("resolv.conf")
+            read_image_file(&root, "etc/passwd").unwrap().as_deref(),
+            Some("inside\n")
+        );
+        // Nor can `..` in the path asked for, or in a link's middle.
+        assert_eq!(
+            resolved(&root, "/../../etc/../../resolv.conf"),
+            real_root.join("resolv.conf")
+        );
+        fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/data/../../../data/passwd", root.join("etc/passwd")).unwrap();
+        assert_eq!(resolved(&root, "etc/passwd"), real_root.join("data/passwd"));
+        // A directory link pointing out is followed inside as well.
+        fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("up")).unwrap();
+        assert_eq!(
+            resolved(&root, "up/data/passwd"),
+            real_root.join("data/passwd")
         );
         // A loop is an error, not a hang.
-        fs::remove_file(root.join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("passwd", root.join("etc/passwd")).unwrap();
-        assert!(resolve_in_root(&root, Path::new("/etc/passwd")).is_err());
+        let err = open_in_root(&root, Path::new("/etc/passwd")).unwrap_err();
+        assert!(err.to_string().contains("symbolic links"), "{err}");
+    }
+
+    #[test]
+    fn only_regular_files_of_the_image_are_read() {
+        let f = Fixture::new();
+        let root = f.rootfs();
+        fs::remove_file(root.join("etc/passwd")).unwrap();
+        fs::create_dir(root.join("etc/passwd")).unwrap();
+        let err = open_in_root(&root, Path::new("etc/passwd")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        // A FIFO would block the reader forever, a device node could be the
+        // node's: neither is opened for reading. (On a thread: the test fails
+        // rather than hangs should the FIFO be opened.)
+        fs::remove_dir(root.join("etc/passwd")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("etc/passwd"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fifo_root = root.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_image_file(&fifo_root, "etc/passwd").map(|_| ()));
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the FIFO was opened for reading")
+            .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        // A missing directory on the way is a missing file.
+        assert!(
+            open_in_root(&root, Path::new("nope/passwd"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            open_in_root(&root, Path::new("etc/group/x"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn caps(spec: &Spec) -> oci_spec::runtime::LinuxCapabilities {
