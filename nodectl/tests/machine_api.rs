@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bramble_supervisor::{Options, ServiceDef, Shutdown, Supervisor};
+use bramble_supervisor::{LogOptions, Options, ServiceDef, Shutdown, Supervisor};
 use common::{TestRuntime, TestServer, fixture_info, nodectl, stderr, stdout};
 
 /// A real supervisor on `socket`, stepping on its own thread until the test
@@ -38,10 +38,36 @@ impl TestSupervisor {
                 ],
             );
             def.description = "a test service".into();
+            // Identical lines, one every few tens of microseconds (so many
+            // are captured at the same millisecond, on both sides of a
+            // follower's polls), from when the test creates `repeater.go`
+            // until it creates `repeater.stop`; then how many there were.
+            let go = socket.with_file_name("repeater.go");
+            let stop = socket.with_file_name("repeater.stop");
+            let repeater = ServiceDef::new(
+                "repeater",
+                [
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    format!(
+                        "echo repeater waiting; while [ ! -e {} ]; do sleep 0.05; done; \
+                         i=0; while [ ! -e {} ]; do echo again and again; i=$((i+1)); \
+                         j=0; while [ $j -lt 100 ]; do j=$((j+1)); done; done; \
+                         echo repeater done $i; exec sleep 1000",
+                        go.display(),
+                        stop.display()
+                    ),
+                ],
+            );
             let mut sup = Supervisor::new(
-                vec![def],
+                vec![def, repeater],
                 Options {
                     control_socket: Some(socket),
+                    // Room for every line the repeater writes.
+                    log: LogOptions {
+                        ring_bytes: 32 << 20,
+                        ..LogOptions::default()
+                    },
                     ..Options::default()
                 },
             )
@@ -386,6 +412,59 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     );
     follow.kill().unwrap();
     follow.wait().unwrap();
+
+    // Identical lines, many of them captured at the same millisecond, all
+    // reach a follower, each once, however its polls fall among them.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_nodectl"))
+        .args([
+            "--nodeconfig",
+            &cfg,
+            "-n",
+            &node,
+            "logs",
+            "repeater",
+            "--tail",
+            "1",
+            "-f",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            if line_tx.send(l.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || line_rx.recv_timeout(Duration::from_secs(20));
+    // The follower has its first line: the service is waiting for its go.
+    while !next().unwrap().ends_with("repeater waiting") {}
+    std::fs::write(state.path().join("repeater.go"), "").unwrap();
+    // Several of the follower's polls.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(state.path().join("repeater.stop"), "").unwrap();
+    let mut repeats = 0u64;
+    let written = loop {
+        match next() {
+            Ok(l) if l.contains("repeater done ") => {
+                break l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok());
+            }
+            Ok(l) if l.ends_with("again and again") => repeats += 1,
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let written = written.expect("the follower never got the repeater's last line");
+    assert!(written > 0);
+    assert_eq!(
+        repeats, written,
+        "the follower got {repeats} of {written} identical lines"
+    );
 
     let events = as_role(&c, "reader", &node, &["events"]).1;
     assert!(events.contains("sleeper"), "{events}");

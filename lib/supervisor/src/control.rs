@@ -111,8 +111,26 @@ impl Client {
         let r = self.checked(&Request::Logs {
             service: service.into(),
             tail: Some(tail),
+            after: None,
         })?;
         Ok(r.lines.unwrap_or_default())
+    }
+
+    /// At most `max` captured lines of a service numbered above `after`,
+    /// oldest first, and the number of its newest line: following asks
+    /// with the last number it saw (see [`crate::protocol`]).
+    pub fn logs_after(
+        &mut self,
+        service: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<(Vec<LogLine>, u64), Error> {
+        let r = self.checked(&Request::Logs {
+            service: service.into(),
+            tail: Some(max),
+            after: Some(after),
+        })?;
+        Ok((r.lines.unwrap_or_default(), r.last_seq.unwrap_or(after)))
     }
 
     /// Starts a service.

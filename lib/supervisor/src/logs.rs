@@ -1,4 +1,15 @@
 //! Captured service output: line splitting, the in-memory ring, rotated files.
+//!
+//! Line numbers: the ring of a service numbers every line it is given, from
+//! 1, and keeps counting for as long as the supervisor runs: a restarted
+//! service's lines continue its numbering (the ring outlives the process),
+//! and rotating the file changes nothing (the number belongs to the line,
+//! not to a file), so `<name>.log.1` ends one below where `<name>.log`
+//! begins, unless lines were kept in memory only while the file could not
+//! be written: the missing numbers say which. A new supervisor (the next
+//! boot; PID 1 itself never restarts) numbers from 1 again, so in a file a
+//! number that drops back marks a new boot. A line too long for the ring
+//! still takes its number.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -19,7 +30,8 @@ pub struct LogOptions {
     pub ring_bytes: usize,
     /// Longer lines are cut to this many bytes (default 4 KiB, 64 B to 64 KiB).
     pub max_line_bytes: usize,
-    /// If set, lines are also appended to `<dir>/<name>.log`. The directory
+    /// If set, lines are also appended to `<dir>/<name>.log`, each as
+    /// `<RFC 3339 time, ms> <line number> <text>`. The directory
     /// may appear later (it is retried at most every `dir_retry`); until then
     /// only the ring is kept, and the failure is reported once.
     pub dir: Option<PathBuf>,
@@ -126,12 +138,14 @@ impl LineSplitter {
     }
 }
 
-/// Recent lines within a byte budget.
+/// Recent lines within a byte budget, numbered (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct LogRing {
     lines: VecDeque<LogLine>,
     bytes: usize,
     cap: usize,
+    /// The number the next line gets.
+    next_seq: u64,
 }
 
 impl LogRing {
@@ -140,10 +154,30 @@ impl LogRing {
             lines: VecDeque::new(),
             bytes: 0,
             cap,
+            next_seq: 1,
         }
     }
 
-    pub(crate) fn push(&mut self, line: LogLine) {
+    /// The number the next pushed line gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The newest line's number (0 before the first line).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Numbers a line and keeps it (dropping the oldest to stay within the
+    /// budget); returns its number.
+    pub(crate) fn push(&mut self, time_unix_ms: u64, text: String) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let line = LogLine {
+            seq,
+            time_unix_ms,
+            text,
+        };
         let cost = line.text.len() + RING_ENTRY_OVERHEAD;
         while self.bytes + cost > self.cap {
             match self.lines.pop_front() {
@@ -155,11 +189,18 @@ impl LogRing {
             self.bytes += cost;
             self.lines.push_back(line);
         }
+        seq
     }
 
     pub(crate) fn tail(&self, n: usize) -> Vec<LogLine> {
         let skip = self.lines.len().saturating_sub(n);
         self.lines.iter().skip(skip).cloned().collect()
+    }
+
+    /// At most `n` lines numbered above `after`, oldest first.
+    pub(crate) fn after(&self, after: u64, n: usize) -> Vec<LogLine> {
+        let start = self.lines.partition_point(|l| l.seq <= after);
+        self.lines.iter().skip(start).take(n).cloned().collect()
     }
 
     #[cfg(test)]
@@ -350,16 +391,39 @@ mod tests {
     fn ring_is_bounded() {
         let mut r = LogRing::new(8 * 1024);
         for i in 0..10_000 {
-            r.push(LogLine {
-                time_unix_ms: i,
-                text: format!("line {i}"),
-            });
+            assert_eq!(r.push(i, format!("line {i}")), i + 1);
             assert!(r.bytes() <= 8 * 1024);
         }
         let t = r.tail(3);
         assert_eq!(t.len(), 3);
         assert_eq!(t[2].text, "line 9999");
         assert!(r.tail(1_000_000).len() < 10_000);
+    }
+
+    #[test]
+    fn ring_lines_are_numbered_and_read_after_a_number() {
+        let mut r = LogRing::new(8 * 1024);
+        assert_eq!((r.next_seq(), r.last_seq()), (1, 0));
+        assert!(r.after(0, 10).is_empty());
+        for _ in 0..5 {
+            r.push(7, "same".into());
+        }
+        // Identical lines at the same millisecond stay apart by number.
+        let seqs = |v: Vec<LogLine>| v.into_iter().map(|l| l.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(r.after(0, 10)), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(r.after(2, 2)), [3, 4]);
+        assert!(r.after(5, 10).is_empty());
+        // Scrolled out: what is left starts above the number asked after.
+        for i in 0..1000 {
+            r.push(8, format!("filler {i}"));
+        }
+        let rest = r.after(3, 1);
+        assert!(rest[0].seq > 4, "{rest:?}");
+        assert_eq!(r.last_seq(), 1005);
+        // Too long for the ring: not kept, numbered all the same.
+        assert_eq!(r.push(9, "x".repeat(9000)), 1006);
+        assert_eq!(r.after(1005, 10), []);
+        assert_eq!(r.next_seq(), 1007);
     }
 
     #[test]

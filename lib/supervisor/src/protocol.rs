@@ -7,6 +7,7 @@
 //! {"op":"list"}
 //! {"op":"events","since":12}
 //! {"op":"logs","service":"apid","tail":100}
+//! {"op":"logs","service":"apid","after":1041,"tail":500}
 //! {"op":"start","service":"apid"}   (also "stop", "restart")
 //! {"op":"shutdown","kind":"poweroff"}   ("reboot")
 //! {"op":"note","message":"configuration applied (no-reboot)"}
@@ -15,7 +16,16 @@
 //! Responses always carry `ok`; on failure `error`, e.g.
 //! `{"ok":false,"error":"unknown service \"x\""}`; on success the field that
 //! belongs to the request: `services` (list), `events` + `last_seq` (events),
-//! `lines` (logs).
+//! `lines` + `last_seq` (logs).
+//!
+//! Every captured line carries `seq`, its service's line number: 1 for the
+//! first line the supervisor captured from that service, one more for each
+//! line after it, across the service's restarts and its log file's
+//! rotations. A supervisor that starts again (a new boot) numbers from 1
+//! again. A follower asks for the lines `after` the last number it saw, so
+//! it receives each line once, identical lines too; a first number above
+//! `after + 1` means lines scrolled out of the ring before it asked, and a
+//! `last_seq` below `after` means the numbering started again.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,13 +62,18 @@ pub enum Request {
         #[serde(default)]
         since: u64,
     },
-    /// The last `tail` captured lines of a service (default 100, at most 10000).
+    /// The last `tail` captured lines of a service (default 100, at most
+    /// 10000); with `after`, the first `tail` lines numbered above it.
     Logs {
         /// Service name.
         service: String,
         /// Number of lines.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tail: Option<usize>,
+        /// Only lines with a greater sequence number, oldest first (what a
+        /// follower asks for with the last number it saw).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
     },
     /// Start a stopped/exited/failed service (and any stopped dependencies).
     Start {
@@ -109,6 +124,7 @@ pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventInfo>>,
     /// `events`: the newest sequence number (pass it as the next `since`).
+    /// `logs`: the service's newest line number (0 before its first line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seq: Option<u64>,
     /// `logs`: captured lines, oldest first.
@@ -184,6 +200,10 @@ pub struct EventInfo {
 /// One captured output line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
+    /// The service's line number (see the module documentation): strictly
+    /// increasing, one per line, for as long as the supervisor runs.
+    #[serde(default)]
+    pub seq: u64,
     /// When the supervisor read it, ms since the Unix epoch.
     pub time_unix_ms: u64,
     /// The line, without the newline; invalid UTF-8 replaced; at most
@@ -207,7 +227,18 @@ mod tests {
             r,
             Request::Logs {
                 service: "apid".into(),
-                tail: Some(5)
+                tail: Some(5),
+                after: None,
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"op":"logs","service":"apid","after":7}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Logs {
+                service: "apid".into(),
+                tail: None,
+                after: Some(7),
             }
         );
         let r: Request = serde_json::from_str(r#"{"op":"shutdown","kind":"poweroff"}"#).unwrap();

@@ -350,6 +350,16 @@ impl Supervisor {
             .map(|&i| self.services[i].ring.tail(tail))
     }
 
+    /// At most `max` captured lines of a service numbered above `after`,
+    /// oldest first, and the number of its newest line (0 before the first):
+    /// what a follower asks for with the last number it saw.
+    pub fn logs_after(&self, name: &str, after: u64, max: usize) -> Option<(Vec<LogLine>, u64)> {
+        self.index.get(name).map(|&i| {
+            let ring = &self.services[i].ring;
+            (ring.after(after, max), ring.last_seq())
+        })
+    }
+
     /// Path of the control socket, if it is listening.
     pub fn control_socket(&self) -> Option<&Path> {
         self.listener.as_ref().and(self.socket_path.as_deref())

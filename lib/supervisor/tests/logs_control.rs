@@ -223,6 +223,7 @@ fn control_socket_end_to_end() {
             .request(&Request::Logs {
                 service: "nope".into(),
                 tail: None,
+                after: None,
             })
             .unwrap();
         assert_eq!(r, Response::error("unknown service \"nope\""));
@@ -379,4 +380,101 @@ fn notes_become_node_wide_events() {
     assert_eq!(notes[0].message, "configuration applied");
     assert!(notes[1].message.len() <= 1024 && notes[1].message.starts_with('é'));
     shutdown(&mut sup);
+}
+
+/// Numbers seen in a log file's lines (`<time> <number> <text>`).
+fn file_seqs(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .expect("log file")
+        .lines()
+        .map(|l| {
+            l.split(' ')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("a line number")
+        })
+        .collect()
+}
+
+#[test]
+fn identical_lines_are_numbered_and_followed_by_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("init.sock");
+    // Bursts of identical lines, many read at the same millisecond.
+    let d = sh(
+        "repeat",
+        "i=0; while [ $i -lt 300 ]; do echo same; i=$((i+1)); done; echo done; exec sleep 100",
+    );
+    let opts = Options {
+        control_socket: Some(sock.clone()),
+        log: LogOptions {
+            dir: Some(dir.path().to_path_buf()),
+            file_max_bytes: 4096,
+            file_keep: 2,
+            ..LogOptions::default()
+        },
+        ..Options::default()
+    };
+    let mut s = Supervisor::new(vec![d], opts).unwrap();
+    let (_, seen) = with_client(&mut s, move || {
+        let mut c = Client::connect(&sock, Duration::from_secs(10)).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        // Follow in small pages until both runs (before and after a
+        // restart) have said "done".
+        let deadline = Instant::now() + LONG;
+        let mut restarted = false;
+        loop {
+            let (lines, last) = c.logs_after("repeat", cursor, 7).unwrap();
+            assert!(last >= cursor, "numbering went back: {last} < {cursor}");
+            if let Some(l) = lines.last() {
+                cursor = l.seq;
+            }
+            seen.extend(lines);
+            let done = seen.iter().filter(|l| l.text == "done").count();
+            if done == 1 && !restarted {
+                c.restart("repeat").unwrap();
+                restarted = true;
+            }
+            if done == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} lines followed", seen.len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Nothing more after the last line.
+        let (more, last) = c.logs_after("repeat", cursor, 100).unwrap();
+        assert!(more.is_empty() && last == cursor, "{more:?} {last}");
+        seen
+    });
+    // Every line once, numbered without a gap, the restarted process's
+    // lines continuing the numbering.
+    assert_eq!(seen.len(), 602);
+    assert!(
+        seen.iter().map(|l| l.seq).eq(1..=602),
+        "numbers are not 1..=602"
+    );
+    assert_eq!(seen.iter().filter(|l| l.text == "same").count(), 600);
+    assert_eq!((seen[300].seq, seen[300].text.as_str()), (301, "done"));
+    // The tail carries the numbers too.
+    let tail = s.logs("repeat", 2).unwrap();
+    assert_eq!((tail[0].seq, tail[1].seq), (601, 602));
+
+    // In the files, rotation keeps the numbering: each file goes on where
+    // the one it rotated out left off.
+    let p = |n: &str| dir.path().join(n);
+    let mut all = Vec::new();
+    for n in ["repeat.log.2", "repeat.log.1", "repeat.log"] {
+        let seqs = file_seqs(&p(n));
+        assert!(!seqs.is_empty(), "{n}");
+        all.extend(seqs);
+    }
+    assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "{all:?}");
+    assert_eq!(all.last(), Some(&602));
+    assert!(
+        std::fs::read_to_string(p("repeat.log"))
+            .unwrap()
+            .ends_with(" 602 done\n")
+    );
+    shutdown(&mut s);
 }

@@ -80,6 +80,8 @@ pub struct LogRow {
     pub node: String,
     /// Milliseconds since the Unix epoch.
     pub time_unix_ms: u64,
+    /// The service's line number (strictly increasing within a boot).
+    pub seq: u64,
     /// The line.
     pub text: String,
 }
@@ -90,6 +92,7 @@ impl LogRow {
         Self {
             node: node.to_owned(),
             time_unix_ms: l.time_unix_ms,
+            seq: l.seq,
             text: l.text,
         }
     }

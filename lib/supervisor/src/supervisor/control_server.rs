@@ -131,11 +131,24 @@ impl Supervisor {
                 last_seq: Some(self.last_seq()),
                 ..Response::ok()
             },
-            Request::Logs { service, tail } => {
+            Request::Logs {
+                service,
+                tail,
+                after,
+            } => {
                 let n = tail.unwrap_or(DEFAULT_LOG_TAIL).min(MAX_LOG_TAIL);
-                match self.logs(&service, n) {
-                    Some(lines) => Response {
+                let found = self.index.get(&service).map(|&i| {
+                    let ring = &self.services[i].ring;
+                    let lines = match after {
+                        Some(after) => ring.after(after, n),
+                        None => ring.tail(n),
+                    };
+                    (lines, ring.last_seq())
+                });
+                match found {
+                    Some((lines, last)) => Response {
                         lines: Some(lines),
+                        last_seq: Some(last),
                         ..Response::ok()
                     },
                     None => Response::error(Error::UnknownService(service).to_string()),

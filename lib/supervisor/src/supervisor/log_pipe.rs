@@ -1,6 +1,7 @@
 //! Captured output: reading a service's stdout/stderr pipe, splitting it
-//! into lines, and storing each line in the ring, the log file and (for
-//! `log_console` services) on the console.
+//! into lines, numbering them (the service's ring counts, see
+//! [`crate::logs`]), and storing each line in the ring, the log file (with
+//! its number) and (for `log_console` services) on the console.
 
 use std::io::Write;
 use std::time::Instant;
@@ -10,7 +11,6 @@ use tracing::{debug, info, warn};
 
 use super::Supervisor;
 use crate::logs::rfc3339_ms;
-use crate::protocol::LogLine;
 use crate::state::now_unix_ms;
 
 /// Bytes read from one log pipe per read call.
@@ -79,13 +79,12 @@ impl Supervisor {
             if s.file.is_some() {
                 file_buf.extend_from_slice(rfc3339_ms(ts).as_bytes());
                 file_buf.push(b' ');
+                file_buf.extend_from_slice(s.ring.next_seq().to_string().as_bytes());
+                file_buf.push(b' ');
                 file_buf.extend_from_slice(text.as_bytes());
                 file_buf.push(b'\n');
             }
-            s.ring.push(LogLine {
-                time_unix_ms: ts,
-                text,
-            });
+            s.ring.push(ts, text);
         }
         if let Some(console) = self.console.as_mut() {
             let _ = console.flush();

@@ -9,6 +9,7 @@ use bramble_api::machine::v1::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{FOLLOW_POLL, MachineApi, ResponseStream, STREAM_BUFFER};
 
@@ -34,44 +35,59 @@ pub(super) async fn logs(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
     let node = Arc::clone(&api.node);
-    tokio::spawn(async move {
-        let mut last = first.last().map(|l| (l.time_unix_ms, l.text.clone()));
+    let follow = async move {
+        // Following goes by the supervisor's line numbers: each poll asks
+        // for the lines after the last number sent, so every line goes out
+        // once, identical ones too (see `bramble_supervisor::protocol`).
+        let mut cursor = first.last().map_or(0, |l| l.seq);
         for l in first {
             if tx.send(Ok(log_line(l))).await.is_err() {
                 return;
             }
         }
+        let mut more = false;
         while req.follow && !tx.is_closed() {
-            tokio::time::sleep(FOLLOW_POLL).await;
+            // A full page means more is waiting: fetch it right away.
+            if !more {
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
             let name = service.clone();
-            let lines = match node
-                .control("logs", move |c| c.logs(&name, FOLLOW_WINDOW))
+            let (lines, newest) = match node
+                .control("logs", move |c| c.logs_after(&name, cursor, FOLLOW_WINDOW))
                 .await
             {
-                Ok(lines) => lines,
+                Ok(page) => page,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
-            // Lines after the last one sent (all of them if it scrolled
-            // out of the window).
-            let start = last
-                .as_ref()
-                .and_then(|(t, text)| {
-                    lines
-                        .iter()
-                        .rposition(|l| l.time_unix_ms == *t && &l.text == text)
-                })
-                .map_or(0, |i| i + 1);
-            for l in lines.into_iter().skip(start) {
-                last = Some((l.time_unix_ms, l.text.clone()));
+            if newest < cursor {
+                // A new supervisor numbers from 1 again: all it has is new.
+                tracing::info!(cursor, newest, "the log's numbering started again");
+                cursor = 0;
+                more = true;
+                continue;
+            }
+            if let Some(l) = lines.first()
+                && l.seq > cursor + 1
+            {
+                tracing::warn!(
+                    skipped = l.seq - cursor - 1,
+                    "lines scrolled out of the supervisor's memory before they were sent"
+                );
+            }
+            more = false;
+            for l in lines {
+                cursor = l.seq;
+                more = cursor < newest;
                 if tx.send(Ok(log_line(l))).await.is_err() {
                     return;
                 }
             }
         }
-    });
+    };
+    tokio::spawn(follow.instrument(tracing::Span::current()));
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }
 
@@ -160,12 +176,14 @@ pub(super) async fn events(
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }
 
-/// Lines fetched per poll of a followed log.
+/// Lines fetched per request of a followed log (more are fetched at once
+/// while a page comes back full).
 const FOLLOW_WINDOW: usize = 500;
 
 fn log_line(l: bramble_supervisor::LogLine) -> LogLine {
     LogLine {
         time_unix_ms: l.time_unix_ms,
         text: l.text,
+        seq: l.seq,
     }
 }
