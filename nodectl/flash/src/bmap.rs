@@ -1,11 +1,13 @@
 //! Reading bmaptool block maps (format 2.x, sha256), as `image/src/bmap.rs`
 //! and `bmaptool create` write them.
 //!
-//! The format is small and fixed, so it is read by looking for its elements
-//! rather than with a general XML parser; anything unexpected is an error that
+//! The file is parsed as XML (`roxmltree`: well-formedness, comments, entities
+//! and CDATA are the parser's business; a DTD is refused); its structure is
+//! then checked element by element, and anything unexpected is an error that
 //! names it. `BmapFileChecksum` is checked: the sha256 of the whole file with
 //! that field's value replaced by 64 ASCII zeros.
 
+use roxmltree::{Document, Node};
 use sha2::{Digest, Sha256};
 
 /// One run of mapped blocks.
@@ -52,22 +54,38 @@ impl Bmap {
     }
 }
 
-/// The text between `<name>` and `</name>`, trimmed.
-fn element<'a>(text: &'a str, name: &str) -> Result<&'a str, String> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = text
-        .find(&open)
-        .ok_or_else(|| format!("no <{name}> element"))?
-        + open.len();
-    let len = text[start..]
-        .find(&close)
-        .ok_or_else(|| format!("<{name}> is not closed"))?;
-    Ok(text[start..start + len].trim())
+/// The one child element `<name>` of `parent`.
+fn child<'a, 'i>(parent: Node<'a, 'i>, name: &str) -> Result<Node<'a, 'i>, String> {
+    let mut found = parent
+        .children()
+        .filter(|n| n.is_element() && n.tag_name().name() == name);
+    let first = found.next().ok_or_else(|| format!("no <{name}> element"))?;
+    if found.next().is_some() {
+        return Err(format!("more than one <{name}> element"));
+    }
+    Ok(first)
 }
 
-fn number(text: &str, name: &str) -> Result<u64, String> {
-    let v = element(text, name)?;
+/// The text of an element that holds only text (comments aside), trimmed.
+fn value(node: Node<'_, '_>) -> Result<String, String> {
+    let name = node.tag_name().name();
+    let mut text = String::new();
+    for c in node.children() {
+        if c.is_element() {
+            return Err(format!(
+                "<{name}> holds a <{}> element, not a value",
+                c.tag_name().name()
+            ));
+        }
+        if c.is_text() {
+            text.push_str(c.text().unwrap_or_default());
+        }
+    }
+    Ok(text.trim().to_owned())
+}
+
+fn number(parent: Node<'_, '_>, name: &str) -> Result<u64, String> {
+    let v = value(child(parent, name)?)?;
     v.parse()
         .map_err(|_| format!("<{name}> {v:?} is not a whole number"))
 }
@@ -87,49 +105,57 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The text without its `<!-- ... -->` comments.
-fn strip_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("<!--") {
-        out.push_str(&rest[..at]);
-        match rest[at..].find("-->") {
-            Some(end) => rest = &rest[at + end + 3..],
-            None => {
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+/// Where `<BmapFileChecksum>`'s value is in the file's bytes: it must be
+/// written as it is (one text node, no entity or CDATA), since the checksum
+/// is over the file with exactly those bytes zeroed.
+fn checksum_span(
+    text: &str,
+    node: Node<'_, '_>,
+    sum: &str,
+) -> Result<std::ops::Range<usize>, String> {
+    let mut texts = node.children().filter(|c| c.is_text());
+    let span = texts
+        .next()
+        .map(|t| t.range())
+        .filter(|_| texts.next().is_none())
+        .and_then(|r| {
+            let raw = text.get(r.clone())?;
+            let at = raw.find(sum)?;
+            (raw.trim() == sum).then_some(r.start + at..r.start + at + sum.len())
+        });
+    span.ok_or_else(|| "<BmapFileChecksum> is not written as plain hex text".to_owned())
 }
 
 /// Parses and checks a block map; the error says what is wrong.
 pub fn parse(text: &str) -> Result<Bmap, String> {
-    let stripped = strip_comments(text);
-    let version = stripped
-        .find("<bmap version=\"")
-        .map(|i| &stripped[i + 15..])
-        .and_then(|rest| rest.split('"').next())
+    let doc = Document::parse(text).map_err(|e| format!("not a well-formed XML file: {e}"))?;
+    let root = doc.root_element();
+    let version = root
+        .has_tag_name("bmap")
+        .then(|| root.attribute("version"))
+        .flatten()
         .ok_or("no <bmap version=\"...\"> element: not a bmaptool block map")?;
     if !version.starts_with("2.") {
         return Err(format!(
             "format version {version} is not supported (only 2.x, with sha256 checksums)"
         ));
     }
-    let checksum_type = element(&stripped, "ChecksumType")?;
+    let checksum_type = value(child(root, "ChecksumType")?)?;
     if checksum_type != "sha256" {
         return Err(format!(
             "checksum type {checksum_type:?} is not supported (only sha256)"
         ));
     }
-    let file_sum = element(&stripped, "BmapFileChecksum")?;
-    if parse_hex32(file_sum).is_none() {
+    let sum_node = child(root, "BmapFileChecksum")?;
+    let file_sum = value(sum_node)?;
+    if parse_hex32(&file_sum).is_none() {
         return Err(format!(
             "<BmapFileChecksum> {file_sum:?} is not a sha256 in hex"
         ));
     }
-    let zeroed = text.replacen(file_sum, &"0".repeat(64), 1);
+    let span = checksum_span(text, sum_node, &file_sum)?;
+    let mut zeroed = text.to_owned();
+    zeroed.replace_range(span, &"0".repeat(64));
     let actual = hex(&Sha256::digest(zeroed.as_bytes()));
     if actual != file_sum.to_ascii_lowercase() {
         return Err(format!(
@@ -138,11 +164,10 @@ pub fn parse(text: &str) -> Result<Bmap, String> {
         ));
     }
 
-    let text = &stripped;
-    let image_size = number(text, "ImageSize")?;
-    let block_size = number(text, "BlockSize")?;
-    let blocks_count = number(text, "BlocksCount")?;
-    let mapped_count = number(text, "MappedBlocksCount")?;
+    let image_size = number(root, "ImageSize")?;
+    let block_size = number(root, "BlockSize")?;
+    let blocks_count = number(root, "BlocksCount")?;
+    let mapped_count = number(root, "MappedBlocksCount")?;
     if block_size == 0 || block_size % 512 != 0 {
         return Err(format!("block size {block_size} is not a multiple of 512"));
     }
@@ -152,27 +177,22 @@ pub fn parse(text: &str) -> Result<Bmap, String> {
         ));
     }
 
-    let map = element(text, "BlockMap")?;
+    let map = child(root, "BlockMap")?;
     let mut ranges: Vec<Range> = Vec::new();
-    let mut rest = map;
-    while let Some(at) = rest.find("<Range") {
-        let after = &rest[at..];
-        let open_end = after.find('>').ok_or("unterminated <Range> tag")?;
-        let tag = &after[..open_end];
-        let body_len = after[open_end + 1..]
-            .find("</Range>")
-            .ok_or("<Range> is not closed")?;
-        let body = after[open_end + 1..open_end + 1 + body_len].trim();
-        rest = &after[open_end + 1 + body_len + "</Range>".len()..];
-
-        let sum = tag
-            .split("chksum=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
+    for node in map.children().filter(Node::is_element) {
+        if !node.has_tag_name("Range") {
+            return Err(format!(
+                "<BlockMap> holds a <{}> element: only <Range> belongs there",
+                node.tag_name().name()
+            ));
+        }
+        let body = value(node)?;
+        let sum = node
+            .attribute("chksum")
             .ok_or_else(|| format!("range {body:?} has no chksum attribute"))?;
         let sha256 = parse_hex32(sum)
             .ok_or_else(|| format!("range {body:?}: chksum {sum:?} is not a sha256"))?;
-        let (a, b) = body.split_once('-').unwrap_or((body, body));
+        let (a, b) = body.split_once('-').unwrap_or((&body, &body));
         let parse_block = |s: &str| {
             s.trim()
                 .parse::<u64>()
@@ -261,5 +281,154 @@ mod tests {
         let old = xml.replace("version=\"2.0\"", "version=\"1.4\"");
         assert!(parse(&old).unwrap_err().contains("1.4"));
         assert!(parse("hello").is_err());
+    }
+
+    /// `xml` with its `BmapFileChecksum` computed again, as the writer does
+    /// (unchanged without one).
+    fn resign(xml: &str) -> String {
+        let open = "<BmapFileChecksum> ";
+        let mut x = xml.to_owned();
+        let Some(at) = xml.find(open).map(|at| at + open.len()) else {
+            return x;
+        };
+        x.replace_range(at..at + 64, &"0".repeat(64));
+        let sum = hex(&Sha256::digest(x.as_bytes()));
+        x.replace_range(at..at + 64, &sum);
+        x
+    }
+
+    /// The error for `sample()` edited by `edit` (and signed again).
+    fn error_of(edit: impl Fn(&str) -> String) -> String {
+        let (_, xml) = sample();
+        let edited = edit(&xml);
+        assert_ne!(edited, xml, "the edit changed nothing");
+        parse(&resign(&edited)).unwrap_err()
+    }
+
+    #[test]
+    fn a_signed_again_sample_still_parses() {
+        let (_, xml) = sample();
+        assert_eq!(resign(&xml), xml);
+        // Comments anywhere are not content: a range commented out is not
+        // a range.
+        let r = xml.find("<Range").unwrap();
+        let mut x = xml.clone();
+        x.insert_str(r, "<!-- <Range chksum=\"x\"> 1 </Range> -->");
+        x = x.replace("<ImageSize> ", "<ImageSize> <!-- bytes --> ");
+        let b = parse(&resign(&x)).unwrap();
+        assert_eq!(b, parse(&xml).unwrap());
+    }
+
+    #[test]
+    fn malformed_xml_is_named() {
+        let (_, xml) = sample();
+        let err = parse(&xml[..xml.len() / 2]).unwrap_err();
+        assert!(err.starts_with("not a well-formed XML file"), "{err}");
+        let err = parse("hello").unwrap_err();
+        assert!(err.starts_with("not a well-formed XML file"), "{err}");
+        let err = parse("<?xml version=\"1.0\" ?><svg version=\"2.0\"/>").unwrap_err();
+        assert!(err.contains("not a bmaptool block map"), "{err}");
+        // No DTD, so no entity expansion.
+        let err = error_of(|x| {
+            x.replace(
+                "<bmap version",
+                "<!DOCTYPE bmap [<!ENTITY n \"4096\">]>\n<bmap version",
+            )
+        });
+        assert!(err.starts_with("not a well-formed XML file"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_doubled_element_is_named() {
+        for name in [
+            "ImageSize",
+            "BlockSize",
+            "BlocksCount",
+            "MappedBlocksCount",
+            "ChecksumType",
+        ] {
+            let err = error_of(|x| {
+                // The last: the sample's first comment names some of them.
+                let start = x.rfind(&format!("<{name}>")).unwrap();
+                let close = format!("</{name}>");
+                let end = x.find(&close).unwrap() + close.len();
+                format!("{}{}", &x[..start], &x[end..])
+            });
+            assert_eq!(err, format!("no <{name}> element"));
+            let err =
+                error_of(|x| x.replace("<BlockMap>", &format!("<{name}> 1 </{name}>\n<BlockMap>")));
+            assert_eq!(err, format!("more than one <{name}> element"));
+        }
+        let err = error_of(|x| {
+            let start = x.find("<BlockMap>").unwrap();
+            let end = x.find("</BlockMap>").unwrap() + "</BlockMap>".len();
+            format!("{}{}", &x[..start], &x[end..])
+        });
+        assert_eq!(err, "no <BlockMap> element");
+        let err = error_of(|x| {
+            x.replace("<BmapFileChecksum>", "<Checksum>")
+                .replace("</BmapFileChecksum>", "</Checksum>")
+        });
+        assert_eq!(err, "no <BmapFileChecksum> element");
+    }
+
+    #[test]
+    fn a_bad_checksum_type_or_file_checksum_is_named() {
+        let err = error_of(|x| x.replace("<ChecksumType> sha256 <", "<ChecksumType> sha1 <"));
+        assert_eq!(err, "checksum type \"sha1\" is not supported (only sha256)");
+        let err = error_of(|x| x.replace("<ChecksumType> sha256 <", "<ChecksumType> <sha256/> <"));
+        assert_eq!(err, "<ChecksumType> holds a <sha256> element, not a value");
+        let (_, xml) = sample();
+        let at = xml.find("<BmapFileChecksum> ").unwrap() + 19;
+        let short = format!("{}{}", &xml[..at], &xml[at + 1..]);
+        assert!(
+            parse(&short)
+                .unwrap_err()
+                .contains("is not a sha256 in hex")
+        );
+        // The checksum must be where the writer puts it, plain: hidden in
+        // CDATA it cannot be zeroed in place.
+        let sum = &xml[at..at + 64];
+        let cdata = xml.replace(sum, &format!("<![CDATA[{sum}]]>"));
+        assert_eq!(
+            parse(&cdata).unwrap_err(),
+            "<BmapFileChecksum> is not written as plain hex text"
+        );
+    }
+
+    #[test]
+    fn numbers_and_ranges_are_checked() {
+        let err = error_of(|x| x.replace("<ImageSize> ", "<ImageSize> 0x"));
+        assert!(err.starts_with("<ImageSize> \"0x"), "{err}");
+        assert!(err.ends_with("is not a whole number"), "{err}");
+        let err = error_of(|x| x.replace("<BlockSize> 4096 <", "<BlockSize> -4096 <"));
+        assert_eq!(err, "<BlockSize> \"-4096\" is not a whole number");
+        let err = error_of(|x| x.replace("<BlockSize> 4096 <", "<BlockSize> 4000 <"));
+        assert_eq!(err, "block size 4000 is not a multiple of 512");
+        let err = error_of(|x| x.replace("<BlocksCount> 3 <", "<BlocksCount> 4 <"));
+        assert!(err.contains("do not make an image of"), "{err}");
+        let err = error_of(|x| x.replace("\"> 2 </Range>", "\"> two </Range>"));
+        assert_eq!(err, "range \"two\" is not N or N-M");
+        let err = error_of(|x| x.replace("\"> 2 </Range>", "\"> 2-1 </Range>"));
+        assert_eq!(err, "range \"2-1\" ends before it starts");
+        // A range beyond the image's blocks.
+        let err = error_of(|x| x.replace("\"> 2 </Range>", "\"> 2-3 </Range>"));
+        assert_eq!(err, "range \"2-3\" goes past the image's 3 blocks");
+        let err = error_of(|x| x.replace("\"> 2 </Range>", "\"> 0 </Range>"));
+        assert!(err.contains("overlaps or precedes"), "{err}");
+        let err = error_of(|x| x.replace("<MappedBlocksCount> 2 <", "<MappedBlocksCount> 3 <"));
+        assert_eq!(
+            err,
+            "the ranges hold 2 blocks but <MappedBlocksCount> says 3"
+        );
+        let err = error_of(|x| x.replacen("<Range chksum=", "<Range sum=", 1));
+        assert_eq!(err, "range \"0\" has no chksum attribute");
+        let err = error_of(|x| x.replacen("<Range chksum=\"", "<Range chksum=\"g", 1));
+        assert!(err.contains("is not a sha256"), "{err}");
+        let err = error_of(|x| x.replace("</BlockMap>", "<Hole> 1 </Hole></BlockMap>"));
+        assert_eq!(
+            err,
+            "<BlockMap> holds a <Hole> element: only <Range> belongs there"
+        );
     }
 }
