@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use similar::DiffTag;
+
 use crate::schema::{Cluster, Machine, MachineConfig};
 
 /// A node service that must restart to pick up a change.
@@ -382,60 +384,31 @@ fn cluster(c: &mut Changes, old: &Cluster, new: &Cluster) {
     );
 }
 
-/// A line diff by longest common subsequence (after trimming the common
-/// prefix and suffix, which is most of a configuration).
+/// A line diff: every line of `old` and `new` in order, marked, by Myers'
+/// algorithm (`similar`), a deletion before the insertion that replaces it.
 fn line_diff(old: &[&str], new: &[&str]) -> Vec<DiffLine> {
-    let line = |kind, text: &str| DiffLine {
-        kind,
-        text: text.to_owned(),
-    };
-    let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-    let suffix = old[prefix..]
-        .iter()
-        .rev()
-        .zip(new[prefix..].iter().rev())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let a = &old[prefix..old.len() - suffix];
-    let b = &new[prefix..new.len() - suffix];
-
-    // lcs[i][j]: length of the LCS of a[i..] and b[j..].
-    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-
-    let mut out: Vec<DiffLine> = old[..prefix]
-        .iter()
-        .map(|l| line(DiffKind::Unchanged, l))
-        .collect();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if a[i] == b[j] {
-            out.push(line(DiffKind::Unchanged, a[i]));
-            i += 1;
-            j += 1;
-        } else if lcs[i + 1][j] >= lcs[i][j + 1] {
-            out.push(line(DiffKind::Removed, a[i]));
-            i += 1;
-        } else {
-            out.push(line(DiffKind::Added, b[j]));
-            j += 1;
-        }
-    }
-    out.extend(a[i..].iter().map(|l| line(DiffKind::Removed, l)));
-    out.extend(b[j..].iter().map(|l| line(DiffKind::Added, l)));
-    out.extend(
-        old[old.len() - suffix..]
+    let lines = |kind, texts: &[&str]| {
+        texts
             .iter()
-            .map(|l| line(DiffKind::Unchanged, l)),
-    );
+            .map(move |text| DiffLine {
+                kind,
+                text: (*text).to_owned(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::with_capacity(old.len().max(new.len()));
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, old, new) {
+        let (tag, old_range, new_range) = op.as_tag_tuple();
+        match tag {
+            DiffTag::Equal => out.extend(lines(DiffKind::Unchanged, &old[old_range])),
+            DiffTag::Delete => out.extend(lines(DiffKind::Removed, &old[old_range])),
+            DiffTag::Insert => out.extend(lines(DiffKind::Added, &new[new_range])),
+            DiffTag::Replace => {
+                out.extend(lines(DiffKind::Removed, &old[old_range]));
+                out.extend(lines(DiffKind::Added, &new[new_range]));
+            }
+        }
+    }
     out
 }
 
@@ -466,6 +439,56 @@ mod tests {
         );
         assert_eq!(render(&line_diff(&[], &["a"])), "+a");
         assert_eq!(render(&line_diff(&["a"], &[])), "-a");
+    }
+
+    /// Length of the longest common subsequence, the slow way.
+    fn lcs(a: &[&str], b: &[&str]) -> usize {
+        let mut t = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for i in (0..a.len()).rev() {
+            for j in (0..b.len()).rev() {
+                t[i][j] = if a[i] == b[j] {
+                    t[i + 1][j + 1] + 1
+                } else {
+                    t[i + 1][j].max(t[i][j + 1])
+                };
+            }
+        }
+        t[0][0]
+    }
+
+    #[test]
+    fn line_diff_is_minimal_and_gives_back_both_sides() {
+        let split = |s: &'static str| -> Vec<&'static str> {
+            if s.is_empty() {
+                Vec::new()
+            } else {
+                s.split(' ').collect()
+            }
+        };
+        let cases = [
+            ("a b c d", "a x c d e"),
+            ("a b c a b b a", "c b a b a c"),
+            ("x a b c", "a b c x"),
+            ("a a a a", "a b a b a"),
+            ("a b c", "d e f"),
+            ("- - a - -", "- a - - -"),
+            ("", ""),
+            ("k: 1 k: 2 k: 3", "k: 3 k: 2 k: 1"),
+        ];
+        for (old, new) in cases {
+            let (old, new) = (split(old), split(new));
+            let d = line_diff(&old, &new);
+            let side = |skip: DiffKind| -> Vec<&str> {
+                d.iter()
+                    .filter(|l| l.kind != skip)
+                    .map(|l| l.text.as_str())
+                    .collect()
+            };
+            assert_eq!(side(DiffKind::Added), old, "{old:?} -> {new:?}");
+            assert_eq!(side(DiffKind::Removed), new, "{old:?} -> {new:?}");
+            let kept = d.iter().filter(|l| l.kind == DiffKind::Unchanged).count();
+            assert_eq!(kept, lcs(&old, &new), "{old:?} -> {new:?}: {}", render(&d));
+        }
     }
 
     #[test]
