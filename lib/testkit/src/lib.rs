@@ -2,9 +2,12 @@
 //! daemons themselves) as root in network namespaces the test creates.
 //!
 //! Setup failures panic on purpose: these run inside `#[test]` functions,
-//! where a panic is the failure report. Every wait is bounded.
+//! where a panic is the failure report. Every wait is bounded. A test whose
+//! prerequisite is missing skips only through [`skip_unless!`] (or
+//! [`skip_checks_unless!`]), which say so and fail under `CI=true`.
 
 pub mod registry;
+pub mod skip;
 
 use std::fs;
 use std::path::{Path, PathBuf};
