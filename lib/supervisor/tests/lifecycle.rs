@@ -193,15 +193,24 @@ fn condition_path_appearing_later() {
         msg.contains("waiting for condition") && msg.contains("online"),
         "{msg}"
     );
-    std::fs::write(&flag, "").unwrap();
     let t0 = Instant::now();
+    std::fs::write(&flag, "").unwrap();
     assert!(wait_for(&mut s, LONG, |s| is(
         s,
         "cond",
         ServiceState::Ready
     )));
-    // Re-checked every 200 ms, so it is picked up well within this.
-    assert!(t0.elapsed() < Duration::from_secs(10));
+    // Re-checked every 200 ms (the default `condition_poll_interval`): the
+    // start follows the path's appearance by about one interval, never
+    // precedes it, and is not left to some later, slower re-check.
+    let started = start_times(&s, "cond");
+    assert_eq!(started.len(), 1, "{started:?}");
+    let picked_up = started[0].checked_duration_since(t0);
+    assert!(
+        picked_up.is_some_and(|d| d < Duration::from_millis(1000)),
+        "started {picked_up:?} after the path appeared (None: before it); \
+         re-checked every 200 ms, it must start within 5 intervals"
+    );
     shutdown(&mut s);
 }
 
