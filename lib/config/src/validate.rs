@@ -1019,64 +1019,67 @@ pub(crate) enum PemKind {
 
 const KEY_LABELS: &[&str] = &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
 
+/// `text` without its whitespace.
+fn squeezed(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
 /// Checks that `text` is made of PEM blocks of the right kind with base64
-/// bodies. The DER inside is not parsed.
+/// bodies (parsed by the `pem` crate), and nothing else. The DER inside is
+/// not parsed.
 pub(crate) fn check_pem(text: &str, kind: PemKind) -> Result<(), String> {
     let what = match kind {
         PemKind::Certificate => "a PEM certificate (-----BEGIN CERTIFICATE-----)",
         PemKind::PrivateKey => "a PEM private key (-----BEGIN PRIVATE KEY-----)",
     };
-    let mut labels = Vec::new();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    while let Some(line) = lines.next() {
-        let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
-            return Err(if labels.is_empty() {
-                format!("is not {what}")
-            } else {
-                format!("has text outside its PEM blocks; it must be only {what}")
-            });
-        };
-        let mut body = String::new();
-        let mut closed = false;
-        for line in lines.by_ref() {
-            if let Some(end) = line
-                .strip_prefix("-----END ")
-                .and_then(|l| l.strip_suffix("-----"))
-            {
-                if end != label {
-                    return Err(format!(
-                        "PEM block \"BEGIN {label}\" ends with \"END {end}\""
-                    ));
-                }
-                closed = true;
-                break;
-            }
-            body.push_str(line);
+    if text.trim().is_empty() {
+        return Err(format!("is empty; it must be {what}"));
+    }
+    let blocks = pem::parse_many(text).map_err(|e| match e {
+        pem::PemError::MismatchedTags(begin, end) => {
+            format!("PEM block \"BEGIN {begin}\" ends with \"END {end}\"")
         }
-        if !closed {
-            return Err(format!("PEM block \"BEGIN {label}\" has no END line"));
+        pem::PemError::InvalidData(e) => format!("a PEM block does not hold valid base64 ({e})"),
+        pem::PemError::InvalidHeader(_) => {
+            "a PEM block has malformed headers (or a blank line in its base64)".to_owned()
         }
-        if body.contains(':') {
+        other => format!("is not {what}: {other}"),
+    })?;
+    for b in &blocks {
+        let label = b.tag();
+        if b.headers().iter().next().is_some() {
             return Err(format!(
                 "PEM block {label} has headers (an encrypted key?); \
                  Bramble needs an unencrypted key"
             ));
         }
-        match base64_decode(&body) {
-            Some(der) if !der.is_empty() => {}
-            _ => return Err(format!("PEM block {label} does not hold valid base64")),
+        if b.contents().is_empty() {
+            return Err(format!("PEM block {label} does not hold valid base64"));
         }
-        labels.push(label.to_owned());
     }
-    if labels.is_empty() {
-        return Err(format!("is empty; it must be {what}"));
+    // `parse_many` skips whatever lies between blocks and stops at a block
+    // without an END line: all the text must be the blocks it took. Its
+    // base64 is canonical (padded, no stray bits), so the blocks encoded
+    // again are the text, but for whitespace.
+    let taken: String = blocks.iter().map(|b| squeezed(&pem::encode(b))).collect();
+    if squeezed(text) != taken {
+        let begins: Vec<&str> = text.split("-----BEGIN ").skip(1).collect();
+        if let Some(open) = begins.get(blocks.len())
+            && let Some((label, _)) = open.split_once("-----")
+            && !open.contains("-----END ")
+        {
+            return Err(format!("PEM block \"BEGIN {label}\" has no END line"));
+        }
+        return Err(if blocks.is_empty() {
+            format!("is not {what}")
+        } else {
+            format!("has text outside its PEM blocks; it must be only {what}")
+        });
     }
+    let labels: Vec<&str> = blocks.iter().map(pem::Pem::tag).collect();
     match kind {
         PemKind::Certificate => {
-            if let Some(other) = labels.iter().find(|l| *l != "CERTIFICATE") {
+            if let Some(other) = labels.iter().find(|l| **l != "CERTIFICATE") {
                 return Err(format!(
                     "holds a {other} block where only CERTIFICATE blocks belong"
                 ));
@@ -1089,13 +1092,13 @@ pub(crate) fn check_pem(text: &str, kind: PemKind) -> Result<(), String> {
                     labels.len()
                 ));
             }
-            let label = &labels[0];
+            let label = labels[0];
             if label == "ENCRYPTED PRIVATE KEY" {
                 return Err(
                     "is an encrypted private key; Bramble needs an unencrypted key".to_owned(),
                 );
             }
-            if !KEY_LABELS.contains(&label.as_str()) {
+            if !KEY_LABELS.contains(&label) {
                 return Err(format!("holds a {label} block, not a private key"));
             }
         }
@@ -1103,38 +1106,11 @@ pub(crate) fn check_pem(text: &str, kind: PemKind) -> Result<(), String> {
     Ok(())
 }
 
-/// Decodes standard base64 with padding; `None` if it is not valid base64.
+/// Decodes standard base64 with padding (canonical: no stray bits in the
+/// last character); `None` if it is not valid base64.
 pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn value(b: u8) -> Option<u32> {
-        match b {
-            b'A'..=b'Z' => Some(u32::from(b - b'A')),
-            b'a'..=b'z' => Some(u32::from(b - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(b - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (n, chunk) in bytes.chunks(4).enumerate() {
-        let last = n + 1 == bytes.len() / 4;
-        let pad = chunk.iter().rev().take_while(|&&b| b == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut acc = 0u32;
-        for &b in &chunk[..4 - pad] {
-            acc = (acc << 6) | value(b)?;
-        }
-        acc <<= 6 * pad as u32;
-        let [_, b0, b1, b2] = acc.to_be_bytes();
-        out.extend_from_slice(&[b0, b1, b2][..3 - pad]);
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 #[cfg(test)]
@@ -1151,6 +1127,9 @@ mod tests {
         assert!(base64_decode("a=k=").is_none());
         assert!(base64_decode("aG!=").is_none());
         assert!(base64_decode("a===").is_none());
+        // Canonical only: stray bits in the last character are refused.
+        assert!(base64_decode("aGl=").is_none());
+        assert!(base64_decode("aGk=\n").is_none());
     }
 
     #[test]
@@ -1221,6 +1200,51 @@ mod tests {
             let err = check_endpoint(bad).unwrap_err();
             assert!(err.contains(fragment), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn pem_framing() {
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let err = |text: &str| check_pem(text, PemKind::Certificate).unwrap_err();
+        // Indentation, blank lines between blocks and CRLF are whitespace.
+        assert!(
+            check_pem(
+                "  -----BEGIN CERTIFICATE-----\r\n  MI\r\n  IB\r\n  -----END CERTIFICATE-----\r\n\r\n",
+                PemKind::Certificate
+            )
+            .is_ok()
+        );
+        assert!(check_pem(&format!("{cert}\n\n{cert}"), PemKind::Certificate).is_ok());
+        for text in [
+            format!("subject=CN = ca\n{cert}"),
+            format!("{cert}trailing words\n"),
+            format!("{cert}# second\n{cert}"),
+            format!("{cert}-----END CERTIFICATE-----\n"),
+        ] {
+            assert!(err(&text).contains("text outside its PEM blocks"), "{text}");
+        }
+        assert_eq!(
+            err("-----BEGIN CERTIFICATE-----\nMIIB\n-----END PRIVATE KEY-----"),
+            "PEM block \"BEGIN CERTIFICATE\" ends with \"END PRIVATE KEY\""
+        );
+        assert_eq!(
+            err(&format!("{cert}-----BEGIN CERTIFICATE-----\nMIIB\n")),
+            "PEM block \"BEGIN CERTIFICATE\" has no END line"
+        );
+        assert!(err("MIIB").contains("is not a PEM certificate"));
+        assert!(err(" \n\t").contains("is empty"));
+        for body in ["", "MIIB=", "MII", "MIJ=", "M-IB"] {
+            let text = format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----");
+            assert!(
+                err(&text).contains("does not hold valid base64"),
+                "{body:?}"
+            );
+        }
+        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                      DEK-Info: AES-128-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIB\n\
+                      -----END RSA PRIVATE KEY-----\n";
+        let e = check_pem(legacy, PemKind::PrivateKey).unwrap_err();
+        assert!(e.contains("has headers (an encrypted key?)"), "{e}");
     }
 
     #[test]
