@@ -10,7 +10,8 @@
 //! the daemon had added (an address added by someone else stays).
 //!
 //! Needs root and `ip` (iproute2); without them the test prints why and
-//! passes without doing anything.
+//! passes without doing anything, except under `CI=true`, where it fails
+//! (`bramble_testkit::skip_unless!`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bramble_testkit::{run, skip_reason, wait_for};
+use bramble_testkit::{run, skip_checks_unless, skip_reason, skip_unless, wait_for};
 
 const LINK: &str = "nrc0";
 const PEER: &str = "nrc1";
@@ -72,6 +73,11 @@ VLAN    nameservers: [10.77.0.53]
       - ip: 10.77.0.9
         aliases: [registry.lab]
 ";
+
+/// Addresses put on `lo` while `ip monitor` runs, to know when it has
+/// subscribed and when it has received everything before.
+const START_FENCE: &str = "127.0.42.1";
+const END_FENCE: &str = "127.0.42.2";
 
 /// Tests run in parallel, each in its own namespace.
 static NEXT_LAB: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -267,22 +273,64 @@ impl Lab {
             .spawn()
             .unwrap();
         self.monitor = Some(child);
-        // `ip monitor` subscribes before it prints anything; give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
+        // `ip monitor` prints nothing until it has subscribed: it has once it
+        // reports a change made after it started.
+        self.monitor_fence(START_FENCE);
     }
 
     fn stop_monitor(&mut self) -> String {
-        // Let the last notifications arrive.
-        std::thread::sleep(Duration::from_millis(300));
+        // The kernel queues notifications to a socket in order: once one for
+        // a change made now has arrived, every earlier one has too.
+        self.monitor_fence(END_FENCE);
         let mut child = self.monitor.take().unwrap();
         let _ = child.kill();
         let _ = child.wait();
+        self.monitor_log()
+    }
+
+    fn monitor_log(&self) -> String {
         let mut text = String::new();
         File::open(self.path("monitor.log"))
             .unwrap()
             .read_to_string(&mut text)
             .unwrap();
         text
+    }
+
+    /// Puts `fence` on `lo` until `ip monitor` reports it, then removes it.
+    /// A fence added before `ip monitor` subscribed is never reported, so it
+    /// is removed and added again at each poll until one is. networkd leaves
+    /// addresses it did not add alone and does not reconcile on address
+    /// changes, and none of the fence's lines (address and local route)
+    /// names what the test checks is untouched.
+    fn monitor_fence(&self, fence: &str) {
+        let address = format!("{fence}/32");
+        let toggle = |verb: &str| {
+            Command::new("ip")
+                .args(["-n", &self.ns, "addr", verb, &address, "dev", "lo"])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+        };
+        let mut attempts = 0;
+        wait_for(
+            &format!("`ip monitor` to report the address {fence}"),
+            Duration::from_secs(10),
+            || {
+                if self.monitor_log().contains(fence) {
+                    return Some(());
+                }
+                attempts += 1;
+                assert!(
+                    attempts <= 200,
+                    "{fence} added {attempts} times, never reported"
+                );
+                toggle("del");
+                assert!(toggle("add").success(), "cannot add {address} to lo");
+                None
+            },
+        );
+        assert!(toggle("del").success(), "cannot remove {address} from lo");
     }
 
     fn stderr(&self) -> String {
@@ -300,15 +348,12 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn configured_network_is_applied_and_only_differences_change() {
-    if let Some(why) = skip_reason(&[]) {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(available: skip_reason(&[]));
     let mut lab = Lab::new();
-    let vlan = lab.vlans_supported();
-    if !vlan {
-        eprintln!("this kernel cannot make VLAN links (no 802.1Q); the VLAN checks are skipped");
-    }
+    let vlan = skip_checks_unless!(
+        lab.vlans_supported(),
+        "this kernel cannot make VLAN links (no 802.1Q); the VLAN checks are skipped"
+    );
     lab.write_config(&config(FIRST, vlan));
     lab.start_networkd();
 
@@ -496,10 +541,7 @@ const BOND: &str = "      - interface: bond0
 
 #[test]
 fn bridges_bonds_and_device_selectors() {
-    if let Some(why) = skip_reason(&[]) {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless!(available: skip_reason(&[]));
     let mut lab = Lab::new();
     for (a, b, mac) in [
         ("nrc2", "nrc3", "02:00:00:bb:00:02"),
@@ -511,14 +553,14 @@ fn bridges_bonds_and_device_selectors() {
         ]);
         lab.ip(&["link", "set", b, "up"]);
     }
-    if !kind_supported(&lab, "bridge") {
-        eprintln!("skipped: this kernel cannot make bridges");
-        return;
-    }
-    let bond = kind_supported(&lab, "bond");
-    if !bond {
-        eprintln!("this kernel cannot make bonds (no bonding module); the bond checks are skipped");
-    }
+    skip_unless!(
+        kind_supported(&lab, "bridge"),
+        "this kernel cannot make bridges"
+    );
+    let bond = skip_checks_unless!(
+        kind_supported(&lab, "bond"),
+        "this kernel cannot make bonds (no bonding module); the bond checks are skipped"
+    );
     let network = AGGREGATES.replace("BOND", if bond { BOND } else { "" });
     lab.ip(&["link", "set", "nrc6", "up"]);
     lab.write_config(&config(&network, false));
