@@ -4,7 +4,8 @@
 //! They need root, a static busybox (`make deps` installs Debian's
 //! `busybox-static`) and util-linux's `unshare`; the shim is this package's
 //! own binary, which cargo builds for these tests. Without root each test
-//! prints why and passes; as root a missing program fails the test. Each
+//! prints why and passes (`bramble_testkit::skip_unless!`; under `CI=true` it
+//! fails instead); as root a missing program fails the test. Each
 //! shim runs in a private mount namespace with cgroup2 mounted
 //! alone at `/sys/fs/cgroup` (hosts with a hybrid v1/v2 layout have it at
 //! `/sys/fs/cgroup/unified` only), so no resource limits are set: such
@@ -15,6 +16,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
@@ -33,14 +35,8 @@ fn shim_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bramble-runtimed"))
 }
 
-/// Why these tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    // /proc/self belongs to the effective user.
-    let root =
-        fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    if !root {
-        return Some("needs root".into());
-    }
+/// As root, the programs these tests need are there (else they fail).
+fn require_programs() {
     assert!(
         Path::new(BUSYBOX).exists(),
         "needs {BUSYBOX}: `make deps` installs busybox-static"
@@ -49,15 +45,16 @@ fn unavailable() -> Option<String> {
         Command::new("unshare").arg("--version").output().is_ok(),
         "needs util-linux's unshare"
     );
-    None
 }
 
+/// Skips the test (saying why; failing under `CI=true`) without root.
 macro_rules! skip_unless_possible {
     () => {
-        if let Some(why) = unavailable() {
-            println!("skipped: {why}");
-            return;
-        }
+        bramble_testkit::skip_unless!(
+            bramble_testkit::is_root(),
+            "needs root (mount namespaces, cgroups, container namespaces)"
+        );
+        require_programs();
     };
 }
 
@@ -66,6 +63,9 @@ struct Run {
     args: ShimArgs,
     cgroup_dir: PathBuf,
     child: Child,
+    /// The shim's stdout (the container's) as read so far, once
+    /// [`Run::wait_output`] has started reading it.
+    stdout: Option<(Arc<Mutex<String>>, thread::JoinHandle<()>)>,
 }
 
 fn start(id: &str, command: &[&str], grace_secs: u32) -> Run {
@@ -137,6 +137,7 @@ fn start_with(
         args,
         cgroup_dir: PathBuf::from(format!("/sys/fs/cgroup/unified{cgroup_path}")),
         child,
+        stdout: None,
     }
 }
 
@@ -183,6 +184,34 @@ impl Run {
         panic!("the shim wrote no start report in 30 s");
     }
 
+    /// Waits until the container has written `needle` to its stdout.
+    fn wait_output(&mut self, needle: &str) {
+        let (text, _) = self.stdout.get_or_insert_with(|| {
+            let mut out = self.child.stdout.take().unwrap();
+            let text = Arc::new(Mutex::new(String::new()));
+            let shared = Arc::clone(&text);
+            let reader = thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    shared
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            (text, reader)
+        });
+        let text = Arc::clone(text);
+        bramble_testkit::wait_for(
+            &format!("{needle:?} on the container's stdout"),
+            Duration::from_secs(30),
+            || text.lock().unwrap().contains(needle).then_some(()),
+        );
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(i32::try_from(self.child.id()).unwrap())
     }
@@ -218,6 +247,10 @@ impl Run {
         let mut err = String::new();
         if let Some(mut o) = self.child.stdout.take() {
             o.read_to_string(&mut out).unwrap();
+        }
+        if let Some((text, reader)) = self.stdout.take() {
+            reader.join().unwrap();
+            out = std::mem::take(&mut *text.lock().unwrap());
         }
         if let Some(mut e) = self.child.stderr.take() {
             e.read_to_string(&mut err).unwrap();
@@ -281,7 +314,8 @@ fn sigterm_reaches_the_container_unblocked() {
         20,
     );
     run.wait_started();
-    thread::sleep(Duration::from_millis(300));
+    // The trap is set once the container says so.
+    run.wait_output("ready\n");
     let shim = Pid::from_raw(i32::try_from(run.child.id()).unwrap());
     let asked = Instant::now();
     kill(shim, Signal::SIGTERM).unwrap();
@@ -381,17 +415,32 @@ fn the_container_stops_when_the_daemon_dies() {
         false,
         serde_json::json!({}),
     );
-    run.wait_started();
+    let init = run.wait_started();
     kill(run.pid(), Signal::SIGKILL).unwrap();
     run.child.wait().unwrap();
     let report = run.wait_exit_file();
     assert_eq!(report.exit_code, Some(3), "{report:?}");
     assert_eq!(report.error, None);
     // The shim removes state and cgroup just before writing the report.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while run.cgroup_dir.exists() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
+    bramble_testkit::wait_for(
+        &format!("the cgroup {} to be removed", run.cgroup_dir.display()),
+        Duration::from_secs(10),
+        || (!run.cgroup_dir.exists()).then_some(()),
+    );
+    assert!(
+        !run.cgroup_dir.exists(),
+        "cgroup {} left behind",
+        run.cgroup_dir.display()
+    );
+    assert!(
+        !run.args.state_root.join(&run.args.id).exists(),
+        "libcontainer's state left behind"
+    );
+    // And the container is gone with them: nothing of it still runs.
+    assert!(
+        !process_alive(init),
+        "the container's init {init} still runs"
+    );
     let _ = run.finish();
 }
 
