@@ -61,12 +61,22 @@ test: image
 	BRAMBLE_IMAGE=$(CURDIR)/$(IMAGE) BRAMBLE_BIN_DIR=$(CURDIR)/$(BIN_DIR) \
 	  $(CARGO) test --locked --workspace --no-fail-fast -- --test-threads=2
 
+# The crun comparison boots a bench image whose runtimed has `runtimed
+# compare` (the `compare` feature, left out of the node's image): built into
+# $(BENCH_BIN_DIR) with the other node binaries, then the image's runtimed is
+# linked again.
+BENCH_BIN_DIR := build/bench-bin
 bench: image
-	target/debug/bramble-bench --image $(IMAGE) --bin-dir $(BIN_DIR) --dist $(DIST)
+	RUSTFLAGS="$(NODE_RUSTFLAGS)" $(CARGO) build --release --locked --target $(TARGET) -p bramble-runtimed --features compare
+	rm -rf $(BENCH_BIN_DIR) && mkdir -p $(BENCH_BIN_DIR)
+	cp $(addprefix $(BIN_DIR)/,$(NODE_BINS)) $(BENCH_BIN_DIR)/
+	$(MAKE) node-bins
+	target/debug/bramble-bench --image $(IMAGE) --bin-dir $(BIN_DIR) --compare-bin-dir $(BENCH_BIN_DIR) --dist $(DIST)
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked -p bramble-runtimed --features compare --all-targets -- -D warnings
 	$(CARGO) clippy --locked --target $(TARGET) $(addprefix -p ,$(NODE_BINS)) -- -D warnings
 
 fmt:

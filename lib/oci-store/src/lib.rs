@@ -15,7 +15,8 @@
 //! snapshots and `refs.json` are written in `tmp/` and renamed into place
 //! after an fsync.
 //!
-//! [`build`] makes small images in memory, for tests.
+//! With the `testing` feature, `build` makes small images in memory and
+//! `push` publishes them to a registry, for tests; the node is built without.
 //!
 //! # For the runtime
 //!
@@ -37,6 +38,7 @@
 //! - Everything but [`Store::pull`] blocks; gc waits for pulls and imports
 //!   in progress (in any process) to finish.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod build;
 mod digest;
 mod error;
@@ -45,6 +47,7 @@ mod import;
 pub mod manifest;
 mod platform;
 mod pull;
+#[cfg(any(test, feature = "testing"))]
 pub mod push;
 mod reference;
 mod store;

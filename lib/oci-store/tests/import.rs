@@ -464,10 +464,10 @@ impl Drop for Mounted {
 fn snapshots_mount_as_overlay_lower_dirs() {
     require_root!();
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems.contains("overlay") {
-        eprintln!("SKIPPED: the kernel has no overlay filesystem");
-        return;
-    }
+    bramble_testkit::skip_unless!(
+        filesystems.contains("overlay"),
+        "the kernel has no overlay filesystem"
+    );
     let (dir, store) = common::host_store();
     let image = common::sample_image(&common::host_arch()).annotate_ref("example.com/overlay:1");
     store

@@ -328,8 +328,11 @@ async fn https_with_basic_credentials_and_a_private_ca() {
     require_root!();
     let secure = registry.secure().expect("a secure registry").clone();
     let ca = vec![secure.ca_pem.clone()];
-    let pusher =
-        bramble_oci_store::push::Pusher::with(false, &ca, Some((&secure.username, &secure.password)));
+    let pusher = bramble_oci_store::push::Pusher::with(
+        false,
+        &ca,
+        Some((&secure.username, &secure.password)),
+    );
     let parts = common::sample_image(&common::host_arch())
         .parts()
         .expect("parts");

@@ -18,6 +18,7 @@
 //! mounts), `logs` (captured output), `server` (the API), `container` (OCI
 //! spec, shim, cgroup readings).
 
+#[cfg(feature = "compare")]
 pub mod compare;
 pub mod container;
 pub mod daemon;

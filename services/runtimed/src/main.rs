@@ -30,7 +30,8 @@ enum Cmd {
     /// Create, run and wait for one container (started by the daemon).
     Shim(ShimArgs),
     /// Time a `true` container with the shim and with another OCI runtime
-    /// (crun) on this node (`make bench`).
+    /// (crun) on this node (`make bench`; only with the `compare` feature).
+    #[cfg(feature = "compare")]
     Compare(bramble_runtimed::compare::CompareArgs),
 }
 
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Shim(args) => container::shim::run(&args),
+        #[cfg(feature = "compare")]
         Cmd::Compare(args) => match bramble_runtimed::compare::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

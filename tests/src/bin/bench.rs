@@ -18,6 +18,10 @@ struct Args {
     image: PathBuf,
     #[arg(long, default_value = "target/aarch64-unknown-linux-musl/release")]
     bin_dir: PathBuf,
+    /// The node binaries of the comparison's bench image: the image's, with
+    /// a runtimed built with its `compare` feature (`make bench` builds it).
+    #[arg(long, default_value = "build/bench-bin")]
+    compare_bin_dir: PathBuf,
     #[arg(long, default_value = "dist")]
     dist: PathBuf,
     /// How many boots to measure (the median is reported).
@@ -81,14 +85,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     if args.compare_only {
-        let compare = crun_comparison(&dir, &args.bin_dir)?;
+        let compare = crun_comparison(&dir, &args.compare_bin_dir)?;
         println!("Bramble figures (QEMU virt, cortex-a72, 2 vCPUs under TCG on this host; 1 boot)");
         print_compare(&compare);
         return Ok(());
     }
     if args.runtime_only {
         let runtime = runtime_figures(&dir, &args.image)?;
-        let compare = crun_comparison(&dir, &args.bin_dir)?;
+        let compare = crun_comparison(&dir, &args.compare_bin_dir)?;
         println!(
             "Bramble figures (QEMU virt, cortex-a72, 2 vCPUs under TCG on this host; 2 boots)"
         );
@@ -142,7 +146,7 @@ fn main() -> Result<()> {
     let raspi = raspi3b_ready(&dir, &args.image)?;
     let flash = flash_figures(&dir, &args.image)?;
     let runtime = runtime_figures(&dir, &args.image)?;
-    let compare = crun_comparison(&dir, &args.bin_dir)?;
+    let compare = crun_comparison(&dir, &args.compare_bin_dir)?;
     let rss = |name: &str| {
         figure(&memory, "idle memory:", &format!("{name} rss"))
             .map_or("n/a".to_owned(), |kib| format!("{:.2} MiB", kib / 1024.0))
