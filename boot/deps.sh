@@ -2,7 +2,9 @@
 # Installs everything Bramble's build and tests need, idempotently:
 #   - Debian packages for the host (QEMU, clang/llvm for cross C code, protoc,
 #     docker-registry and busybox-static for the container runtime's tests,
-#     e2fsprogs, dnsmasq and chrony for network and time tests), the arm64
+#     e2fsprogs, dnsmasq and chrony for network and time tests, and the
+#     reference tools the image builder's writers are compared with:
+#     bmap-tools, u-boot-tools (mkimage) and dosfstools (fsck.fat)), the arm64
 #     dpkg architecture and Debian's non-free-firmware component (for
 #     raspi-firmware);
 #   - the Rust target aarch64-unknown-linux-musl (rustup), with Debian's
@@ -17,7 +19,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # The image's packages, and the tests' (container images are built from them).
 locks=("$root/boot/packages.lock" "$root/tests/packages.lock")
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static)
+host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {
@@ -84,7 +86,7 @@ fi
 
 # 4. Pinned packages for the image, checked by sha256.
 mkdir -p "$cache"
-while read -r name version arch sha file; do
+while read -r -u 3 name version arch sha file; do
     [[ -z $name || $name == \#* ]] && continue
     dest="$cache/$file"
     if [[ -f $dest ]] && echo "$sha  $dest" | sha256sum --quiet -c - 2>/dev/null; then
@@ -97,7 +99,7 @@ while read -r name version arch sha file; do
     [[ $arch != all ]] && spec="$name:$arch=$version"
     tmp=$(mktemp -d)
     chmod 0777 "$tmp"
-    if ! (cd "$tmp" && apt-get download -qq "$spec"); then
+    if ! (cd "$tmp" && apt-get download -qq "$spec" </dev/null); then
         rm -rf "$tmp"
         echo "deps: cannot download $spec (is the pinned version still in the archive?)" >&2
         exit 1
@@ -111,7 +113,7 @@ while read -r name version arch sha file; do
     fi
     mv "$got" "$dest"
     rm -rf "$tmp"
-done < <(cat "${locks[@]}")
+done 3< <(cat "${locks[@]}")
 
 # 5. U-Boot for QEMU's virt machine, used by the harness as -bios.
 qemu_uboot="$cache/../u-boot-qemu/u-boot.bin"

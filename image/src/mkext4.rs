@@ -144,15 +144,25 @@ mod tests {
             hash_seed: uuid_from(&[2u8; 16]),
             time: 1_700_000_000,
         };
-        let a = match make(&dir.path().join("a.img"), dir.path(), &spec) {
-            Ok(a) => a,
-            Err(Error::Mke2fs(m)) if m.contains("not found") => {
-                println!("mke2fs not installed: skipped");
-                return;
-            }
-            Err(e) => panic!("{e}"),
+        bramble_testkit::skip_unless!(
+            bramble_testkit::find_program("mke2fs").is_some(),
+            "mke2fs (Debian's e2fsprogs) is not installed"
+        );
+        let a = make(&dir.path().join("a.img"), dir.path(), &spec).unwrap();
+        // The second run starts in a wall-clock second the first never saw:
+        // nothing of the clock may reach the file system.
+        let second = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
         };
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let first = second();
+        bramble_testkit::wait_for(
+            "the wall clock's second to change",
+            std::time::Duration::from_secs(3),
+            || (second() != first).then_some(()),
+        );
         let b = make(&dir.path().join("b.img"), dir.path(), &spec).unwrap();
         assert!(a == b, "mke2fs output differs between runs");
         let (blocks, bs, label) =

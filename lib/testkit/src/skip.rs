@@ -12,6 +12,7 @@
 //!     bramble_testkit::skip_unless!(bramble_testkit::is_root(), "needs root");
 //!     // `skip_reason`-style checks give `None` when everything is there:
 //!     bramble_testkit::skip_unless!(available: bramble_testkit::skip_reason(&[]));
+//!     bramble_testkit::skip_unless!(let Some(image) = image(), "no image");
 //!     // Checks that only part of a test needs:
 //!     let vlans = bramble_testkit::skip_checks_unless!(vlans_supported(), "no 802.1Q");
 //! }
@@ -91,8 +92,16 @@ macro_rules! test_name {
 /// - `skip_unless!(available: reason)`: `reason` is an `Option` of something
 ///   printable (`None` when everything is there), as
 ///   [`skip_reason`](crate::skip_reason) gives.
+/// - `skip_unless!(let Some(x) = option, "reason {}", args...)`: binds `x`
+///   (any refutable pattern), skips when the value does not match it.
 #[macro_export]
 macro_rules! skip_unless {
+    (let $pattern:pat = $value:expr, $($reason:tt)+) => {
+        let $pattern = $value else {
+            $crate::skip::skip(&$crate::test_name!(), &format!($($reason)+));
+            return $crate::skip::Skipped::skipped();
+        };
+    };
     (available: $reason:expr $(,)?) => {
         if let ::std::option::Option::Some(reason) = $reason {
             $crate::skip::skip(&$crate::test_name!(), &reason.to_string());
@@ -148,6 +157,23 @@ mod tests {
         let message = on_ci.unwrap_err();
         let message = message.downcast_ref::<String>().unwrap();
         assert!(message.starts_with("SKIP t: no frobnicator"), "{message}");
+    }
+
+    #[test]
+    fn binds_what_it_needs() {
+        // Only values that match: a skip would fail this test under CI=true.
+        fn needs(value: Option<u32>, seen: &mut Vec<u32>) {
+            crate::skip_unless!(let Some(v) = value, "no value");
+            seen.push(v);
+        }
+        let mut seen = Vec::new();
+        needs(Some(1), &mut seen);
+        assert_eq!(seen, [1]);
+        fn needs_ok(value: Option<u32>) -> Result<(), u32> {
+            crate::skip_unless!(let Some(v) = value, "no value");
+            Err(v)
+        }
+        assert_eq!(needs_ok(Some(3)), Err(3));
     }
 
     #[test]

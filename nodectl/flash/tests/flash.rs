@@ -404,18 +404,15 @@ fn refuses_the_disk_holding_the_running_root() {
             Some((f[2].to_owned(), src))
         })?
     });
-    let Some((num, source)) = root else {
-        println!("skipped: no mount on / in mountinfo");
-        return;
-    };
+    bramble_testkit::skip_unless!(let Some((num, source)) = root, "no mount on / in mountinfo");
     let path = PathBuf::from(&source);
     let is_block = fs::metadata(&path)
         .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
         .unwrap_or(false);
-    if !is_block {
-        println!("skipped: / is mounted from {source} ({num}), not a block device node here");
-        return;
-    }
+    bramble_testkit::skip_unless!(
+        is_block,
+        "/ is mounted from {source} ({num}), not a block device node here"
+    );
     let err = bramble_flash::target::check(&path, 1, Path::new("/nonexistent"), false)
         .unwrap_err()
         .to_string();
@@ -441,33 +438,33 @@ fn refuses_the_disk_holding_the_running_root() {
 #[test]
 fn refuses_a_mounted_loop_device() {
     use std::process::Command;
-    if !nix_is_root() {
-        println!("skipped: needs root for losetup and mount");
-        return;
-    }
+    bramble_testkit::skip_unless!(
+        bramble_testkit::is_root(),
+        "needs root for losetup and mount"
+    );
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("disk");
     let f = File::create(&backing).unwrap();
     f.set_len(16 * MIB).unwrap();
     drop(f);
     let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-    if !ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&backing)) {
-        println!("skipped: mkfs.ext4 unavailable");
-        return;
-    }
+    bramble_testkit::skip_unless!(
+        ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&backing)),
+        "mkfs.ext4 unavailable"
+    );
     let out = Command::new("losetup")
         .args(["--find", "--show"])
         .arg(&backing)
         .output();
-    let Some(loop_dev) = out
+    let loop_dev = out
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-    else {
-        println!("skipped: no loop device available (losetup --find failed)");
-        return;
-    };
+        .filter(|s| !s.is_empty());
+    bramble_testkit::skip_unless!(
+        let Some(loop_dev) = loop_dev,
+        "no loop device available (losetup --find failed)"
+    );
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let mounted = ok(Command::new("mount").arg(&loop_dev).arg(&mnt));
@@ -489,30 +486,21 @@ fn refuses_a_mounted_loop_device() {
         None
     };
     let _ = Command::new("losetup").arg("-d").arg(&loop_dev).status();
-    let Some(result) = result else {
-        println!("skipped: could not mount {loop_dev}");
-        return;
-    };
+    bramble_testkit::skip_unless!(let Some(result) = result, "could not mount {loop_dev}");
     let err = result.unwrap_err();
     println!("{err}");
     assert!(err.contains("is mounted on"), "{err}");
     assert!(err.contains(&loop_dev), "{err}");
 }
 
-fn nix_is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 /// The real image (`BRAMBLE_IMAGE=dist/bramble-arm64.img`): flashed from its
 /// `.xz` onto a sparse file, with a configuration; every mapped block compared.
 #[test]
 fn flashes_the_real_image() {
-    let Some(img) = std::env::var_os("BRAMBLE_IMAGE").map(PathBuf::from) else {
-        println!("skipped: BRAMBLE_IMAGE is not set");
-        return;
-    };
+    bramble_testkit::skip_unless!(
+        let Some(img) = std::env::var_os("BRAMBLE_IMAGE").map(PathBuf::from),
+        "BRAMBLE_IMAGE is not set (`make test` sets it to the built dist/bramble-arm64.img)"
+    );
     let xz = PathBuf::from(format!("{}.xz", img.display()));
     let source = if xz.is_file() { xz } else { img.clone() };
     let dir = tempfile::tempdir_in(img.parent().unwrap()).unwrap();
