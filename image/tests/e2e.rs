@@ -49,6 +49,7 @@ fn bin_dir(scratch: &Path) -> PathBuf {
         "bramble-apid",
         "bramble-networkd",
         "bramble-timed",
+        "bramble-runtimed",
     ] {
         std::fs::write(d.join(name), bramble_image::elf::dummy_aarch64_executable()).unwrap();
     }
@@ -88,22 +89,80 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Builds twice (concurrently, into two directories) and compares every output
-/// byte for byte; then checks the image's structure with the library's readers.
+/// One build by the real CLI into `out`, in its own process under the given
+/// `TZ` and umask; the kernel version its summary names.
+fn cli_build(cache: &Path, bins: &Path, out: &Path, tz: &str, umask: &str) -> String {
+    let ws = workspace();
+    // The umask is per process: set by a shell that then becomes the builder.
+    let output = Command::new("sh")
+        .args(["-c", "umask \"$0\" && exec \"$@\"", umask])
+        .arg(env!("CARGO_BIN_EXE_bramble-image"))
+        .arg("build")
+        .arg("--lock")
+        .arg(ws.join("boot/packages.lock"))
+        .arg("--cache")
+        .arg(cache)
+        .arg("--boot-dir")
+        .arg(ws.join("boot"))
+        .arg("--bin-dir")
+        .arg(bins)
+        .arg("--rootfs-overlay")
+        .arg(ws.join("image/rootfs"))
+        .arg("--out")
+        .arg(out)
+        .args(["--version", "0.1.0", "--git-revision", "e2etest"])
+        .args(["--source-date-epoch", &SDE.to_string()])
+        .args(["--release-base-url", "https://example.org/bramble/v0.1.0"])
+        .env("TZ", tz)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "build into {} (TZ={tz}, umask {umask}) failed: {}\n{stdout}",
+        out.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    print!("{stdout}");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Bramble image: kernel "))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no kernel version in the build's summary:\n{stdout}"))
+        .to_owned()
+}
+
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Builds twice, one build after the other, into two directories: the
+/// second in a later wall-clock second, under another `TZ` and another
+/// umask. Compares every output byte for byte, then checks the image's
+/// structure with the library's readers.
 #[test]
 fn two_builds_are_identical_and_well_formed() {
     let cache = cache();
     let tmp = tempfile::tempdir().unwrap();
     let bins = bin_dir(tmp.path());
     let (a, b) = (tmp.path().join("a/dist"), tmp.path().join("b/dist"));
-    let (ra, rb) = std::thread::scope(|s| {
-        let ha = s.spawn(|| builder::build(&config(&cache, &bins, &a)));
-        let hb = s.spawn(|| builder::build(&config(&cache, &bins, &b)));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
-    let report = ra.unwrap();
-    rb.unwrap();
-    print!("{}", report.summary());
+    let kver = cli_build(&cache, &bins, &a, "UTC0", "0022");
+    // Nothing of the clock may reach the image: the second build starts in
+    // a second the first never saw.
+    let first_done = unix_second();
+    bramble_testkit::wait_for(
+        "the wall clock's second to change",
+        std::time::Duration::from_secs(3),
+        || (unix_second() != first_done).then_some(()),
+    );
+    // 12 or 13 hours from UTC (a POSIX TZ: no tzdata needed), and files
+    // created without group or other permissions.
+    let kver_b = cli_build(&cache, &bins, &b, "NZST-12NZDT,M9.5.0,M4.1.0/3", "0077");
+    assert_eq!(kver, kver_b);
 
     let files = files_under(&a);
     assert_eq!(
@@ -279,7 +338,6 @@ fn two_builds_are_identical_and_well_formed() {
     for d in ["dev", "proc", "sys", "run", "sysroot", "tmp"] {
         assert_eq!(find(d).mode & 0o170_000, 0o040_000, "{d}");
     }
-    let kver = report.kver.clone();
     let dep = String::from_utf8(
         find(&format!("lib/modules/{kver}/modules.dep"))
             .data

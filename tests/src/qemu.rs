@@ -488,6 +488,11 @@ impl Node {
         }
     }
 
+    /// QEMU's exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Pulls the plug.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -9,7 +9,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use bramble_image::mbr;
 use bramble_tests::{nodectl, paths, qemu};
 
@@ -248,9 +248,24 @@ fn a_disk_without_its_partitions_gets_a_clear_message_not_a_panic() -> Result<()
         file.sync_all()?;
     }
     let mut node = start(dir.path(), &disk)?;
-    node.wait_for("has no partition 2 for root slot A", BOOT_TIMEOUT)?;
-    // It keeps running and keeps saying so; the kernel did not panic.
-    std::thread::sleep(Duration::from_secs(2));
+    let problem = "has no partition 2 for root slot A";
+    node.wait_for(problem, BOOT_TIMEOUT)?;
+    // It keeps running and keeps saying so: stage 1 repeats the message
+    // every 30 s while it keeps looking; the kernel did not panic.
+    bramble_tests::wait::eventually(
+        "stage 1 to repeat that the disk has no partition 2",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || {
+            if let Some(status) = node.exited()? {
+                bail!(
+                    "QEMU exited ({status}) instead of stage 1 repeating {problem:?}:\n{}",
+                    node.console_tail(30)
+                );
+            }
+            Ok(node.console().matches(problem).count() >= 2)
+        },
+    )?;
     let console = node.console();
     ensure!(
         !console.contains("Kernel panic"),
