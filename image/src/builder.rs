@@ -34,8 +34,11 @@ pub const IMAGER_JSON: &str = "bramble-rpi-imager.json";
 /// Raspberry Pi Imager device tags the image is offered for: Imager files the
 /// Pi 400 and the CM4 under `pi4-64bit`, the Pi 3 family under `pi3-64bit`.
 pub const IMAGER_DEVICES: [&str; 2] = ["pi4-64bit", "pi3-64bit"];
-/// Name of the boot partition's volume label (PID 1 finds the boot disk by it).
-pub const BOOT_LABEL: &str = "BRAMBLE";
+pub use bramble_disk::BOOT_LABEL;
+use bramble_disk::{
+    BOOT_PARTITION, DATA_LABEL, DATA_PARTITION, SLOT_A_PARTITION, SLOT_B_PARTITION, STATE_LABEL,
+    STATE_PARTITION,
+};
 /// Name in the boot script's header.
 pub const SCRIPT_NAME: &str = "Bramble boot script";
 
@@ -530,7 +533,7 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
     }
     fat_refs.push(("A/vmlinuz", &kernel.vmlinuz));
     fat_refs.push(("A/initrd", &initrd));
-    let (_, boot_size) = layout.bytes(1);
+    let (_, boot_size) = layout.bytes(BOOT_PARTITION);
     let fat_used: u64 = fat_refs.iter().map(|(_, d)| d.len() as u64).sum();
     let boot = fat::build(
         boot_size,
@@ -567,8 +570,8 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         };
         mkext4::make(&st.join(format!("{label}.ext4")), st, &spec)
     };
-    let state = ext4("STATE", 5)?;
-    let data = ext4("DATA", 6)?;
+    let state = ext4(STATE_LABEL, STATE_PARTITION)?;
+    let data = ext4(DATA_LABEL, DATA_PARTITION)?;
     timer.step("ext4");
 
     let img_path = st.join(IMG);
@@ -639,11 +642,15 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         (
             "p2 root A (squashfs)".into(),
             rootfs.len() as u64,
-            layout.bytes(2).1,
+            layout.bytes(SLOT_A_PARTITION).1,
         ),
-        ("p3 root B (empty)".into(), 0, layout.bytes(3).1),
-        ("p5 STATE (ext4)".into(), 0, layout.bytes(5).1),
-        ("p6 DATA (ext4)".into(), 0, layout.bytes(6).1),
+        (
+            "p3 root B (empty)".into(),
+            0,
+            layout.bytes(SLOT_B_PARTITION).1,
+        ),
+        ("p5 STATE (ext4)".into(), 0, layout.bytes(STATE_PARTITION).1),
+        ("p6 DATA (ext4)".into(), 0, layout.bytes(DATA_PARTITION).1),
         ("  initramfs (LZ4 cpio)".into(), initrd.len() as u64, 0),
         ("  kernel (vmlinuz)".into(), kernel.vmlinuz.len() as u64, 0),
     ];

@@ -10,8 +10,12 @@ use sha2::{Digest, Sha256};
 use crate::bmap::{BLOCK_SIZE, BmapBuilder};
 use crate::error::{Error, Result};
 use crate::lock::hex;
-use crate::mbr::{
+use bramble_disk::mbr::{
     Logical, Partition, SECTOR_SIZE, TYPE_EXTENDED_LBA, TYPE_FAT32_LBA, TYPE_LINUX, Table,
+};
+use bramble_disk::{
+    BOOT_PARTITION, DATA_PARTITION, EXTENDED_PARTITION, SLOT_A_PARTITION, SLOT_B_PARTITION,
+    STATE_PARTITION,
 };
 
 /// Sectors per MiB.
@@ -59,10 +63,10 @@ impl Layout {
             table: Table {
                 disk_signature,
                 primary: vec![
-                    primary(1, TYPE_FAT32_LBA, p1, BOOT_MIB * MIB, true),
-                    primary(2, TYPE_LINUX, p2, ROOT_MIB * MIB, false),
-                    primary(3, TYPE_LINUX, p3, ROOT_MIB * MIB, false),
-                    primary(4, TYPE_EXTENDED_LBA, p4, end - p4, false),
+                    primary(BOOT_PARTITION, TYPE_FAT32_LBA, p1, BOOT_MIB * MIB, true),
+                    primary(SLOT_A_PARTITION, TYPE_LINUX, p2, ROOT_MIB * MIB, false),
+                    primary(SLOT_B_PARTITION, TYPE_LINUX, p3, ROOT_MIB * MIB, false),
+                    primary(EXTENDED_PARTITION, TYPE_EXTENDED_LBA, p4, end - p4, false),
                 ],
                 logical: vec![
                     Logical {
@@ -85,8 +89,8 @@ impl Layout {
 
     /// Byte range `(offset, size)` of partition `index` (1, 2, 3, 5, 6).
     pub fn bytes(&self, index: u32) -> (u64, u64) {
-        if index >= 5 {
-            let l = &self.table.logical[(index - 5) as usize];
+        if index >= STATE_PARTITION {
+            let l = &self.table.logical[(index - STATE_PARTITION) as usize];
             (l.start_lba * SECTOR_SIZE, l.sectors * SECTOR_SIZE)
         } else {
             let p = &self.table.primary[(index - 1) as usize];
@@ -142,10 +146,10 @@ pub fn write_image(path: &Path, layout: &Layout, c: &Contents<'_>) -> Result<()>
     let mut f = File::create(path).map_err(Error::io(path))?;
     f.set_len(layout.size_bytes()).map_err(Error::io(path))?;
     for (index, what, data) in [
-        (1, "boot partition", c.boot),
-        (2, "root file system", c.root_a),
-        (5, "STATE file system", c.state),
-        (6, "DATA file system", c.data),
+        (BOOT_PARTITION, "boot partition", c.boot),
+        (SLOT_A_PARTITION, "root file system", c.root_a),
+        (STATE_PARTITION, "STATE file system", c.state),
+        (DATA_PARTITION, "DATA file system", c.data),
     ] {
         let (off, size) = layout.bytes(index);
         if data.len() as u64 > size {
@@ -157,7 +161,7 @@ pub fn write_image(path: &Path, layout: &Layout, c: &Contents<'_>) -> Result<()>
         }
         write_sparse(&mut f, off, data).map_err(Error::io(path))?;
     }
-    crate::mbr::write_table(&mut f, &layout.table).map_err(Error::io(path))?;
+    bramble_disk::mbr::write_table(&mut f, &layout.table).map_err(Error::io(path))?;
     f.sync_all().map_err(io)?;
     Ok(())
 }
@@ -302,7 +306,7 @@ mod tests {
         for i in [1, 2, 3, 5, 6] {
             assert_eq!(l.bytes(i).0 % (1 << 20), 0, "p{i} is 1 MiB-aligned");
         }
-        crate::mbr::encode(&l.table).unwrap();
+        bramble_disk::mbr::encode(&l.table).unwrap();
     }
 
     #[test]

@@ -6,17 +6,14 @@
 //! root, no loop devices and no mounts; the same inputs and SOURCE_DATE_EPOCH give
 //! byte-identical outputs.
 //!
-//! The small readers the boot-test harness needs — [`mbr`] (partition table with
-//! its EBR chain), [`ext4`] (superblock size and label), [`cpio`] and [`uimage`] —
-//! depend only on `std` (and `crc32fast`) and are available with
+//! The disk layout (partition numbers, labels) and its partition table and
+//! superblock readers are `bramble-disk`'s. The small readers the boot-test
+//! harness needs of the image's own formats, [`cpio`] and [`uimage`], depend
+//! only on `std` (and `crc32fast`) and are available with
 //! `default-features = false`; the rest is behind the default `builder` feature.
 
 pub mod cpio;
-pub mod ext4;
-pub mod mbr;
 pub mod uimage;
-
-pub use ext4::ext4_block_count;
 
 #[cfg(feature = "builder")]
 pub mod bmap;

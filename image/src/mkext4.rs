@@ -112,12 +112,12 @@ pub fn make(image: &Path, scratch: &Path, spec: &Ext4Spec<'_>) -> Result<Vec<u8>
         )));
     }
     let data = std::fs::read(image).map_err(Error::io(image))?;
-    let (blocks, bs, label) = crate::ext4::ext4_block_count(&mut std::io::Cursor::new(&data), 0)
+    let sb = bramble_disk::ext4::read(&mut std::io::Cursor::new(&data), 0)
         .map_err(|e| Error::Mke2fs(format!("`{}`: reading back: {e}", spec.label)))?;
-    if label != spec.label || blocks * u64::from(bs) != spec.size {
+    if sb.label != spec.label || sb.size_bytes() != spec.size {
         return Err(Error::Mke2fs(format!(
-            "`{}`: made {blocks} blocks of {bs} bytes labelled {label:?}, expected {} bytes labelled {:?}",
-            spec.label, spec.size, spec.label
+            "`{}`: made {} blocks of {} bytes labelled {:?}, expected {} bytes labelled {:?}",
+            spec.label, sb.blocks, sb.block_size, sb.label, spec.size, spec.label
         )));
     }
     Ok(data)
@@ -165,8 +165,10 @@ mod tests {
         );
         let b = make(&dir.path().join("b.img"), dir.path(), &spec).unwrap();
         assert!(a == b, "mke2fs output differs between runs");
-        let (blocks, bs, label) =
-            crate::ext4::ext4_block_count(&mut std::io::Cursor::new(&a), 0).unwrap();
-        assert_eq!((blocks, bs, label.as_str()), (8192, 4096, "STATE"));
+        let sb = bramble_disk::ext4::read(&mut std::io::Cursor::new(&a), 0).unwrap();
+        assert_eq!(
+            (sb.blocks, sb.block_size, sb.label.as_str()),
+            (8192, 4096, "STATE")
+        );
     }
 }

@@ -11,8 +11,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bramble_disk::mbr;
 use bramble_image::builder::{self, BuildConfig, IMAGER_JSON, IMG, IMG_BMAP, IMG_XZ, SUMS};
-use bramble_image::{cpio, ext4_block_count, mbr, uimage};
+use bramble_image::{cpio, uimage};
 
 const SDE: u64 = 1_700_000_000;
 
@@ -254,13 +255,10 @@ fn two_builds_are_identical_and_well_formed() {
     assert_eq!(parts[5].end_lba() * 512, size, "p6 ends the disk");
 
     // ext4 partitions.
-    let (blocks, bs, label) = ext4_block_count(&mut img, parts[4].start_bytes()).unwrap();
-    assert_eq!(
-        (blocks * u64::from(bs), label.as_str()),
-        (32 << 20, "STATE")
-    );
-    let (blocks, bs, label) = ext4_block_count(&mut img, parts[5].start_bytes()).unwrap();
-    assert_eq!((blocks * u64::from(bs), label.as_str()), (64 << 20, "DATA"));
+    let sb = bramble_disk::ext4::read(&mut img, parts[4].start_bytes()).unwrap();
+    assert_eq!((sb.size_bytes(), sb.label.as_str()), (32 << 20, "STATE"));
+    let sb = bramble_disk::ext4::read(&mut img, parts[5].start_bytes()).unwrap();
+    assert_eq!((sb.size_bytes(), sb.label.as_str()), (64 << 20, "DATA"));
 
     // Boot partition: label, files, boot.scr, bramble.env, the initramfs.
     use std::io::{Read, Seek, SeekFrom};

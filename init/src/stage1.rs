@@ -298,7 +298,11 @@ fn wait_for_layout(db: &mut Database, slot: char) -> Layout {
             Some(layout) => format!(
                 "boot disk /dev/{} has no partition {} for root slot {slot}: the disk does not hold a complete Bramble image (re-flash it)",
                 layout.disk.name,
-                if slot == 'B' { 3 } else { 2 }
+                if slot == 'B' {
+                    bramble_disk::SLOT_B_PARTITION
+                } else {
+                    bramble_disk::SLOT_A_PARTITION
+                }
             ),
             None => {
                 let names: Vec<&str> = devs.iter().map(|d| d.name.as_str()).collect();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use bramble_image::mbr;
+use bramble_disk::mbr;
 use bramble_tests::{nodectl, paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -216,19 +216,20 @@ fn data_partition_grows_to_fill_a_bigger_disk() -> Result<()> {
     let parts = mbr::read_partitions(&mut disk)?;
     let data = parts
         .iter()
-        .find(|p| p.index == 6)
+        .find(|p| p.index == bramble_disk::DATA_PARTITION)
         .context("no partition 6")?;
     let end = (data.start_lba + data.sectors) * 512;
     ensure!(
         disk_len - end < 1 << 20,
         "partition 6 ends at {end}, the disk at {disk_len}: it did not grow to fill the disk"
     );
-    let (blocks, block_size, label) =
-        bramble_image::ext4_block_count(&mut disk, data.start_lba * 512)?;
-    assert_eq!(label, "DATA");
+    let sb = bramble_disk::ext4::read(&mut disk, data.start_bytes())?;
+    assert_eq!(sb.label, bramble_disk::DATA_LABEL);
     ensure!(
-        blocks * u64::from(block_size) == data.sectors * 512,
-        "the DATA filesystem ({blocks} blocks of {block_size}) does not fill its partition ({} sectors)",
+        sb.size_bytes() == data.size_bytes(),
+        "the DATA filesystem ({} blocks of {}) does not fill its partition ({} sectors)",
+        sb.blocks,
+        sb.block_size,
         data.sectors
     );
     Ok(())

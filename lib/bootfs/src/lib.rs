@@ -14,8 +14,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use fatfs::{FileSystem, FsOptions};
 
-/// Volume label of the boot partition.
-pub const BOOT_LABEL: &str = "BRAMBLE";
+pub use bramble_disk::BOOT_LABEL;
 /// Name of the file at the FAT root that the node adopts on its first boot
 /// (`init/src/stage1.rs` takes it off the FAT; `services/apid/src/store.rs`
 /// validates and stores it).
@@ -154,10 +153,10 @@ impl<'a> BootFs<'a> {
     /// Opens partition 1 of `disk` (found in its MBR) and checks that it is
     /// FAT32 labelled [`BOOT_LABEL`].
     pub fn open(disk: &'a mut File) -> Result<Self> {
-        let parts = bramble_image::mbr::read_partitions(disk).map_err(Error::PartitionTable)?;
+        let parts = bramble_disk::mbr::read_partitions(disk).map_err(Error::PartitionTable)?;
         let p1 = parts
             .iter()
-            .find(|p| p.index == 1)
+            .find(|p| p.index == bramble_disk::BOOT_PARTITION)
             .ok_or(Error::NoBootPartition)?;
         if !matches!(p1.kind, 0x0b | 0x0c) {
             return Err(Error::NotFat32(p1.kind));
@@ -296,7 +295,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use bramble_image::mbr::{Partition, TYPE_FAT32_LBA, Table, write_table};
+    use bramble_disk::mbr::{Partition, TYPE_FAT32_LBA, Table, write_table};
 
     const MIB: u64 = 1 << 20;
 
@@ -350,7 +349,10 @@ mod tests {
 
     #[test]
     fn the_shipped_file_is_the_empty_rendering() {
-        assert_eq!(include_str!("../../../boot/bramble-extra.txt"), extra_txt(&[]));
+        assert_eq!(
+            include_str!("../../../boot/bramble-extra.txt"),
+            extra_txt(&[])
+        );
         let settings: Vec<&str> = include_str!("../../../boot/config.txt")
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))

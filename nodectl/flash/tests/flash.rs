@@ -9,9 +9,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use bramble_disk::mbr::{Partition, TYPE_FAT32_LBA, TYPE_LINUX, Table, write_table};
 use bramble_flash::{Error, Options, Quiet, bootfs, prepare};
 use bramble_image::bmap::BmapBuilder;
-use bramble_image::mbr::{Partition, TYPE_FAT32_LBA, TYPE_LINUX, Table, write_table};
 use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
@@ -267,7 +267,7 @@ fn a_corrupted_range_stops_the_write_and_clears_the_partition_table() {
         written[..512].iter().all(|&b| b == 0),
         "partition table left"
     );
-    assert!(bramble_image::mbr::read_partitions(&mut std::io::Cursor::new(&written)).is_err());
+    assert!(bramble_disk::mbr::read_partitions(&mut std::io::Cursor::new(&written)).is_err());
     println!("{msg}");
 
     // A corrupted short range is caught before any of it is written.

@@ -1,34 +1,21 @@
 //! MBR ("msdos") partition tables with an extended partition and its chain of EBRs.
 //!
 //! Bramble uses MBR because the Raspberry Pi 3's boot ROM and firmware read nothing
-//! else. Five file systems need more than the four primary slots, so the table is:
-//!
-//! | index | type  | what                                             |
-//! |-------|-------|--------------------------------------------------|
-//! | 1     | 0x0c  | FAT32 boot partition `BRAMBLE` (bootable flag)   |
-//! | 2     | 0x83  | root slot A (squashfs)                           |
-//! | 3     | 0x83  | root slot B (squashfs, empty in a fresh image)   |
-//! | 4     | 0x0f  | extended partition, to the end of the disk       |
-//! | 5     | 0x83  | ext4 `STATE` (logical, first EBR at p4's start)  |
-//! | 6     | 0x83  | ext4 `DATA`, last on the disk                    |
-//!
+//! else; five file systems need more than the four primary slots, so `STATE` and
+//! `DATA` are logical partitions (the table is in the [crate] documentation).
 //! Indices follow Linux: 1–4 are the primary slots, 5 and up are the logical
 //! partitions in chain order, which is how `/dev/mmcblk0pN` is numbered.
 //!
-//! Growing `DATA` to the whole card (PID 1 does this on first boot) means rewriting
-//! the sector count of entry 4 in the MBR (the extended partition must still contain
-//! everything) and the sector count of the first entry of p6's EBR; the link entry of
-//! the previous EBR (its second entry) describes p6's EBR through p6's end, and a
-//! careful grower updates its sector count as well. [`read_partitions`] reads the
-//! result back.
-//!
-//! This module depends on nothing but `std`, so the boot-test harness can use it with
-//! `default-features = false`.
+//! [`read_partitions`] reads a table, [`write_table`] writes one, and
+//! [`grow_last_logical`] stretches the last logical partition (`DATA`) and the
+//! extended partition around it to the end of a bigger card, as PID 1 does on
+//! first boot.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-/// Bytes per sector (MBR LBAs are in 512-byte units).
-pub const SECTOR_SIZE: u64 = 512;
+use crate::ALIGN_SECTORS;
+pub use crate::SECTOR_SIZE;
+
 /// The MBR/EBR boot signature at offset 510.
 const SIGNATURE: [u8; 2] = [0x55, 0xAA];
 /// Offset of the first of the four 16-byte entries in an MBR or EBR.
@@ -119,6 +106,55 @@ fn parse_entries(sector: &[u8; 512], lba: u64) -> io::Result<[RawEntry; 4]> {
     Ok(out)
 }
 
+/// One EBR of the chain: where it is and its logical partition (as stored:
+/// the LBA relative to the EBR).
+#[derive(Debug, Clone, Copy)]
+struct Ebr {
+    lba: u64,
+    logical: RawEntry,
+}
+
+/// The MBR's four entries and, if one is extended, the EBR chain inside it.
+#[derive(Debug)]
+struct Chain {
+    primary: [RawEntry; 4],
+    /// The slot (0–3) of the extended partition in the MBR.
+    extended: Option<usize>,
+    ebrs: Vec<Ebr>,
+}
+
+fn read_chain<F>(mut read_sector: F) -> io::Result<Chain>
+where
+    F: FnMut(u64) -> io::Result<[u8; 512]>,
+{
+    let primary = parse_entries(&read_sector(0)?, 0)?;
+    let extended = primary.iter().position(|e| is_extended_type(e.kind));
+    let mut ebrs = Vec::new();
+    if let Some(slot) = extended {
+        let ext_start = u64::from(primary[slot].lba);
+        let mut lba = ext_start;
+        loop {
+            if ebrs.iter().any(|e: &Ebr| e.lba == lba) || ebrs.len() >= MAX_LOGICAL {
+                return Err(invalid(format!(
+                    "EBR chain loops or is longer than {MAX_LOGICAL} entries (at sector {lba})"
+                )));
+            }
+            let [logical, link, ..] = parse_entries(&read_sector(lba)?, lba)?;
+            ebrs.push(Ebr { lba, logical });
+            if is_extended_type(link.kind) && link.lba != 0 {
+                lba = ext_start + u64::from(link.lba);
+            } else {
+                break;
+            }
+        }
+    }
+    Ok(Chain {
+        primary,
+        extended,
+        ebrs,
+    })
+}
+
 /// Parses an MBR and, if it has an extended partition, the EBR chain inside it.
 ///
 /// A pure function over a sector source: `read_sector(lba)` returns the 512 bytes of
@@ -126,60 +162,32 @@ fn parse_entries(sector: &[u8; 512], lba: u64) -> io::Result<[RawEntry; 4]> {
 /// extended container itself) with indices 1–4, then the logical ones numbered from 5
 /// in chain order — each with absolute LBAs. Errors if a sector lacks the 0x55AA
 /// signature, if the chain loops or is absurdly long, or if reading fails.
-pub fn parse_partitions<F>(mut read_sector: F) -> io::Result<Vec<Partition>>
+pub fn parse_partitions<F>(read_sector: F) -> io::Result<Vec<Partition>>
 where
     F: FnMut(u64) -> io::Result<[u8; 512]>,
 {
-    let mbr = parse_entries(&read_sector(0)?, 0)?;
-    let mut out = Vec::new();
-    let mut extended = None;
-    for (i, e) in mbr.iter().enumerate() {
-        if e.kind == 0 {
-            continue;
-        }
-        let p = Partition {
+    let chain = read_chain(read_sector)?;
+    let mut out: Vec<Partition> = chain
+        .primary
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind != 0)
+        .map(|(i, e)| Partition {
             index: i as u32 + 1,
             kind: e.kind,
             start_lba: u64::from(e.lba),
             sectors: u64::from(e.sectors),
             bootable: e.status & 0x80 != 0,
-        };
-        if p.is_extended() && extended.is_none() {
-            extended = Some(p.start_lba);
-        }
-        out.push(p);
-    }
-    let Some(ext_start) = extended else {
-        return Ok(out);
-    };
-    let mut ebr_lba = ext_start;
-    let mut index = 5;
-    let mut seen = Vec::new();
-    loop {
-        if seen.contains(&ebr_lba) || seen.len() >= MAX_LOGICAL {
-            return Err(invalid(format!(
-                "EBR chain loops or is longer than {MAX_LOGICAL} entries (at sector {ebr_lba})"
-            )));
-        }
-        seen.push(ebr_lba);
-        let ebr = parse_entries(&read_sector(ebr_lba)?, ebr_lba)?;
-        let [logical, link, ..] = ebr;
-        if logical.kind != 0 {
-            out.push(Partition {
-                index,
-                kind: logical.kind,
-                start_lba: ebr_lba + u64::from(logical.lba),
-                sectors: u64::from(logical.sectors),
-                bootable: logical.status & 0x80 != 0,
-            });
-            index += 1;
-        }
-        if is_extended_type(link.kind) && link.lba != 0 {
-            ebr_lba = ext_start + u64::from(link.lba);
-        } else {
-            break;
-        }
-    }
+        })
+        .collect();
+    let logical = chain.ebrs.iter().filter(|e| e.logical.kind != 0);
+    out.extend(logical.zip(5..).map(|(e, index)| Partition {
+        index,
+        kind: e.logical.kind,
+        start_lba: e.lba + u64::from(e.logical.lba),
+        sectors: u64::from(e.logical.sectors),
+        bootable: e.logical.status & 0x80 != 0,
+    }));
     Ok(out)
 }
 
@@ -368,7 +376,94 @@ pub fn write_table<W: Write + Seek>(disk: &mut W, table: &Table) -> io::Result<(
     Ok(())
 }
 
-pub use crate::ext4::ext4_block_count;
+/// What growing the last partition changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grown {
+    /// Linux partition number of the grown logical partition.
+    pub partition: u32,
+    /// Its length before, in sectors.
+    pub old_sectors: u64,
+    /// Its length now, in sectors.
+    pub new_sectors: u64,
+}
+
+/// Puts `sectors` into the length field of entry `slot` of a table sector.
+fn set_sectors(sector: &mut [u8; 512], slot: usize, sectors: u64) -> io::Result<()> {
+    let at = TABLE_OFFSET + 16 * slot + 12;
+    sector[at..at + 4].copy_from_slice(&to_u32(sectors, "partition length")?.to_le_bytes());
+    Ok(())
+}
+
+fn read_sector<D: Read + Seek>(disk: &mut D, lba: u64) -> io::Result<[u8; 512]> {
+    let mut sector = [0u8; 512];
+    disk.seek(SeekFrom::Start(lba * SECTOR_SIZE))?;
+    disk.read_exact(&mut sector)?;
+    Ok(sector)
+}
+
+fn write_sector<D: Write + Seek>(disk: &mut D, lba: u64, sector: &[u8; 512]) -> io::Result<()> {
+    disk.seek(SeekFrom::Start(lba * SECTOR_SIZE))?;
+    disk.write_all(sector)?;
+    disk.flush()
+}
+
+/// Extends the extended partition and the last logical partition inside it to
+/// the end of a disk of `disk_sectors` (aligned down to 1 MiB), if that gains
+/// at least 1 MiB and the logical partition ends where the extended one does.
+///
+/// Returns `None`, writing nothing, for a disk without an MBR, without logical
+/// partitions or without room to grow; errors for a table that does not parse.
+/// The MBR is written first (a bigger container is consistent on its own),
+/// then the last EBR, then the link entry of the EBR before it (which spans the
+/// last EBR through the end of its partition). Lengths are capped at what a
+/// 32-bit MBR field holds (2 TiB).
+pub fn grow_last_logical<D: Read + Write + Seek>(
+    disk: &mut D,
+    disk_sectors: u64,
+) -> io::Result<Option<Grown>> {
+    let mut mbr = read_sector(disk, 0)?;
+    if mbr[510..512] != SIGNATURE {
+        return Ok(None);
+    }
+    let chain = read_chain(|lba| read_sector(disk, lba))?;
+    let Some(ext_slot) = chain.extended else {
+        return Ok(None);
+    };
+    let Some(last) = chain.ebrs.iter().rposition(|e| e.logical.kind != 0) else {
+        return Ok(None);
+    };
+    let ebr = chain.ebrs[last];
+    let ext_start = u64::from(chain.primary[ext_slot].lba);
+    let ext_end = ext_start + u64::from(chain.primary[ext_slot].sectors);
+    let logical_start = ebr.lba + u64::from(ebr.logical.lba);
+    let logical_end = logical_start + u64::from(ebr.logical.sectors);
+    let limit = u64::from(u32::MAX);
+    let new_end = (disk_sectors / ALIGN_SECTORS * ALIGN_SECTORS)
+        .min(ext_start + limit)
+        .min(logical_start + limit);
+    if logical_end != ext_end || new_end < logical_end + ALIGN_SECTORS {
+        return Ok(None);
+    }
+    set_sectors(&mut mbr, ext_slot, new_end - ext_start)?;
+    write_sector(disk, 0, &mbr)?;
+    let mut sector = read_sector(disk, ebr.lba)?;
+    set_sectors(&mut sector, 0, new_end - logical_start)?;
+    write_sector(disk, ebr.lba, &sector)?;
+    if let Some(previous) = last.checked_sub(1).map(|i| chain.ebrs[i]) {
+        let mut sector = read_sector(disk, previous.lba)?;
+        set_sectors(&mut sector, 1, new_end - ebr.lba)?;
+        write_sector(disk, previous.lba, &sector)?;
+    }
+    let partition = 5 + chain.ebrs[..last]
+        .iter()
+        .filter(|e| e.logical.kind != 0)
+        .count() as u32;
+    Ok(Some(Grown {
+        partition,
+        old_sectors: u64::from(ebr.logical.sectors),
+        new_sectors: new_end - logical_start,
+    }))
+}
 
 #[cfg(test)]
 mod tests {
@@ -458,21 +553,86 @@ mod tests {
         );
     }
 
+    /// The sample table written on a disk `extra` sectors bigger than it needs.
+    fn sample_disk(extra: u64) -> Cursor<Vec<u8>> {
+        let mut disk = Cursor::new(vec![0u8; ((1_513_472 + extra) * SECTOR_SIZE) as usize]);
+        write_table(&mut disk, &sample()).unwrap();
+        disk
+    }
+
     #[test]
-    fn growth_is_seen_by_the_reader() {
-        // What PID 1 does on first boot: stretch p4 and p6 to the end of a bigger card.
-        let table = sample();
-        let mut disk = Cursor::new(vec![0u8; 1_513_472 * 512]);
-        write_table(&mut disk, &table).unwrap();
-        let new_total: u64 = 4_000_000;
-        let bytes = disk.get_mut();
-        let p4 = 446 + 3 * 16;
-        bytes[p4 + 12..p4 + 16].copy_from_slice(&((new_total - 1_312_768) as u32).to_le_bytes());
-        let p6 = 1_380_352 * 512 + 446;
-        bytes[p6 + 12..p6 + 16].copy_from_slice(&((new_total - 1_382_400) as u32).to_le_bytes());
+    fn grows_the_last_logical_partition_to_the_disk_end() {
+        // What PID 1 does on first boot: stretch p4 and p6 to the end of a
+        // bigger card (not 1 MiB-aligned: the end is rounded down).
+        let mut disk = sample_disk(20 * ALIGN_SECTORS + 100);
+        let total = 1_513_472 + 20 * ALIGN_SECTORS + 100;
+        let grown = grow_last_logical(&mut disk, total).unwrap().unwrap();
+        let new_end = 1_513_472 + 20 * ALIGN_SECTORS;
+        assert_eq!(
+            grown,
+            Grown {
+                partition: 6,
+                old_sectors: 131_072,
+                new_sectors: new_end - 1_382_400,
+            }
+        );
         let parts = read_partitions(&mut disk).unwrap();
-        assert_eq!(parts[3].end_lba(), new_total);
-        assert_eq!(parts[5].end_lba(), new_total);
+        assert_eq!(parts[3].end_lba(), new_end);
+        assert_eq!(parts[5].end_lba(), new_end);
+        // The other partitions did not move.
+        assert_eq!(parts[4].sectors, 65_536);
+        assert_eq!(parts[1].sectors, 524_288);
+        // The first EBR's link spans the second EBR through p6's end.
+        let link = (1_312_768 * 512 + 446 + 16 + 12) as usize;
+        let bytes = disk.get_ref();
+        assert_eq!(
+            u64::from(u32::from_le_bytes(
+                bytes[link..link + 4].try_into().unwrap()
+            )),
+            new_end - 1_380_352
+        );
+        // Growing again changes nothing.
+        let before = disk.get_ref().clone();
+        assert_eq!(grow_last_logical(&mut disk, total).unwrap(), None);
+        assert_eq!(disk.into_inner(), before);
+    }
+
+    #[test]
+    fn does_not_grow_without_room_or_layout() {
+        // Less than 1 MiB to gain.
+        let mut disk = sample_disk(ALIGN_SECTORS - 1);
+        let before = disk.get_ref().clone();
+        let total = 1_513_472 + ALIGN_SECTORS - 1;
+        assert_eq!(grow_last_logical(&mut disk, total).unwrap(), None);
+        assert_eq!(disk.into_inner(), before);
+        // No MBR at all.
+        let mut blank = Cursor::new(vec![0u8; 4096]);
+        assert_eq!(grow_last_logical(&mut blank, 8).unwrap(), None);
+        // No extended partition.
+        let mut t = sample();
+        t.primary.truncate(3);
+        t.logical.clear();
+        let mut disk = Cursor::new(vec![0u8; 4 << 20]);
+        write_table(&mut disk, &t).unwrap();
+        assert_eq!(grow_last_logical(&mut disk, 1 << 30).unwrap(), None);
+        // The last logical partition does not end the extended one.
+        let mut t = sample();
+        t.logical[1].sectors -= ALIGN_SECTORS;
+        let mut disk = Cursor::new(vec![0u8; 1_513_472 * 512]);
+        write_table(&mut disk, &t).unwrap();
+        assert_eq!(grow_last_logical(&mut disk, 1 << 30).unwrap(), None);
+    }
+
+    #[test]
+    fn grow_refuses_a_broken_chain() {
+        let mut disk = sample_disk(4 * ALIGN_SECTORS);
+        // The second EBR loses its signature.
+        let ebr = (1_380_352 * 512 + 510) as usize;
+        disk.get_mut()[ebr] = 0;
+        let before = disk.get_ref().clone();
+        let err = grow_last_logical(&mut disk, 1_513_472 + 4 * ALIGN_SECTORS).unwrap_err();
+        assert!(err.to_string().contains("0x55AA"), "{err}");
+        assert_eq!(disk.into_inner(), before);
     }
 
     #[test]
