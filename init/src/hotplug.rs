@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::socket::{
-    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
+    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recvfrom, socket,
 };
 
 use crate::modules::Database;
@@ -28,6 +28,13 @@ pub fn open() -> nix::Result<OwnedFd> {
     )?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, KERNEL_GROUP))?;
     Ok(fd)
+}
+
+/// Whether a uevent came from the kernel: netlink port 0. Processes have
+/// their own port IDs (udev's relayed events also carry a `libudev` header,
+/// which [`added_modalias`] does not accept either).
+pub fn from_kernel(sender: Option<&NetlinkAddr>) -> bool {
+    sender.is_some_and(|a| a.pid() == 0)
 }
 
 /// The `MODALIAS` of an `add` uevent (`add@/devices/...\0ACTION=add\0...`).
@@ -57,8 +64,11 @@ pub fn drain(fd: BorrowedFd<'_>, db: &mut Database, announce: bool) -> nix::Resu
     // Bounded, so a storm of events cannot keep PID 1 from its other work;
     // what is left stays readable for the next turn of the loop.
     for _ in 0..256 {
-        let n = match nix::unistd::read(fd, &mut buf) {
-            Ok(n) => n,
+        let n = match recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut buf) {
+            Ok((n, sender)) if from_kernel(sender.as_ref()) => n,
+            // Another process (with CAP_NET_ADMIN) may send to the group:
+            // PID 1 loads modules on the kernel's word only.
+            Ok(_) => continue,
             Err(nix::Error::EAGAIN) => break,
             // The kernel dropped events (receive queue full): a coldplug
             // pass finds whatever they announced.
@@ -126,5 +136,57 @@ mod tests {
         let no_alias = b"add@/devices/virtual/net/lo\0ACTION=add\0SUBSYSTEM=net\0";
         assert_eq!(added_modalias(no_alias), None);
         assert_eq!(added_modalias(b""), None);
+        // udev's own relayed format starts with a binary header, no ACTION=.
+        assert_eq!(added_modalias(b"libudev\0\xfe\xed\xca\xfe"), None);
+    }
+
+    #[test]
+    fn only_the_kernel_is_believed() {
+        assert!(from_kernel(Some(&NetlinkAddr::new(0, KERNEL_GROUP))));
+        assert!(!from_kernel(Some(&NetlinkAddr::new(4242, KERNEL_GROUP))));
+        assert!(!from_kernel(None));
+    }
+
+    /// A process sending to the uevent group (root may) reaches PID 1's
+    /// socket, and is not taken for the kernel.
+    #[test]
+    fn a_forged_uevent_from_a_process_is_not_the_kernel() {
+        use nix::sys::socket::{MsgFlags, sendto};
+        bramble_testkit::skip_unless!(
+            bramble_testkit::is_root(),
+            "sending to the uevent multicast group needs CAP_NET_ADMIN"
+        );
+        let listener = open().unwrap();
+        let forger = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkKObjectUEvent,
+        )
+        .unwrap();
+        let msg = b"add@/devices/x\0ACTION=add\0MODALIAS=forged:v1\0";
+        sendto(
+            forger.as_raw_fd(),
+            msg,
+            &NetlinkAddr::new(0, KERNEL_GROUP),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        // Real uevents may arrive too: look for ours among a bounded number.
+        let mut buf = [0u8; 8192];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let sender = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the forged uevent never arrived"
+            );
+            match recvfrom::<NetlinkAddr>(listener.as_raw_fd(), &mut buf) {
+                Ok((n, sender)) if &buf[..n] == msg => break sender,
+                Ok(_) => {}
+                Err(nix::Error::EAGAIN) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(!from_kernel(sender.as_ref()), "{sender:?}");
     }
 }
