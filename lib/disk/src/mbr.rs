@@ -401,10 +401,36 @@ fn read_sector<D: Read + Seek>(disk: &mut D, lba: u64) -> io::Result<[u8; 512]> 
     Ok(sector)
 }
 
-fn write_sector<D: Write + Seek>(disk: &mut D, lba: u64, sector: &[u8; 512]) -> io::Result<()> {
+/// A disk whose writes can be made durable, so that a second write never
+/// reaches the card before the first one has.
+pub trait Durable {
+    /// Returns once everything written so far is on the medium.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl Durable for std::fs::File {
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// An image in memory: nothing to wait for.
+impl<T> Durable for io::Cursor<T> {
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes one sector and waits until it is on the medium.
+fn write_sector<D: Write + Seek + Durable>(
+    disk: &mut D,
+    lba: u64,
+    sector: &[u8; 512],
+) -> io::Result<()> {
     disk.seek(SeekFrom::Start(lba * SECTOR_SIZE))?;
     disk.write_all(sector)?;
-    disk.flush()
+    disk.flush()?;
+    disk.sync()
 }
 
 /// Extends the extended partition and the last logical partition inside it to
@@ -415,9 +441,11 @@ fn write_sector<D: Write + Seek>(disk: &mut D, lba: u64, sector: &[u8; 512]) -> 
 /// partitions or without room to grow; errors for a table that does not parse.
 /// The MBR is written first (a bigger container is consistent on its own),
 /// then the last EBR, then the link entry of the EBR before it (which spans the
-/// last EBR through the end of its partition). Lengths are capped at what a
-/// 32-bit MBR field holds (2 TiB).
-pub fn grow_last_logical<D: Read + Write + Seek>(
+/// last EBR through the end of its partition), each synced to the medium
+/// before the next is written, so a power cut leaves a table that a later
+/// boot reads and finishes growing. Lengths are capped at what a 32-bit MBR
+/// field holds (2 TiB).
+pub fn grow_last_logical<D: Read + Write + Seek + Durable>(
     disk: &mut D,
     disk_sectors: u64,
 ) -> io::Result<Option<Grown>> {
@@ -621,6 +649,65 @@ mod tests {
         let mut disk = Cursor::new(vec![0u8; 1_513_472 * 512]);
         write_table(&mut disk, &t).unwrap();
         assert_eq!(grow_last_logical(&mut disk, 1 << 30).unwrap(), None);
+    }
+
+    /// A disk in memory that logs each sector written and each sync.
+    struct Journal {
+        disk: Cursor<Vec<u8>>,
+        log: Vec<String>,
+    }
+
+    impl Read for Journal {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.disk.read(buf)
+        }
+    }
+
+    impl Seek for Journal {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.disk.seek(pos)
+        }
+    }
+
+    impl Write for Journal {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let lba = self.disk.position() / SECTOR_SIZE;
+            self.log.push(format!("write {lba}"));
+            self.disk.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Durable for Journal {
+        fn sync(&mut self) -> io::Result<()> {
+            self.log.push("sync".into());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_write_of_the_growth_is_synced_before_the_next() {
+        let mut disk = Journal {
+            disk: sample_disk(4 * ALIGN_SECTORS),
+            log: Vec::new(),
+        };
+        grow_last_logical(&mut disk, 1_513_472 + 4 * ALIGN_SECTORS)
+            .unwrap()
+            .unwrap();
+        // The MBR, p6's EBR, then p5's EBR (its link to p6's).
+        assert_eq!(
+            disk.log,
+            [
+                "write 0",
+                "sync",
+                "write 1380352",
+                "sync",
+                "write 1312768",
+                "sync"
+            ]
+        );
     }
 
     #[test]
