@@ -6,7 +6,6 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bramble_disk::mbr::{Partition, TYPE_FAT32_LBA, TYPE_LINUX, Table, write_table};
