@@ -5,7 +5,9 @@
 //! `nodectl` over mutual TLS.
 //!
 //! One node, two boots: workloads pulled and run (output in `logs -k`), a
-//! memory limit enforced by the OOM killer and reported, a crashing
+//! memory limit enforced by the OOM killer and reported, a hostile
+//! container (given `CAP_MKNOD`, with a device node for the node's disk in
+//! its image) that can read none of the disk, a crashing
 //! container restarted with growing delays, a restart on request, `image
 //! import` of an archive with no registry involved, bad references, an
 //! unreachable registry, a corrupted layer and a truncated archive refused
@@ -31,6 +33,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const REGISTRY: &str = "10.0.2.100:5000";
 /// A forwarded address whose host side refuses every connection.
 const DEAD_REGISTRY: &str = "10.0.2.100:5001";
+
+/// A container after the node's disk: through a device node its image
+/// ships (`/disk`, the node's `vda`) and through one it makes in its `/dev`
+/// (a tmpfs that allows devices) with the `CAP_MKNOD` it was given. Its own
+/// `/dev/null` works.
+const HOSTILE: &str = "echo vda=$(cat /sys/class/block/vda/dev); \
+    head -c 512 /disk >/dev/null 2>&1 && echo disk-read || echo disk-refused; \
+    mknod /dev/vda b 254 0 2>/dev/null && echo vda-made || echo vda-refused; \
+    mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null-ok";
 
 /// The workloads of the first configuration.
 fn workloads() -> String {
@@ -58,6 +69,11 @@ fn workloads() -> String {
     - name: crash
       image: {REGISTRY}/bramble/busybox:1
       command: [/bin/sh, -c, "echo crashing; exit 3"]
+    - name: hostile
+      image: {REGISTRY}/bramble/hostile:1
+      capabilities: [MKNOD]
+      restart: never
+      command: [/bin/sh, -c, "{HOSTILE}"]
 "#
     )
 }
@@ -179,6 +195,17 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
     busybox::push(&registry, "bramble/corrupt:1", &bad)?;
     let bad_layer = &bad.layers.last().context("a layer")?.digest;
     corrupt_blob(&registry, bad_layer)?;
+    // An image shipping a device node for the node's disk (virtio, 254:0).
+    let hostile = busybox::image(&busybox)
+        .layer(vec![Entry::Device {
+            path: "disk".into(),
+            mode: 0o600,
+            block: true,
+            major: 254,
+            minor: 0,
+        }])
+        .parts()?;
+    busybox::push(&registry, "bramble/hostile:1", &hostile)?;
 
     let disk = dir.path().join("disk.img");
     qemu::prepare_disk(&paths::image()?, &disk, 0)?;
@@ -208,6 +235,22 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
     ensure!(
         listed.contains(&format!("{REGISTRY}/bramble/busybox:1")),
         "{listed:?}"
+    );
+
+    // The hostile container reaches none of the node's disk.
+    eventually("the hostile container's last line", START_TIMEOUT, || {
+        Ok(log_lines(&c, &addr, "hostile")?
+            .iter()
+            .any(|l| l["text"] == "null-ok"))
+    })
+    .with_context(|| format!("{:?}", container(&c, &addr, "hostile")))?;
+    let said: Vec<String> = log_lines(&c, &addr, "hostile")?
+        .iter()
+        .filter_map(|l| l["text"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        said == ["vda=254:0", "disk-refused", "vda-refused", "null-ok"],
+        "the hostile container (its image's /disk and its mknod are the node's vda, 254:0): {said:?}"
     );
     let image_rows = json(&c.ok(&addr, &["images", "-o", "json"])?)?;
     ensure!(image_rows[0]["platform"] == "linux/arm64", "{image_rows}");
@@ -311,12 +354,14 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
     )?;
     ensure!(out.contains("docker.io/bramble/imported:v1"), "{out}");
 
-    // A new configuration: the imported image runs, hog and crash go.
+    // A new configuration: the imported image runs, hog, crash and hostile go.
     let second = "machine:
   workloads:
     - name: hog
       $patch: delete
     - name: crash
+      $patch: delete
+    - name: hostile
       $patch: delete
     - name: imported
       image: bramble/imported:v1
@@ -338,7 +383,7 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
     )?;
     ensure!(out.contains("runtimed"), "{out}");
     eventually(
-        "hog and crash removed, imported running",
+        "hog, crash and hostile removed, imported running",
         START_TIMEOUT,
         || {
             let list = containers(&c, &addr)?;

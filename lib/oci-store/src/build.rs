@@ -86,12 +86,14 @@ pub enum Entry {
         /// The directory.
         dir: String,
     },
-    /// A character device node.
-    CharDevice {
+    /// A device node.
+    Device {
         /// Path.
         path: String,
         /// Permission bits.
         mode: u32,
+        /// A block device (else a character device).
+        block: bool,
         /// Major number.
         major: u32,
         /// Minor number.
@@ -841,13 +843,19 @@ fn layer_tar(entries: &[Entry]) -> io::Result<Vec<u8>> {
                     &[],
                 )?;
             }
-            Entry::CharDevice {
+            Entry::Device {
                 path,
                 mode,
+                block,
                 major,
                 minor,
             } => {
-                let mut h = header(tar::EntryType::Char, *mode, 0);
+                let kind = if *block {
+                    tar::EntryType::Block
+                } else {
+                    tar::EntryType::Char
+                };
+                let mut h = header(kind, *mode, 0);
                 h.set_device_major(*major)?;
                 h.set_device_minor(*minor)?;
                 append(&mut tar, h, path, None, &[])?;

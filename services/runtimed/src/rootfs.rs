@@ -72,7 +72,9 @@ pub fn mount_overlay(dirs: &RootfsDirs, layers: &[PathBuf]) -> Result<(), Runtim
         Some("overlay"),
         &dirs.target,
         Some("overlay"),
-        MsFlags::empty(),
+        // Device nodes in an image's layers cannot be opened (the device
+        // policy refuses them too).
+        MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|e| {

@@ -2,7 +2,8 @@
 //! container created, run, stopped and removed by `bramble-runtimed shim`.
 //!
 //! They need root, a static busybox (`make deps` installs Debian's
-//! `busybox-static`) and util-linux's `unshare`; the shim is this package's
+//! `busybox-static`) and util-linux's `unshare` and `losetup` (a loop device
+//! stands for a disk of the host); the shim is this package's
 //! own binary, which cargo builds for these tests. Without root each test
 //! prints why and passes (`bramble_testkit::skip_unless!`; under `CI=true` it
 //! fails instead); as root a missing program fails the test. Each
@@ -81,6 +82,19 @@ fn start_with(
     exec: bool,
     extra: serde_json::Value,
 ) -> Run {
+    start_in(id, command, grace_secs, exec, extra, |_| {})
+}
+
+/// [`start_with`], with `setup` adding to the container's root directory
+/// before the shim starts.
+fn start_in(
+    id: &str,
+    command: &[&str],
+    grace_secs: u32,
+    exec: bool,
+    extra: serde_json::Value,
+    setup: impl FnOnce(&Path),
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     let rootfs = bundle.join("rootfs");
@@ -88,11 +102,14 @@ fn start_with(
         fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "sleep", "cat", "id", "hostname", "ls", "grep"] {
+    for applet in [
+        "sh", "echo", "sleep", "cat", "id", "hostname", "ls", "grep", "head", "mknod",
+    ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+    setup(&rootfs);
 
     let mut fields = serde_json::json!({
         "name": id,
@@ -487,4 +504,124 @@ fn user_capabilities_mounts_and_a_read_only_root_apply() {
         "1000\n1000\nnameserver 192.0.2.53\nwrote\nro-root\nCapEff:\t0000000000000400\n"
     );
     assert_eq!(fs::read_to_string(data.path().join("f")).unwrap(), "x\n");
+}
+
+/// A loop device over a file holding [`LoopDisk::SECRET`]: a disk the test
+/// host can read (its own disk may be out of a sandboxed test's reach),
+/// detached when dropped.
+struct LoopDisk {
+    dev: String,
+    major: u64,
+    minor: u64,
+    _backing: tempfile::NamedTempFile,
+}
+
+impl LoopDisk {
+    const SECRET: &str = "SECRET-DISK";
+
+    fn new() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let backing = tempfile::NamedTempFile::new().unwrap();
+        fs::write(backing.path(), Self::SECRET).unwrap();
+        backing.as_file().set_len(1 << 20).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let rdev = fs::metadata(&dev).unwrap().rdev();
+        let disk = LoopDisk {
+            dev,
+            major: nix::sys::stat::major(rdev),
+            minor: nix::sys::stat::minor(rdev),
+            _backing: backing,
+        };
+        // The host reads it: what keeps a container from it is the policy.
+        let mut head = [0u8; 11];
+        fs::File::open(&disk.dev)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(&head, Self::SECRET.as_bytes());
+        disk
+    }
+
+    /// Makes a block device node for it at `path`.
+    fn node_at(&self, path: &Path) {
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(self.major, self.minor),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A hostile container, as root: a block device node for a disk of the
+/// host sits in its root (as an image layer could ship it), and it tries to
+/// make one. It can do neither; its own /dev/null works.
+#[test]
+fn a_device_node_in_the_root_cannot_be_read() {
+    skip_unless_possible!();
+    let disk = LoopDisk::new();
+    let script = format!(
+        "head -c 11 /disk 2>/dev/null || echo no-disk; \
+         mknod /tmp/d b {} {} 2>/dev/null && echo made || echo no-mknod; \
+         echo x > /dev/null && echo null-ok",
+        disk.major, disk.minor
+    );
+    let mut run = start_in(
+        "smoke-dev",
+        &["/bin/sh", "-c", &script],
+        5,
+        true,
+        serde_json::json!({}),
+        |rootfs| disk.node_at(&rootfs.join("disk")),
+    );
+    run.wait_started();
+    let (code, report, out, err) = run.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report.exit_code, Some(0), "{report:?}\n{out}\n{err}");
+    assert_eq!(out, "no-disk\nno-mknod\nnull-ok\n");
+}
+
+/// Even given CAP_MKNOD, a container can make only the default devices and
+/// open none of the host's: the device policy on its cgroup refuses them.
+#[test]
+fn cap_mknod_does_not_open_a_host_disk() {
+    skip_unless_possible!();
+    let disk = LoopDisk::new();
+    let script = format!(
+        "mknod /dev/n c 1 3 && echo x > /dev/n && echo null-made; \
+         mknod /dev/d b {} {} 2>/dev/null && echo made || echo no-mknod; \
+         mknod /dev/mem2 c 1 1 2>/dev/null && echo mem || echo no-mem; \
+         head -c 11 /disk 2>/dev/null || echo no-disk",
+        disk.major, disk.minor
+    );
+    let mut run = start_in(
+        "smoke-mknod",
+        &["/bin/sh", "-c", &script],
+        5,
+        true,
+        serde_json::json!({"capabilities": ["MKNOD"]}),
+        |rootfs| disk.node_at(&rootfs.join("disk")),
+    );
+    run.wait_started();
+    let (code, report, out, err) = run.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report.exit_code, Some(0), "{report:?}\n{out}\n{err}");
+    assert_eq!(out, "null-made\nno-mknod\nno-mem\nno-disk\n");
 }

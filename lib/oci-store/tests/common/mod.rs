@@ -58,9 +58,10 @@ pub fn sample_image(arch: &str) -> ImageBuilder {
                 gid: 1000,
             },
             Entry::file("opaque/old", 0o644, b"hidden by layer 2\n"),
-            Entry::CharDevice {
+            Entry::Device {
                 path: "dev/null".to_owned(),
                 mode: 0o666,
+                block: false,
                 major: 1,
                 minor: 3,
             },

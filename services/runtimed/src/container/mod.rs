@@ -4,10 +4,13 @@
 //!   into the OCI runtime spec (`config.json`) of its container.
 //! - [`shim`]: `bramble-runtimed shim`, the single-threaded parent of one
 //!   container ([`shim::run`]), and the reports it leaves for the daemon.
+//! - [`devices`]: the device policy (an eBPF program on the container's
+//!   cgroup) that keeps containers off the node's disks.
 //! - [`cgroup`]: usage readings of a container's cgroup and the preparation
 //!   of the cgroup that holds them all.
 
 pub mod cgroup;
+pub mod devices;
 mod error;
 pub mod shim;
 pub mod spec;

@@ -53,7 +53,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::error::chain;
-use super::{ContainerError, STOP_SIGNAL_ANNOTATION, cgroup, sys};
+use super::{ContainerError, STOP_SIGNAL_ANNOTATION, cgroup, devices, sys};
 
 /// How long the init may take to die after SIGKILL before the shim gives up
 /// (it only takes longer when stuck in the kernel). With the clean-up's own
@@ -319,10 +319,15 @@ fn supervise(args: &ShimArgs) -> ExitReport {
     if memory_limited && let Err(e) = cgroup::disable_swap(&cgroup_dir) {
         tracing::warn!("cannot keep the container out of swap: {e}");
     }
-
-    let started = container
-        .start()
-        .map_err(|e| format!("starting the container: {}", describe(&e)));
+    // The container's init waits in its cgroup; nothing of the workload has
+    // run yet. Without its device policy it does not start.
+    let started = devices::restrict(&cgroup_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            container
+                .start()
+                .map_err(|e| format!("starting the container: {}", describe(&e)))
+        });
     let started = started.and_then(|()| {
         write_json(
             &args.started_file,

@@ -22,10 +22,12 @@
 //! - **no seccomp filter**: libcontainer is built without its `libseccomp`
 //!   feature (the C library is not linked into the static node binary), so
 //!   system calls are limited only by capabilities and `noNewPrivileges`.
-//! - **no device cgroup**: the v2 device controller needs libcontainer's
-//!   `cgroupsv2_devices` feature (eBPF through libbpf, C), which is not built;
-//!   `/dev` holds only the default devices, but `CAP_MKNOD` (in the default
-//!   set) could create others.
+//! - **devices**: `/dev` holds only the default devices, the default
+//!   capabilities leave out `CAP_MKNOD`, the root is mounted `nodev` (a device
+//!   node in an image layer cannot be opened), and the shim puts the device
+//!   policy of [`super::devices`] (an eBPF program) on the container's
+//!   cgroup, so even a workload given `CAP_MKNOD` cannot open a device
+//!   beyond the defaults.
 //!
 //! Capabilities: bounding, effective and permitted hold the default set plus
 //! the workload's `capabilities`. For a non-root user the workload's extra
@@ -72,13 +74,14 @@ pub const WORKLOAD_ANNOTATION: &str = "org.bramble.workload";
 /// CFS period for CPU limits, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// The capabilities every container has (Docker's and containerd's default set).
-pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+/// The capabilities every container has: Docker's and containerd's default
+/// set less `CAP_MKNOD` (a workload that needs it asks for it, and the
+/// device policy still holds).
+pub const DEFAULT_CAPABILITIES: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
-    Capability::Mknod,
     Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
@@ -1236,6 +1239,10 @@ mod tests {
         let c = caps(&spec);
         let default: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
         assert_eq!(c.bounding().as_ref(), Some(&default));
+        assert!(
+            !default.contains(&Capability::Mknod),
+            "CAP_MKNOD only on request"
+        );
         assert_eq!(c.effective().as_ref(), Some(&default));
         assert_eq!(c.permitted().as_ref(), Some(&default));
         assert_eq!(c.ambient().as_ref(), Some(&Capabilities::new()));
@@ -1253,7 +1260,7 @@ mod tests {
         ] {
             assert!(bounding.contains(&cap), "{cap:?}");
         }
-        assert_eq!(bounding.len(), 17);
+        assert_eq!(bounding.len(), 16);
         // Root needs no ambient capabilities.
         assert_eq!(c.ambient().as_ref(), Some(&Capabilities::new()));
 
