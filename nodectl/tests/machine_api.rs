@@ -688,7 +688,7 @@ fn expired_certificates_and_bad_documents_are_refused_by_the_node() {
     assert!(!err.is_empty());
 
     // The node checks documents itself (not only nodectl): every error with
-    // its field path, InvalidArgument, and nothing stored.
+    // its field path (or its size), InvalidArgument, and nothing stored.
     let before = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
     let admin = c.file("admin", "nodeconfig");
     let admin = NodeConfig::load(Path::new(&admin)).unwrap().unwrap();
@@ -709,7 +709,13 @@ fn expired_certificates_and_bad_documents_are_refused_by_the_node() {
         .enable_all()
         .build()
         .unwrap();
-    for (doc, path) in [(bad, "machine2"), (bad_hostname, "machine.hostname")] {
+    // Over 1 MiB: refused before it is parsed.
+    let oversized = format!("{before}\n#{}\n", "x".repeat(1 << 20));
+    for (doc, path) in [
+        (bad, "machine2"),
+        (bad_hostname, "machine.hostname"),
+        (oversized, "at most 1048576 bytes"),
+    ] {
         let status = rt
             .block_on(async {
                 let addr = nodectl::nodes::NodeAddr::parse(&node).unwrap();

@@ -60,13 +60,17 @@ pub use patch::apply_patch;
 pub use schema::{
     Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, ExtraHost,
     Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Registries,
-    RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, Secret, Time, Version, Vlan,
-    Workload, WorkloadMount, parse_cpu, parse_memory,
+    RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, Secret, Time, Version, Vlan, Workload, WorkloadMount, parse_cpu, parse_memory,
 };
 
 use std::collections::HashMap;
 
 use serde_norway::Value;
+
+/// The largest configuration document [`MachineConfig::parse`] reads, in
+/// bytes: a real one is a few KiB, and the limit is checked before any
+/// parsing, so a hostile document cannot make the parser work for long.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
 impl MachineConfig {
     /// Parses and validates a configuration document.
@@ -74,7 +78,18 @@ impl MachineConfig {
     /// A YAML syntax error, a wrong type, a missing or unknown field is
     /// reported alone (the first one met), with its field path. A document
     /// that deserializes is then validated and every problem is reported.
+    /// A document over [`MAX_DOCUMENT_BYTES`] is refused unread.
     pub fn parse(yaml: &str) -> Result<Self, ConfigError> {
+        if yaml.len() > MAX_DOCUMENT_BYTES {
+            return Err(ConfigError::single(
+                "",
+                format!(
+                    "the document is {} bytes; a configuration may be at most {} bytes (1 MiB)",
+                    yaml.len(),
+                    MAX_DOCUMENT_BYTES
+                ),
+            ));
+        }
         let doc: Value = serde_norway::from_str(yaml)
             .map_err(|e| ConfigError::single("", format!("invalid YAML: {e}")))?;
         check_version(&doc)?;

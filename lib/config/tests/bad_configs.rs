@@ -598,3 +598,22 @@ fn a_document_that_is_not_a_configuration() {
         assert!(err.to_string().contains(fragment), "{yaml:?}: {err}");
     }
 }
+
+#[test]
+fn an_oversized_document_is_refused_before_parsing() {
+    // Valid YAML up to the limit: a comment pads the good configuration.
+    let pad = |n: usize| format!("{FULL}\n#{}\n", "x".repeat(n));
+    let at_limit = pad(bramble_config::MAX_DOCUMENT_BYTES - FULL.len() - 3);
+    assert_eq!(at_limit.len(), bramble_config::MAX_DOCUMENT_BYTES);
+    MachineConfig::parse(&at_limit).unwrap();
+    let over = pad(bramble_config::MAX_DOCUMENT_BYTES - FULL.len() - 2);
+    let err = parse_err(&over).to_string();
+    assert!(
+        err.contains("1048577 bytes") && err.contains("at most 1048576 bytes"),
+        "{err}"
+    );
+    // Refused unread: not even its syntax is looked at.
+    let garbage = "{".repeat(bramble_config::MAX_DOCUMENT_BYTES + 1);
+    let err = parse_err(&garbage).to_string();
+    assert!(err.contains("at most 1048576 bytes"), "{err}");
+}

@@ -21,9 +21,21 @@ impl MachineApi {
         &self,
         req: ApplyConfigurationRequest,
     ) -> Result<ApplyConfigurationResponse, Status> {
+        if req.data.len() > bramble_config::MAX_DOCUMENT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "data: the configuration is {} bytes; at most {} bytes (1 MiB) are accepted",
+                req.data.len(),
+                bramble_config::MAX_DOCUMENT_BYTES
+            )));
+        }
         let raw = String::from_utf8(req.data.clone())
             .map_err(|_| Status::invalid_argument("data: the configuration is not UTF-8 text"))?;
-        let new = MachineConfig::parse(&raw)
+        // Parsed on tokio's blocking pool: the runtime's one thread keeps
+        // serving other callers meanwhile.
+        let parsing = raw.clone();
+        let new = tokio::task::spawn_blocking(move || MachineConfig::parse(&parsing))
+            .await
+            .map_err(|e| Status::internal(format!("parsing the configuration failed: {e}")))?
             .map_err(|e| Status::invalid_argument(format!("the configuration is invalid:\n{e}")))?;
         let unknown = crate::network::unknown_links(&new, &self.node.system.class_net);
         if !unknown.is_empty() {
