@@ -430,7 +430,8 @@ pub struct Resources {
     /// CPU limit in cores: `500m` (millicores) or `1.5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
-    /// Largest number of processes and threads.
+    /// Largest number of processes and threads; the node's runtime limits a
+    /// workload that sets none to 1024.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
 }

@@ -15,6 +15,7 @@
 //! notify_ready = true                  # wait for "READY=1\n" on fd $BRAMBLE_READY_FD
 //! log_console = true                   # echo captured lines to the console as "[name] line"
 //! nice = -5                            # scheduling niceness, -20 (first) to 19; default 0
+//! oom_score_adj = -900                 # the OOM killer's preference, -1000 (never) to 1000; default 0
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -48,6 +49,8 @@ const MAX_CRASH_LOOP_RESTARTS: u32 = 1000;
 const MAX_STOP_TIMEOUT_SECS: u64 = 3600;
 /// Niceness range (`setpriority(2)`).
 const NICE_RANGE: std::ops::RangeInclusive<i32> = -20..=19;
+/// What the kernel accepts in `oom_score_adj`.
+const OOM_SCORE_ADJ_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// When a service that exited is started again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +106,9 @@ pub struct ServiceDef {
     /// Scheduling niceness given to the process as soon as it is spawned
     /// (`None`: PID 1's, 0). Threads it started before that keep 0.
     pub nice: Option<i32>,
+    /// `/proc/<pid>/oom_score_adj` given to the process as soon as it is
+    /// spawned (`None`: inherited from PID 1, 0); children inherit it.
+    pub oom_score_adj: Option<i32>,
     /// File this definition was loaded from (used in error messages).
     pub source: Option<PathBuf>,
 }
@@ -130,6 +136,7 @@ impl ServiceDef {
             notify_ready: false,
             log_console: false,
             nice: None,
+            oom_score_adj: None,
             source: None,
         }
     }
@@ -156,6 +163,7 @@ impl ServiceDef {
             notify_ready: file.notify_ready,
             log_console: file.log_console,
             nice: file.nice,
+            oom_score_adj: file.oom_score_adj,
             source: Some(source.to_path_buf()),
         };
         // Range checks that only make sense for the file's integer fields.
@@ -318,6 +326,18 @@ impl ServiceDef {
                 ),
             ));
         }
+        if let Some(adj) = self.oom_score_adj
+            && !OOM_SCORE_ADJ_RANGE.contains(&adj)
+        {
+            return Err(self.invalid(
+                "oom_score_adj",
+                format!(
+                    "{adj} is outside {} to {}",
+                    OOM_SCORE_ADJ_RANGE.start(),
+                    OOM_SCORE_ADJ_RANGE.end()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -353,6 +373,8 @@ struct ServiceFile {
     log_console: bool,
     #[serde(default)]
     nice: Option<i32>,
+    #[serde(default)]
+    oom_score_adj: Option<i32>,
 }
 
 fn d_restart_delay_ms() -> u64 {
@@ -569,11 +591,13 @@ stop_timeout_secs = 5
 notify_ready = true
 log_console = true
 nice = -5
+oom_score_adj = -900
 "#,
         )
         .unwrap();
         assert_eq!(d.name, "apid");
         assert_eq!(d.nice, Some(-5));
+        assert_eq!(d.oom_score_adj, Some(-900));
         assert_eq!(d.command[2], "[::]:50000");
         assert_eq!(d.env["RUST_LOG"], "info");
         assert_eq!(d.restart, RestartPolicy::OnFailure);
@@ -653,6 +677,8 @@ nice = -5
             ("command = [\"/a\"]\nafter = [\"a\"]", "after"),
             ("command = [\"/a\"]\nnice = -21", "nice"),
             ("command = [\"/a\"]\nnice = 20", "nice"),
+            ("command = [\"/a\"]\noom_score_adj = -1001", "oom_score_adj"),
+            ("command = [\"/a\"]\noom_score_adj = 1001", "oom_score_adj"),
         ] {
             let s = parse("a", text).unwrap_err().to_string();
             assert!(s.contains(&format!("`{field}`")), "{text}: {s}");

@@ -535,3 +535,22 @@ fn niceness_is_set_at_spawn() {
         rustix::process::getpriority_process(None).unwrap()
     );
 }
+
+#[test]
+fn oom_score_adj_is_set_at_spawn() {
+    // Raising needs no privilege; PID 1 also lowers it (root).
+    let mut kill_first = sh("victim", "exec sleep 100");
+    kill_first.oom_score_adj = Some(500);
+    let mut s = sup(vec![kill_first, sh("plain", "exec sleep 100")]);
+    assert!(wait_for(&mut s, LONG, all_ready));
+    let of = |name: &str| {
+        let pid = pid(&s, name).unwrap();
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(of("victim"), "500");
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    assert_eq!(of("plain"), own.trim());
+}

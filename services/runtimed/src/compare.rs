@@ -93,6 +93,7 @@ fn bundle(args: &CompareArgs) -> anyhow::Result<PathBuf> {
         hostname: "compare".to_owned(),
         resolv_conf: None,
         hosts: None,
+        default_pids: None,
     })?;
     container::write_config(&bundle, &spec)?;
     Ok(bundle)

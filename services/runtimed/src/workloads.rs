@@ -514,6 +514,7 @@ async fn run_shim(
         hostname: w.name.clone(),
         resolv_conf: Some(paths.resolv_conf.as_path()).filter(|p| p.exists()),
         hosts: Some(paths.hosts.as_path()).filter(|p| p.exists()),
+        default_pids: Some(container::spec::DEFAULT_PIDS_LIMIT),
     })?;
     let config_path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(&spec)

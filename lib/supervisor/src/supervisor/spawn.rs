@@ -173,6 +173,13 @@ impl Supervisor {
             // Still supervised; it only runs at PID 1's priority.
             tracing::warn!(service = %def.name, "cannot set niceness {nice}: {e}");
         }
+        if let Some(adj) = def.oom_score_adj {
+            let path = format!("/proc/{}/oom_score_adj", pid.as_raw_nonzero());
+            if let Err(e) = std::fs::write(&path, adj.to_string()) {
+                // Still supervised; only the OOM killer's choice differs.
+                tracing::warn!(service = %def.name, "cannot set oom_score_adj {adj}: {e}");
+            }
+        }
         match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(pidfd) => Ok(Proc {
                 pid,

@@ -71,6 +71,14 @@ pub const STOP_SIGNAL_ANNOTATION: &str = "org.bramble.stop-signal";
 /// Annotation carrying the workload's name.
 pub const WORKLOAD_ANNOTATION: &str = "org.bramble.workload";
 
+/// The pids limit of a workload that sets none: a fork bomb stops there
+/// instead of exhausting the node's process table.
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
+
+/// The OOM killer's preference for every container's processes (the
+/// node's services run at -900 and below, so workloads are killed first).
+pub const CONTAINER_OOM_SCORE_ADJ: i32 = 0;
+
 /// CFS period for CPU limits, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -137,6 +145,9 @@ pub struct SpecInput<'a> {
     /// Node file bound read-only at `/etc/hosts`, if it exists (normally
     /// [`NODE_HOSTS`]); `None` binds nothing.
     pub hosts: Option<&'a Path>,
+    /// The pids limit of a workload that sets none (the node's default,
+    /// [`DEFAULT_PIDS_LIMIT`]); `None` leaves such a workload unlimited.
+    pub default_pids: Option<u32>,
 }
 
 impl<'a> SpecInput<'a> {
@@ -156,6 +167,7 @@ impl<'a> SpecInput<'a> {
             hostname,
             resolv_conf: Some(Path::new(NODE_RESOLV_CONF)),
             hosts: Some(Path::new(NODE_HOSTS)),
+            default_pids: None,
         }
     }
 }
@@ -243,6 +255,9 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, ContainerError> {
         // hard limit above them needs CAP_SYS_RESOURCE and fails otherwise.
         .rlimits(Vec::new())
         .no_new_privileges(true)
+        // Not runtimed's (a system service's, which the OOM killer spares):
+        // under memory pressure a workload goes before the node's daemons.
+        .oom_score_adj(CONTAINER_OOM_SCORE_ADJ)
         .build()?;
 
     let namespaces = [
@@ -258,7 +273,7 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, ContainerError> {
 
     let linux = LinuxBuilder::default()
         .cgroups_path(PathBuf::from(&input.cgroup_path))
-        .resources(resources(w)?)
+        .resources(resources(w, input.default_pids)?)
         .namespaces(namespaces)
         .masked_paths(
             MASKED_PATHS
@@ -407,7 +422,10 @@ fn parse_capabilities(names: &[String]) -> Result<Capabilities, ContainerError> 
         .collect()
 }
 
-fn resources(w: &Workload) -> Result<oci_spec::runtime::LinuxResources, ContainerError> {
+fn resources(
+    w: &Workload,
+    default_pids: Option<u32>,
+) -> Result<oci_spec::runtime::LinuxResources, ContainerError> {
     let r = &w.resources;
     let mut builder = LinuxResourcesBuilder::default();
     if let Some(text) = &r.memory {
@@ -446,12 +464,14 @@ fn resources(w: &Workload) -> Result<oci_spec::runtime::LinuxResources, Containe
                 .build()?,
         );
     }
-    if let Some(pids) = r.pids {
+    if let Some(pids) = r.pids.or(default_pids) {
         if pids == 0 {
             return Err(ContainerError::InvalidResource {
                 field: "pids",
                 value: pids.to_string(),
-                reason: "must be at least 1 (leave it out for no limit)".into(),
+                reason: format!(
+                    "must be at least 1 (leave it out for the default, {DEFAULT_PIDS_LIMIT})"
+                ),
             });
         }
         builder = builder.pids(LinuxPidsBuilder::default().limit(i64::from(pids)).build()?);
@@ -845,6 +865,16 @@ mod tests {
         }
 
         fn build(&self, w: &Workload, img: &ImageConfiguration) -> Result<Spec, ContainerError> {
+            self.build_with(w, img, None)
+        }
+
+        /// [`Fixture::build`] with the node's default pids limit.
+        fn build_with(
+            &self,
+            w: &Workload,
+            img: &ImageConfiguration,
+            default_pids: Option<u32>,
+        ) -> Result<Spec, ContainerError> {
             let rootfs = self.rootfs();
             let resolv = self.dir.path().join("resolv.conf");
             let hosts = self.dir.path().join("hosts");
@@ -856,6 +886,7 @@ mod tests {
                 hostname: "node-1".into(),
                 resolv_conf: Some(&resolv),
                 hosts: Some(&hosts),
+                default_pids,
             };
             build_spec(&input)
         }
@@ -1247,6 +1278,10 @@ mod tests {
         assert_eq!(c.permitted().as_ref(), Some(&default));
         assert_eq!(c.ambient().as_ref(), Some(&Capabilities::new()));
         assert_eq!(process(&spec).no_new_privileges(), Some(true));
+        assert_eq!(
+            process(&spec).oom_score_adj(),
+            Some(CONTAINER_OOM_SCORE_ADJ)
+        );
 
         let mut w = workload();
         w.capabilities = strings(&["NET_ADMIN", "CAP_SYS_TIME", "cap_sys_nice"]);
@@ -1341,6 +1376,23 @@ mod tests {
         let r = linux(&spec).resources().clone().unwrap();
         assert!(r.memory().is_none() && r.cpu().is_none() && r.pids().is_none());
         assert!(r.devices().as_ref().is_none_or(Vec::is_empty));
+    }
+
+    #[test]
+    fn the_node_default_pids_limit_applies_unless_the_workload_sets_one() {
+        let f = Fixture::new();
+        let img = image(|c| c.cmd(strings(&["app"])));
+        let mut w = workload();
+        let limit = |w: &Workload| {
+            let spec = f.build_with(w, &img, Some(DEFAULT_PIDS_LIMIT)).unwrap();
+            linux(&spec)
+                .resources()
+                .as_ref()
+                .and_then(|r| r.pids().as_ref().map(|p| p.limit()))
+        };
+        assert_eq!(limit(&w), Some(i64::from(DEFAULT_PIDS_LIMIT)));
+        w.resources.pids = Some(4096);
+        assert_eq!(limit(&w), Some(4096));
     }
 
     #[test]
