@@ -16,7 +16,7 @@ const BINARY: &str = "bin/busybox";
 /// Applets the test images link to busybox.
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "tail", "head", "dd", "ls", "true", "false", "env", "id",
-    "touch", "mkdir", "rm", "date", "hostname", "wc",
+    "touch", "mkdir", "rm", "date", "hostname", "wc", "mknod", "unshare",
 ];
 
 /// `tests/packages.lock`.

@@ -37,8 +37,13 @@ const DEAD_REGISTRY: &str = "10.0.2.100:5001";
 /// A container after the node's disk: through a device node its image
 /// ships (`/disk`, the node's `vda`) and through one it makes in its `/dev`
 /// (a tmpfs that allows devices) with the `CAP_MKNOD` it was given. Its own
-/// `/dev/null` works.
+/// `/dev/null` works. It also says how readily the OOM killer takes it (not
+/// at runtimed's -900, which the node's services have) and its pids limit
+/// (the node's default: it sets none), and it cannot make a user namespace
+/// (the runtime's seccomp filter).
 const HOSTILE: &str = "echo vda=$(cat /sys/class/block/vda/dev); \
+    unshare -U true 2>/dev/null && echo userns || echo no-userns; \
+    echo oom=$(cat /proc/self/oom_score_adj) pids=$(cat /sys/fs/cgroup/pids.max); \
     head -c 512 /disk >/dev/null 2>&1 && echo disk-read || echo disk-refused; \
     mknod /dev/vda b 254 0 2>/dev/null && echo vda-made || echo vda-refused; \
     mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null-ok";
@@ -244,12 +249,21 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
             .any(|l| l["text"] == "null-ok"))
     })
     .with_context(|| format!("{:?}", container(&c, &addr, "hostile")))?;
+    // Its own output: the runtime's lines about the pull are there too.
     let said: Vec<String> = log_lines(&c, &addr, "hostile")?
         .iter()
+        .filter(|l| l["stream"] == "stdout")
         .filter_map(|l| l["text"].as_str().map(str::to_owned))
         .collect();
     ensure!(
-        said == ["vda=254:0", "disk-refused", "vda-refused", "null-ok"],
+        said == [
+            "vda=254:0",
+            "no-userns",
+            "oom=0 pids=1024",
+            "disk-refused",
+            "vda-refused",
+            "null-ok"
+        ],
         "the hostile container (its image's /disk and its mknod are the node's vda, 254:0): {said:?}"
     );
     let image_rows = json(&c.ok(&addr, &["images", "-o", "json"])?)?;

@@ -60,7 +60,8 @@ pub use patch::apply_patch;
 pub use schema::{
     Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, ExtraHost,
     Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Registries,
-    RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, Secret, Time, Version, Vlan, Workload, WorkloadMount, parse_cpu, parse_memory,
+    RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, SeccompProfile, Secret,
+    Time, Version, Vlan, Workload, WorkloadMount, parse_cpu, parse_memory,
 };
 
 use std::collections::HashMap;

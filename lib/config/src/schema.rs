@@ -394,6 +394,10 @@ pub struct Workload {
     /// Seconds between SIGTERM and SIGKILL when stopping (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period_seconds: Option<u32>,
+    /// The system-call filter: `runtime-default` (the default) or
+    /// `unconfined`.
+    #[serde(default, skip_serializing_if = "SeccompProfile::is_default")]
+    pub seccomp: SeccompProfile,
 }
 
 impl Workload {
@@ -503,6 +507,27 @@ pub fn parse_cpu(text: &str) -> Result<u64, String> {
         return Err(format!("{text:?} must be more than zero"));
     }
     Ok(millis)
+}
+
+/// Which system calls a workload's processes may make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeccompProfile {
+    /// The runtime's filter (the default): the system calls a container has
+    /// no business making (kernel keyrings, eBPF, perf events, module and
+    /// kexec loading, io_uring, new namespaces and mounts without
+    /// `CAP_SYS_ADMIN`, ...) fail with `EPERM`.
+    #[default]
+    RuntimeDefault,
+    /// No filter.
+    Unconfined,
+}
+
+impl SeccompProfile {
+    /// True for the default, which is not written out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// When the runtime starts a workload's container again.

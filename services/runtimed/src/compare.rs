@@ -114,6 +114,7 @@ fn true_workload() -> Workload {
         read_only_rootfs: false,
         capabilities: Vec::new(),
         stop_grace_period_seconds: Some(1),
+        seccomp: bramble_config::SeccompProfile::default(),
     }
 }
 

@@ -103,7 +103,7 @@ fn start_in(
     }
     fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "sleep", "cat", "id", "hostname", "ls", "grep", "head", "mknod",
+        "sh", "echo", "sleep", "cat", "id", "hostname", "ls", "grep", "head", "mknod", "unshare",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
@@ -624,4 +624,29 @@ fn cap_mknod_does_not_open_a_host_disk() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(report.exit_code, Some(0), "{report:?}\n{out}\n{err}");
     assert_eq!(out, "null-made\nno-mknod\nno-mem\nno-disk\n");
+}
+
+/// The runtime's seccomp filter: no user namespace (nor any other) from a
+/// container; `seccomp: unconfined` lifts it.
+#[test]
+fn seccomp_refuses_new_namespaces_unless_unconfined() {
+    skip_unless_possible!();
+    let script = "unshare -U true 2>/dev/null && echo userns || echo no-userns; echo alive";
+    for (id, profile, expected) in [
+        ("smoke-seccomp", "runtime-default", "no-userns\nalive\n"),
+        ("smoke-unconfined", "unconfined", "userns\nalive\n"),
+    ] {
+        let mut run = start_with(
+            id,
+            &["/bin/sh", "-c", script],
+            5,
+            true,
+            serde_json::json!({"seccomp": profile}),
+        );
+        run.wait_started();
+        let (code, report, out, err) = run.finish();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(report.exit_code, Some(0), "{report:?}\n{out}\n{err}");
+        assert_eq!(out, expected, "{profile}");
+    }
 }

@@ -6,12 +6,15 @@
 //!   container ([`shim::run`]), and the reports it leaves for the daemon.
 //! - [`devices`]: the device policy (an eBPF program on the container's
 //!   cgroup) that keeps containers off the node's disks.
+//! - [`seccomp`]: the system-call filter the shim installs in a container's
+//!   init.
 //! - [`cgroup`]: usage readings of a container's cgroup and the preparation
 //!   of the cgroup that holds them all.
 
 pub mod cgroup;
 pub mod devices;
 mod error;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 mod sys;

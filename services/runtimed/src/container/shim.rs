@@ -53,7 +53,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::error::chain;
-use super::{ContainerError, STOP_SIGNAL_ANNOTATION, cgroup, devices, sys};
+use super::{ContainerError, STOP_SIGNAL_ANNOTATION, cgroup, devices, seccomp, sys};
 
 /// How long the init may take to die after SIGKILL before the shim gives up
 /// (it only takes longer when stuck in the kernel). With the clean-up's own
@@ -692,11 +692,38 @@ impl Executor for InitExecutor {
             .map_err(|e| ExecutorError::Other(format!("cannot unblock signals: {e}")))?;
         sys::default_sigpipe()
             .map_err(|e| ExecutorError::Other(format!("cannot restore SIGPIPE: {e}")))?;
+        // Last, so that nothing of the runtime's own runs under the filter.
+        if let Some(programs) = seccomp_programs(spec).map_err(ExecutorError::Other)? {
+            seccomp::install(&programs).map_err(ExecutorError::Other)?;
+        }
         DefaultExecutor {}.exec(spec)
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// The seccomp programs the spec's profile asks for; `None` when it says
+/// unconfined. A spec without the annotation gets the filter.
+fn seccomp_programs(spec: &Spec) -> Result<Option<Vec<seccompiler::BpfProgram>>, String> {
+    let profile = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(seccomp::ANNOTATION))
+        .map_or(seccomp::RUNTIME_DEFAULT, String::as_str);
+    match profile {
+        seccomp::UNCONFINED => Ok(None),
+        seccomp::RUNTIME_DEFAULT => {
+            let sys_admin = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.capabilities().as_ref())
+                .and_then(|c| c.bounding().as_ref())
+                .is_some_and(|b| b.contains(&oci_spec::runtime::Capability::SysAdmin));
+            seccomp::filters(sys_admin).map(Some)
+        }
+        other => Err(format!("unknown seccomp profile {other:?} in the spec")),
     }
 }
 

@@ -19,9 +19,9 @@
 //!   bound read-only when they exist (unless a workload mount claims the same
 //!   destination); then the workload's mounts.
 //! - runc's default masked and read-only paths under `/proc` and `/sys`.
-//! - **no seccomp filter**: libcontainer is built without its `libseccomp`
-//!   feature (the C library is not linked into the static node binary), so
-//!   system calls are limited only by capabilities and `noNewPrivileges`.
+//! - **seccomp**: the runtime's filter ([`super::seccomp`]), installed by the
+//!   shim (libcontainer's own needs the C libseccomp), unless the workload
+//!   says `seccomp: unconfined`; the profile travels as an annotation.
 //! - **devices**: `/dev` holds only the default devices, the default
 //!   capabilities leave out `CAP_MKNOD`, the root is mounted `nodev` (a device
 //!   node in an image layer cannot be opened), and the shim puts the device
@@ -42,7 +42,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use bramble_config::Workload;
+use bramble_config::{SeccompProfile, Workload};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
@@ -291,6 +291,14 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, ContainerError> {
 
     let mut annotations = HashMap::new();
     annotations.insert(WORKLOAD_ANNOTATION.to_owned(), w.name.clone());
+    annotations.insert(
+        super::seccomp::ANNOTATION.to_owned(),
+        match w.seccomp {
+            SeccompProfile::RuntimeDefault => super::seccomp::RUNTIME_DEFAULT,
+            SeccompProfile::Unconfined => super::seccomp::UNCONFINED,
+        }
+        .to_owned(),
+    );
     if let Some(text) = image.and_then(|c| c.stop_signal().as_deref()) {
         match parse_signal(text) {
             Some(sig) => {
