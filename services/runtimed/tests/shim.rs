@@ -426,13 +426,15 @@ fn the_container_stops_when_the_daemon_dies() {
         &[
             "/bin/sh",
             "-c",
-            "trap 'exit 3' TERM; while true; do sleep 0.05; done",
+            "trap 'exit 3' TERM; echo ready; while true; do sleep 0.05; done",
         ],
         5,
         false,
         serde_json::json!({}),
     );
     let init = run.wait_started();
+    // The trap is set before the daemon dies.
+    run.wait_output("ready");
     kill(run.pid(), Signal::SIGKILL).unwrap();
     run.child.wait().unwrap();
     let report = run.wait_exit_file();
