@@ -443,10 +443,20 @@ fn first_config_ends_maintenance_mode_and_roles_decide_the_rest() {
     // The follower has its first line: the service is waiting for its go.
     while !next().unwrap().ends_with("repeater waiting") {}
     std::fs::write(state.path().join("repeater.go"), "").unwrap();
-    // Several of the follower's polls.
-    std::thread::sleep(Duration::from_millis(1500));
-    std::fs::write(state.path().join("repeater.stop"), "").unwrap();
+    // Stopped once identical lines have reached the follower in four
+    // separate quarter-seconds: several of apid's polls (every 300 ms), each
+    // with many of the repeater's lines.
     let mut repeats = 0u64;
+    let mut polls_seen = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    while polls_seen.len() < 4 {
+        let l = next().expect("the follower stopped getting the repeater's lines");
+        if l.ends_with("again and again") {
+            repeats += 1;
+            polls_seen.insert(started.elapsed().as_millis() / 250);
+        }
+    }
+    std::fs::write(state.path().join("repeater.stop"), "").unwrap();
     let written = loop {
         match next() {
             Ok(l) if l.contains("repeater done ") => {
