@@ -64,7 +64,9 @@ pub struct GlobalArgs {
 
     /// Accept only the server certificate with this SHA-256 fingerprint
     /// (SHA256:<hex>, printed on the node's console). Implies the
-    /// maintenance-mode connection of --insecure, but verified.
+    /// maintenance-mode connection of --insecure, but verified; a node that
+    /// lost its configuration also gets the client configuration's
+    /// certificate, and admits it if it is an admin's.
     #[arg(long, global = true, value_name = "SHA256:HEX", value_parser = parse_fingerprint)]
     pub cert_fingerprint: Option<Fingerprint>,
 

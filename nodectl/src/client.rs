@@ -142,16 +142,43 @@ impl ClientTls {
     /// TLS for a node in maintenance mode: no CA, optional pin, no client
     /// certificate.
     pub fn maintenance(pin: Option<Fingerprint>) -> Result<Self, Error> {
+        Self::self_signed(pin, None)
+    }
+
+    /// TLS for a node whose certificate is self-signed, pinned to `pin`,
+    /// offering `identity` (a client certificate of the client
+    /// configuration) when the node asks for one: a node that lost its
+    /// configuration admits only its cluster's admins, with the certificate
+    /// it shows on its console.
+    pub fn pinned_with_identity(
+        pin: Fingerprint,
+        identity: &bramble_pki::IssuedCert,
+    ) -> Result<Self, Error> {
+        Self::self_signed(Some(pin), Some(identity))
+    }
+
+    fn self_signed(
+        pin: Option<Fingerprint>,
+        identity: Option<&bramble_pki::IssuedCert>,
+    ) -> Result<Self, Error> {
         let provider = provider();
         let verifier = Arc::new(MaintenanceVerifier {
             pin,
             algorithms: provider.signature_verification_algorithms,
         });
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let (chain, key) = identity
+                    .to_rustls()
+                    .map_err(|e| Error::Usage(format!("the client certificate: {e}")))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+        };
         Ok(Self::from_rustls(config))
     }
 

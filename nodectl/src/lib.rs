@@ -43,7 +43,19 @@ pub fn describe_failure(target: &nodes::Target, e: &NodeError) -> String {
 /// when `-n`/`-e` are not given.
 pub fn session(g: &cli::GlobalArgs) -> Result<(Vec<nodes::Target>, client::ClientTls), Error> {
     if g.insecure || g.cert_fingerprint.is_some() {
-        let tls = client::ClientTls::from_flags(g.insecure, g.cert_fingerprint.clone())?;
+        // A pinned node that asks for a client certificate (one that lost
+        // its configuration) gets the client configuration's, if there is
+        // one; a node in maintenance mode asks for none.
+        let identity = match &g.cert_fingerprint {
+            Some(_) => client_identity(g)?,
+            None => None,
+        };
+        let tls = match (&g.cert_fingerprint, identity) {
+            (Some(pin), Some(identity)) => {
+                client::ClientTls::pinned_with_identity(pin.clone(), &identity)?
+            }
+            _ => client::ClientTls::from_flags(g.insecure, g.cert_fingerprint.clone())?,
+        };
         return Ok((nodes::targets(&g.nodes, &g.endpoints)?, tls));
     }
     let path = nodeconfig_path(g)?;
@@ -82,6 +94,24 @@ pub fn session(g: &cli::GlobalArgs) -> Result<(Vec<nodes::Target>, client::Clien
         nodes::targets(&n, &e)?,
         client::ClientTls::from_rustls(config),
     ))
+}
+
+/// The client certificate of the client configuration's current (or
+/// `--context`) context; `None` when there is no client configuration.
+fn client_identity(g: &cli::GlobalArgs) -> Result<Option<bramble_pki::IssuedCert>, Error> {
+    let Ok(path) = nodeconfig_path(g) else {
+        return Ok(None);
+    };
+    let Some(file) = nodeconfig::NodeConfig::load(&path)? else {
+        return Ok(None);
+    };
+    let (_, ctx) = file
+        .context(g.context.as_deref())
+        .map_err(|reason| Error::NodeConfig { path, reason })?;
+    Ok(Some(bramble_pki::IssuedCert {
+        cert_pem: ctx.crt.clone(),
+        key_pem: ctx.key.clone(),
+    }))
 }
 
 fn nodeconfig_path(g: &cli::GlobalArgs) -> Result<std::path::PathBuf, Error> {

@@ -26,6 +26,14 @@ pub const CONFIG_FILE: &str = "machine-config.yaml";
 pub const EXTRA_FILE: &str = "bramble-extra.txt";
 /// Where a new [`EXTRA_FILE`] is written before it replaces the old one.
 const EXTRA_NEW: &str = "bramble-extra.new";
+/// The cluster CA's certificate (public) of a configured node: the node's
+/// record, outside its `STATE` partition, that it was configured. A node
+/// whose `STATE` holds no configuration but whose boot partition holds this
+/// file lost its configuration; it does not fall back to the open
+/// maintenance API, and admits only the CA's admins.
+pub const CA_FILE: &str = "bramble-ca.crt";
+/// Where a new [`CA_FILE`] is written before it replaces the old one.
+const CA_NEW: &str = "bramble-ca.new";
 /// The comment every [`EXTRA_FILE`] starts with.
 pub const EXTRA_HEADER: &str = "\
 # Bramble: extra Raspberry Pi firmware settings, from the machine
@@ -267,22 +275,57 @@ pub fn extra_txt(lines: &[String]) -> String {
 /// (none: the header only), writing only if its content differs, then
 /// fsyncs the disk. True if it was written.
 pub fn sync_extra(disk: &mut File, lines: &[String]) -> Result<bool> {
-    let want = extra_txt(lines);
+    sync_file(
+        disk,
+        EXTRA_FILE,
+        EXTRA_NEW,
+        Some(extra_txt(lines).as_bytes()),
+    )
+}
+
+/// Makes [`CA_FILE`] hold `ca_pem` (the configuration's `machine.ca.crt`), or
+/// removes it for `None` (a node going back to maintenance mode). True if
+/// the disk was written.
+pub fn sync_ca(disk: &mut File, ca_pem: Option<&str>) -> Result<bool> {
+    sync_file(disk, CA_FILE, CA_NEW, ca_pem.map(str::as_bytes))
+}
+
+/// The [`CA_FILE`] on the boot partition, if there is one.
+pub fn read_ca(disk: &mut File) -> Result<Option<String>> {
+    let boot = BootFs::open(disk)?;
+    let Some(data) = boot.read(CA_FILE)? else {
+        return Ok(None);
+    };
+    String::from_utf8(data).map(Some).map_err(|_| Error::File {
+        op: "read",
+        name: CA_FILE.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })
+}
+
+/// Makes `name` hold `want` (through `tmp`, [`BootFs::replace`]), or be
+/// absent for `None`; writes nothing when it already does. True if the disk
+/// was written (and then synced).
+fn sync_file(disk: &mut File, name: &str, tmp: &str, want: Option<&[u8]>) -> Result<bool> {
     let written = {
         let boot = BootFs::open(disk)?;
-        if boot.read(EXTRA_FILE)?.as_deref() == Some(want.as_bytes()) {
-            // A temporary file a power cut left behind goes too.
-            if boot.remove(EXTRA_NEW)? {
-                boot.finish()?;
-                true
-            } else {
-                false
-            }
+        let changed = if boot.read(name)?.as_deref() == want {
+            false
         } else {
-            boot.replace(EXTRA_FILE, EXTRA_NEW, want.as_bytes())?;
-            boot.finish()?;
+            match want {
+                Some(data) => boot.replace(name, tmp, data)?,
+                None => {
+                    boot.remove(name)?;
+                }
+            }
             true
+        };
+        // A temporary file a power cut left behind goes too.
+        let changed = boot.remove(tmp)? || changed;
+        if changed {
+            boot.finish()?;
         }
+        changed
     };
     if written {
         disk.sync_all().map_err(Error::Finish)?;
@@ -398,6 +441,29 @@ mod tests {
 
         // Cleared: the header only.
         assert!(sync_extra(&mut open_rw(&path), &[]).unwrap());
+        assert_eq!(extra(&path), EXTRA_HEADER);
+    }
+
+    #[test]
+    fn the_ca_marker_is_written_replaced_and_removed() {
+        let (_dir, path) = disk(BOOT_LABEL);
+        assert_eq!(read_ca(&mut open_rw(&path)).unwrap(), None);
+        // Nothing to remove: the disk is not touched.
+        let before = std::fs::read(&path).unwrap();
+        assert!(!sync_ca(&mut open_rw(&path), None).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert!(sync_ca(&mut open_rw(&path), Some(ca)).unwrap());
+        assert_eq!(read_ca(&mut open_rw(&path)).unwrap().as_deref(), Some(ca));
+        assert!(!sync_ca(&mut open_rw(&path), Some(ca)).unwrap());
+        let other = ca.replace("MIIB", "MIIC");
+        assert!(sync_ca(&mut open_rw(&path), Some(&other)).unwrap());
+        assert_eq!(read_ca(&mut open_rw(&path)).unwrap(), Some(other));
+
+        // Back to maintenance mode: gone, and the Pi lines are untouched.
+        assert!(sync_ca(&mut open_rw(&path), None).unwrap());
+        assert_eq!(read_ca(&mut open_rw(&path)).unwrap(), None);
         assert_eq!(extra(&path), EXTRA_HEADER);
     }
 

@@ -108,21 +108,46 @@ impl Caller {
     }
 }
 
+/// What the server admits, by the state of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Never configured: no client certificates; [`Rule::maintenance`] calls
+    /// only, from anyone.
+    Maintenance,
+    /// Configured: client certificates from the cluster's CA; every call by
+    /// role.
+    Configured,
+    /// Configured once (the boot partition says so) but without its
+    /// configuration (its `STATE` partition was lost): client certificates
+    /// from the cluster's CA, and only [`RECOVERY`] calls, by role.
+    Recovery,
+}
+
+/// The calls a node that lost its configuration answers: enough for an
+/// admin to configure it again or reset it.
+pub const RECOVERY: &[&str] = &["Version", "ApplyConfiguration", "Reset"];
+
 /// Decides one call. `role` is what the client certificate carries: `None`
 /// when it carries none (or, in maintenance mode, when there is no
 /// certificate).
-pub fn authorize(path: &str, maintenance: bool, role: Option<Role>) -> Result<Caller, Status> {
+pub fn authorize(path: &str, mode: Mode, role: Option<Role>) -> Result<Caller, Status> {
     let rule = rule_for(path);
     let name = path.strip_prefix(SERVICE).unwrap_or(path);
-    if maintenance {
-        return if rule.maintenance {
-            Ok(Caller::Anonymous)
-        } else {
-            Err(Status::failed_precondition(format!(
+    match mode {
+        Mode::Maintenance if rule.maintenance => return Ok(Caller::Anonymous),
+        Mode::Maintenance => {
+            return Err(Status::failed_precondition(format!(
                 "{name} is not available in maintenance mode: apply a configuration first \
                  (nodectl apply-config --insecure -f controlplane.yaml)"
-            )))
-        };
+            )));
+        }
+        Mode::Recovery if !RECOVERY.contains(&rule.method) => {
+            return Err(Status::failed_precondition(format!(
+                "{name} is not available: this node lost its configuration (its STATE \
+                 partition holds none); an admin can apply one again or reset the node"
+            )));
+        }
+        Mode::Recovery | Mode::Configured => {}
     }
     match role {
         None => Err(Status::permission_denied(
@@ -139,13 +164,13 @@ pub fn authorize(path: &str, maintenance: bool, role: Option<Role>) -> Result<Ca
 /// Wraps the router with [`authorize`].
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    maintenance: bool,
+    mode: Mode,
 }
 
 impl AuthLayer {
-    /// For a server in maintenance mode (no client certificates) or not.
-    pub fn new(maintenance: bool) -> Self {
-        Self { maintenance }
+    /// For a server in `mode`.
+    pub fn new(mode: Mode) -> Self {
+        Self { mode }
     }
 }
 
@@ -155,7 +180,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
-            maintenance: self.maintenance,
+            mode: self.mode,
         }
     }
 }
@@ -164,7 +189,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    maintenance: bool,
+    mode: Mode,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -186,7 +211,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let role = peer_role(&req);
-        match authorize(req.uri().path(), self.maintenance, role) {
+        match authorize(req.uri().path(), self.mode, role) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
@@ -219,7 +244,7 @@ mod tests {
         let roles = [Role::Reader, Role::Operator, Role::Admin];
         for rule in RULES {
             for role in roles {
-                let got = authorize(&path(rule.method), false, Some(role));
+                let got = authorize(&path(rule.method), Mode::Configured, Some(role));
                 assert_eq!(
                     got.is_ok(),
                     role.allows(rule.role),
@@ -235,7 +260,7 @@ mod tests {
                     );
                 }
             }
-            let none = authorize(&path(rule.method), false, None).unwrap_err();
+            let none = authorize(&path(rule.method), Mode::Configured, None).unwrap_err();
             assert_eq!(none.code(), tonic::Code::PermissionDenied);
         }
     }
@@ -270,13 +295,35 @@ mod tests {
     fn maintenance_mode_opens_only_version_and_apply() {
         let open: Vec<_> = RULES
             .iter()
-            .filter(|r| authorize(&path(r.method), true, None).is_ok())
+            .filter(|r| authorize(&path(r.method), Mode::Maintenance, None).is_ok())
             .map(|r| r.method)
             .collect();
         assert_eq!(open, ["Version", "ApplyConfiguration"]);
-        let e = authorize(&path("Reboot"), true, None).unwrap_err();
+        let e = authorize(&path("Reboot"), Mode::Maintenance, None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(e.message().contains("maintenance mode"));
+    }
+
+    #[test]
+    fn a_node_that_lost_its_configuration_admits_only_admins_recovering_it() {
+        let open = |role| -> Vec<&str> {
+            RULES
+                .iter()
+                .filter(|r| authorize(&path(r.method), Mode::Recovery, role).is_ok())
+                .map(|r| r.method)
+                .collect()
+        };
+        assert_eq!(
+            open(Some(Role::Admin)),
+            ["Version", "ApplyConfiguration", "Reset"]
+        );
+        assert_eq!(open(Some(Role::Reader)), ["Version"]);
+        assert_eq!(open(None), Vec::<&str>::new());
+        let e = authorize(&path("GetConfig"), Mode::Recovery, Some(Role::Admin)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("lost its configuration"), "{e:?}");
+        let e = authorize(&path("Reset"), Mode::Recovery, Some(Role::Operator)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
@@ -300,8 +347,8 @@ mod tests {
 
     #[test]
     fn unknown_methods_need_admin() {
-        assert!(authorize(&path("Nope"), false, Some(Role::Operator)).is_err());
-        assert!(authorize(&path("Nope"), false, Some(Role::Admin)).is_ok());
-        assert!(authorize(&path("Nope"), true, None).is_err());
+        assert!(authorize(&path("Nope"), Mode::Configured, Some(Role::Operator)).is_err());
+        assert!(authorize(&path("Nope"), Mode::Configured, Some(Role::Admin)).is_ok());
+        assert!(authorize(&path("Nope"), Mode::Maintenance, None).is_err());
     }
 }

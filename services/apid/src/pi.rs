@@ -38,12 +38,12 @@ pub fn lines(config: Option<&MachineConfig>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Makes `bramble-extra.txt` on the boot disk named in `device_file` hold
-/// `lines`. Blocking (disk I/O).
-pub fn sync(device_file: &Path, lines: &[String]) -> Result<Outcome, String> {
+/// The boot disk named in `device_file`, open for reading and writing, with
+/// its path; `None` when there is no such file (not a node).
+fn open_boot_disk(device_file: &Path) -> Result<Option<(File, String)>, String> {
     let device = match fs::read_to_string(device_file) {
         Ok(s) => s.trim().to_owned(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Outcome::NoBootDisk),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", device_file.display())),
     };
     if device.is_empty() {
@@ -52,16 +52,48 @@ pub fn sync(device_file: &Path, lines: &[String]) -> Result<Outcome, String> {
             device_file.display()
         ));
     }
-    let mut disk = File::options()
+    let disk = File::options()
         .read(true)
         .write(true)
         .open(&device)
         .map_err(|e| format!("cannot open the boot disk {device}: {e}"))?;
-    match bramble_bootfs::sync_extra(&mut disk, lines) {
+    Ok(Some((disk, device)))
+}
+
+/// Runs `write` on the boot disk named in `device_file`. Blocking.
+fn write_boot_disk(
+    device_file: &Path,
+    write: impl FnOnce(&mut File) -> bramble_bootfs::Result<bool>,
+) -> Result<Outcome, String> {
+    let Some((mut disk, device)) = open_boot_disk(device_file)? else {
+        return Ok(Outcome::NoBootDisk);
+    };
+    match write(&mut disk) {
         Ok(true) => Ok(Outcome::Written),
         Ok(false) => Ok(Outcome::Unchanged),
         Err(e) => Err(format!("{device}: {e}")),
     }
+}
+
+/// Makes `bramble-extra.txt` on the boot disk named in `device_file` hold
+/// `lines`. Blocking (disk I/O).
+pub fn sync(device_file: &Path, lines: &[String]) -> Result<Outcome, String> {
+    write_boot_disk(device_file, |disk| bramble_bootfs::sync_extra(disk, lines))
+}
+
+/// Makes the boot partition's record that the node is configured
+/// (`bramble-ca.crt`) hold `ca_pem`, or removes it for `None`. Blocking.
+pub fn sync_configured(device_file: &Path, ca_pem: Option<&str>) -> Result<Outcome, String> {
+    write_boot_disk(device_file, |disk| bramble_bootfs::sync_ca(disk, ca_pem))
+}
+
+/// The cluster CA the boot partition records for a configured node; `None`
+/// for a node never configured (or reset), or with no boot disk. Blocking.
+pub fn configured_ca(device_file: &Path) -> Result<Option<String>, String> {
+    let Some((mut disk, device)) = open_boot_disk(device_file)? else {
+        return Ok(None);
+    };
+    bramble_bootfs::read_ca(&mut disk).map_err(|e| format!("{device}: {e}"))
 }
 
 #[cfg(test)]

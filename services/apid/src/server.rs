@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Server, ServerTlsConfig};
 
 use crate::addrs;
-use crate::auth::AuthLayer;
+use crate::auth::{AuthLayer, Mode};
 use crate::error::Error;
 use crate::identity::{Fingerprint, Origin, ServerIdentity, SubjectNames};
 use crate::info::{NodeInfoSource, Uname};
@@ -109,12 +109,36 @@ enum Tls {
         identity: ServerIdentity,
         client_ca: String,
     },
+    /// Configured once, configuration lost (see [`tls_for`]): the
+    /// maintenance certificate (the CA's key went with the configuration),
+    /// and client certificates from the CA the boot partition recorded.
+    Recovery {
+        identity: ServerIdentity,
+        client_ca: String,
+    },
 }
 
 impl Tls {
     fn identity(&self) -> &ServerIdentity {
         match self {
-            Self::Maintenance(id) | Self::Mutual { identity: id, .. } => id,
+            Self::Maintenance(id)
+            | Self::Mutual { identity: id, .. }
+            | Self::Recovery { identity: id, .. } => id,
+        }
+    }
+
+    fn client_ca(&self) -> Option<&str> {
+        match self {
+            Self::Maintenance(_) => None,
+            Self::Mutual { client_ca, .. } | Self::Recovery { client_ca, .. } => Some(client_ca),
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match self {
+            Self::Maintenance(_) => Mode::Maintenance,
+            Self::Mutual { .. } => Mode::Configured,
+            Self::Recovery { .. } => Mode::Recovery,
         }
     }
 }
@@ -154,11 +178,51 @@ async fn names_changed(mutual: bool, issued_for: SubjectNames) {
 }
 
 /// The TLS identity for the stored configuration (or its absence).
+///
+/// Without a stored configuration the node is in maintenance mode only if
+/// it was never configured: a node whose boot partition records a cluster
+/// CA ([`bramble_bootfs::CA_FILE`]) lost its `STATE` (unmountable, wiped
+/// by hand, ...) and must not take the next anonymous configuration from
+/// anyone on its network. It then requires client certificates from that
+/// CA ([`Mode::Recovery`]). If the record cannot be read, the server does
+/// not start, and says why (the supervisor starts it again).
 fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Error> {
     let Some(stored) = stored else {
         let (identity, origin) =
             ServerIdentity::load_or_generate(&config.state_dir, &subject_names())?;
-        return Ok((Tls::Maintenance(identity), origin));
+        let recorded = match &config.boot_device_file {
+            Some(file) => crate::pi::configured_ca(file),
+            None => Ok(None),
+        };
+        return Ok(match recorded {
+            Ok(None) => (Tls::Maintenance(identity), origin),
+            Ok(Some(client_ca)) => {
+                let message = format!(
+                    "this node was configured (its boot partition holds the cluster CA, {}) \
+                     but its STATE partition holds no configuration: the API admits only the \
+                     cluster's admins, to apply a configuration again or reset the node \
+                     (nodectl --cert-fingerprint {} with the cluster's client configuration)",
+                    bramble_bootfs::CA_FILE,
+                    identity.fingerprint()
+                );
+                tracing::error!("{message}");
+                crate::console::print(&format!("bramble: ERROR {message}\n"));
+                (
+                    Tls::Recovery {
+                        identity,
+                        client_ca,
+                    },
+                    origin,
+                )
+            }
+            Err(e) => {
+                return Err(Error::Pki(format!(
+                    "no configuration in STATE, and the boot partition's record of whether \
+                     this node was configured cannot be read ({e}): refusing to serve the \
+                     open maintenance API"
+                )));
+            }
+        });
     };
     let machine = &stored.config.machine;
     let ca_key = machine.ca.key.as_ref().map(|k| k.expose()).ok_or_else(|| {
@@ -264,6 +328,11 @@ impl BoundServer {
         matches!(self.tls, Tls::Maintenance(_))
     }
 
+    /// What the server admits now.
+    pub fn mode(&self) -> Mode {
+        self.tls.mode()
+    }
+
     /// What the console shows about the server now ([`crate::console`]).
     pub fn console_status(&self) -> crate::console::Status {
         let v = self.config.info.version();
@@ -335,7 +404,7 @@ impl BoundServer {
         let mut tls = ServerTlsConfig::new()
             .identity(identity)
             .timeout(self.config.handshake_timeout);
-        if let Tls::Mutual { client_ca, .. } = &self.tls {
+        if let Some(client_ca) = self.tls.client_ca() {
             tls = tls.client_ca_root(Certificate::from_pem(client_ca));
         }
         let server = Server::builder()
@@ -344,7 +413,7 @@ impl BoundServer {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(AuthLayer::new(self.maintenance()));
+            .layer(AuthLayer::new(self.mode()));
         let svc = MachineServiceServer::new(MachineApi::new(
             Arc::clone(&self.node),
             crate::runtime::RuntimeClient::new(&self.config.runtime_socket),

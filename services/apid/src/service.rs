@@ -119,12 +119,45 @@ impl Node {
         })
     }
 
-    /// [`Node::sync_pi`] for the configuration in force now (at start).
+    /// [`Node::sync_pi`] and [`Node::sync_configured`] for the
+    /// configuration in force now (at start).
     pub async fn sync_pi_in_force(self: &Arc<Self>) {
         let current = self.current.lock().await;
         let lines = crate::pi::lines(current.as_ref().map(|s| &s.config));
         self.sync_pi(lines).await;
+        if let Some(stored) = current.as_ref() {
+            // A node that lost its configuration keeps its record (reset
+            // removes it): only a configuration in force writes one here.
+            self.sync_configured(Some(stored.config.machine.ca.crt.clone()))
+                .await;
+        }
         drop(current);
+    }
+
+    /// Records on the boot partition that the node is configured, with its
+    /// cluster CA (`ca_pem`), or that it is not (`None`, at reset): outside
+    /// `STATE`, so that a node whose `STATE` is lost does not fall back to
+    /// the open maintenance API (see [`crate::server`]). A failure is
+    /// reported; it never fails the call.
+    pub async fn sync_configured(self: &Arc<Self>, ca_pem: Option<String>) {
+        let Some(file) = self.boot_device_file.clone() else {
+            return;
+        };
+        // The FAT has one writer at a time.
+        let _writing = self.pi_lock.lock().await;
+        let result = tokio::task::spawn_blocking(move || {
+            crate::pi::sync_configured(&file, ca_pem.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = result {
+            let message = format!(
+                "the boot partition's record of the node's configuration ({}) could not be updated: {e}",
+                bramble_bootfs::CA_FILE
+            );
+            tracing::error!("{message}");
+            self.note(message);
+        }
     }
 
     /// Writes the Raspberry Pi firmware lines the next boot needs into

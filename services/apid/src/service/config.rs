@@ -72,9 +72,11 @@ impl MachineApi {
         let previous = current.as_ref().map(|s| s.raw.clone());
         persist(node.store.store(&raw, plan.mode == ApplyMode::Try))?;
         let pi_lines = crate::pi::lines(Some(&new));
+        let ca = new.machine.ca.crt.clone();
         *current = Some(Stored { raw, config: new });
         // Before the reboot below is asked for, still holding `current`.
         node.sync_pi(pi_lines).await;
+        node.sync_configured(Some(ca)).await;
         drop(current);
         let generation = node
             .generation
@@ -214,6 +216,7 @@ pub(super) async fn reset(
         .map_err(|e| Status::internal(format!("cannot wipe the configuration: {e}")))?;
     *current = None;
     api.node.sync_pi(Vec::new()).await;
+    api.node.sync_configured(None).await;
     drop(current);
     api.node.note(format!(
         "reset: configuration wiped{}; rebooting into maintenance mode",
