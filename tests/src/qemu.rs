@@ -185,6 +185,14 @@ impl Options {
         }
     }
 
+    /// A `virt` node whose console is kept in `dir/console-{boot}.log`
+    /// (`boot`: which boot of the test this is).
+    pub fn logged(disk: &Path, api_port: u16, dir: &Path, boot: u32) -> Self {
+        let mut opts = Self::new(disk.to_path_buf(), api_port);
+        opts.console_log = Some(dir.join(format!("console-{boot}.log")));
+        opts
+    }
+
     /// A `raspi3b` node booting `sd_card` (a power-of-two sized copy of the
     /// image, see [`prepare_sd_card`]).
     pub fn raspi3b(sd_card: PathBuf, api_port: u16, firmware: RaspiFirmware) -> Self {
@@ -424,6 +432,13 @@ impl Node {
     }
 
     /// Waits for the node to report its API ready.
+    /// Starts a node and waits until its console says the API is ready.
+    pub fn boot(opts: &Options, timeout: Duration) -> Result<Self> {
+        let mut node = Self::start(opts)?;
+        node.wait_ready(timeout)?;
+        Ok(node)
+    }
+
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         self.wait_for(READY_MARKER, timeout)
     }

@@ -15,11 +15,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MTLS_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn start(dir: &Path, disk: &Path, port: u16, n: u32) -> Result<qemu::Node> {
-    let mut opts = qemu::Options::new(disk.to_path_buf(), port);
-    opts.console_log = Some(dir.join(format!("console-{n}.log")));
-    let mut node = qemu::Node::start(&opts)?;
-    node.wait_ready(BOOT_TIMEOUT)?;
-    Ok(node)
+    qemu::Node::boot(&qemu::Options::logged(disk, port, dir, n), BOOT_TIMEOUT)
 }
 
 fn wait_exit(node: &mut qemu::Node) -> Result<()> {

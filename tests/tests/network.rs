@@ -64,14 +64,11 @@ const CUT_OFF: &str = "machine:
 ";
 
 fn start(dir: &Path, disk: &Path, port: u16, n: u32, rtc_base: Option<&str>) -> Result<qemu::Node> {
-    let mut opts = qemu::Options::new(disk.to_path_buf(), port);
+    let mut opts = qemu::Options::logged(disk, port, dir, n);
     // eth1, for the bond.
     opts.extra_nics = 1;
-    opts.console_log = Some(dir.join(format!("console-{n}.log")));
     opts.rtc_base = rtc_base.map(str::to_owned);
-    let mut node = qemu::Node::start(&opts)?;
-    node.wait_ready(BOOT_TIMEOUT)?;
-    Ok(node)
+    qemu::Node::boot(&opts, BOOT_TIMEOUT)
 }
 
 fn json(text: &str) -> Result<serde_json::Value> {

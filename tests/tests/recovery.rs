@@ -19,11 +19,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn start(dir: &Path, disk: &Path, port: u16, n: u32) -> Result<qemu::Node> {
-    let mut opts = qemu::Options::new(disk.to_path_buf(), port);
-    opts.console_log = Some(dir.join(format!("console-{n}.log")));
-    let mut node = qemu::Node::start(&opts)?;
-    node.wait_ready(BOOT_TIMEOUT)?;
-    Ok(node)
+    qemu::Node::boot(&qemu::Options::logged(disk, port, dir, n), BOOT_TIMEOUT)
 }
 
 /// Zeroes the superblock of the `STATE` file system on the powered-off

@@ -153,8 +153,7 @@ fn start(
     forwards: &[(u16, u16)],
     n: u32,
 ) -> Result<qemu::Node> {
-    let mut opts = qemu::Options::new(disk.to_path_buf(), port);
-    opts.console_log = Some(dir.join(format!("console-{n}.log")));
+    let mut opts = qemu::Options::logged(disk, port, dir, n);
     opts.guest_forwards = forwards
         .iter()
         .map(|&(guest_port, host_port)| qemu::GuestForward {
@@ -163,9 +162,7 @@ fn start(
             host_port,
         })
         .collect();
-    let mut node = qemu::Node::start(&opts)?;
-    node.wait_ready(BOOT_TIMEOUT)?;
-    Ok(node)
+    qemu::Node::boot(&opts, BOOT_TIMEOUT)
 }
 
 fn nodectl_fails(c: &Client, addr: &str, args: &[&str], needle: &str) -> Result<String> {

@@ -314,29 +314,18 @@ impl ServiceDef {
                 format!("must be at most {MAX_STOP_TIMEOUT_SECS}"),
             ));
         }
-        if let Some(nice) = self.nice
-            && !NICE_RANGE.contains(&nice)
-        {
-            return Err(self.invalid(
-                "nice",
-                format!(
-                    "{nice} is outside {} to {}",
-                    NICE_RANGE.start(),
-                    NICE_RANGE.end()
-                ),
-            ));
-        }
-        if let Some(adj) = self.oom_score_adj
-            && !OOM_SCORE_ADJ_RANGE.contains(&adj)
-        {
-            return Err(self.invalid(
-                "oom_score_adj",
-                format!(
-                    "{adj} is outside {} to {}",
-                    OOM_SCORE_ADJ_RANGE.start(),
-                    OOM_SCORE_ADJ_RANGE.end()
-                ),
-            ));
+        for (field, value, range) in [
+            ("nice", self.nice, NICE_RANGE),
+            ("oom_score_adj", self.oom_score_adj, OOM_SCORE_ADJ_RANGE),
+        ] {
+            if let Some(v) = value
+                && !range.contains(&v)
+            {
+                return Err(self.invalid(
+                    field,
+                    format!("{v} is outside {} to {}", range.start(), range.end()),
+                ));
+            }
         }
         Ok(())
     }
