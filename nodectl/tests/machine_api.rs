@@ -560,6 +560,65 @@ fn a_client_of_another_cluster_is_refused() {
     server.stop();
 }
 
+/// A stored configuration that no longer parses (a newer schema, a damaged
+/// disk) is not a crash loop and not an open door: the node admits only the
+/// cluster's admins, pinning the certificate it shows, to configure it again.
+#[test]
+fn a_stored_configuration_that_no_longer_parses_admits_only_admins() {
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let cp = c.file("admin", "controlplane.yaml");
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    ok(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &server.node(),
+        "-f",
+        &cp,
+    ]);
+    server.stop();
+    let stored = state.path().join("config/config.yaml");
+    let mut text = std::fs::read_to_string(&stored).unwrap();
+    text.push_str("\nfromTheFuture: 1\n");
+    std::fs::write(&stored, text).unwrap();
+
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    let pin = server.fingerprint.clone();
+    fails(&["version", "--insecure", "-n", &node]);
+    fails(&["apply-config", "--insecure", "-n", &node, "-f", &cp]);
+    let pinned = |role: &str, args: &[&str]| {
+        let mut all = vec!["--cert-fingerprint", pin.as_str()];
+        all.extend_from_slice(args);
+        as_role(&c, role, &node, &all)
+    };
+    let (success, out, err) = pinned("reader", &["version"]);
+    assert!(success, "{out}{err}");
+    let (success, _, err) = pinned("admin", &["get", "config"]);
+    assert!(!success && err.contains("no usable configuration"), "{err}");
+    let (success, _, err) = pinned("operator", &["reboot"]);
+    assert!(!success && err.contains("no usable configuration"), "{err}");
+    let (success, out, err) = pinned("reader", &["apply-config", "-f", &cp]);
+    assert!(
+        !success && err.contains("needs the admin role"),
+        "{out}{err}"
+    );
+    let (success, out, err) = pinned("admin", &["apply-config", "-f", &cp]);
+    assert!(success, "{out}{err}");
+    // Configured again: mutual TLS, the whole API.
+    let config = bramble_testkit::wait_for(
+        "the node to answer over mutual TLS",
+        Duration::from_secs(20),
+        || {
+            let (success, out, _) = as_role(&c, "admin", &node, &["get", "config"]);
+            success.then_some(out)
+        },
+    );
+    assert!(!config.contains("fromTheFuture"), "{config}");
+    server.stop();
+}
+
 #[test]
 fn the_configuration_survives_a_restart_and_staged_waits_for_it() {
     let c = Cluster::generate();

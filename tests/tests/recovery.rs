@@ -58,7 +58,7 @@ fn a_node_that_lost_its_state_admits_only_its_admins() -> Result<()> {
 
     destroy_state(&disk)?;
     let mut node = start(dir.path(), &disk, port, 2)?;
-    let said = "but its STATE partition holds no configuration";
+    let said = "but its STATE partition holds no usable configuration";
     node.wait_for(said, BOOT_TIMEOUT)?;
     let console = node.console();
     let fingerprint = console
@@ -99,7 +99,7 @@ fn a_node_that_lost_its_state_admits_only_its_admins() -> Result<()> {
     ensure!(version.success, "{}", version.stderr);
     let config = pinned(&["get", "config"])?;
     ensure!(
-        !config.success && config.stderr.contains("lost its configuration"),
+        !config.success && config.stderr.contains("no usable configuration"),
         "{}{}",
         config.stdout,
         config.stderr

@@ -105,6 +105,21 @@ impl MachineConfig {
         }
     }
 
+    /// `machine.ca.crt` of a document that may not be a valid configuration
+    /// (a newer schema, a damaged file): read from the YAML alone, without
+    /// validating anything else, and checked only for a PEM certificate.
+    /// A node whose stored configuration no longer parses still knows which
+    /// cluster's admins to admit.
+    pub fn ca_certificate_of(yaml: &str) -> Option<String> {
+        if yaml.len() > MAX_DOCUMENT_BYTES {
+            return None;
+        }
+        let doc: Value = serde_norway::from_str(yaml).ok()?;
+        let crt = doc.get("machine")?.get("ca")?.get("crt")?.as_str()?;
+        let parsed = pem::parse(crt).ok()?;
+        (parsed.tag() == "CERTIFICATE").then(|| crt.to_owned())
+    }
+
     /// Validates a configuration built in code (for example by a generator).
     /// Problems come in schema order.
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -617,3 +617,26 @@ fn an_oversized_document_is_refused_before_parsing() {
     let err = parse_err(&garbage).to_string();
     assert!(err.contains("at most 1048576 bytes"), "{err}");
 }
+
+#[test]
+fn the_ca_certificate_is_found_in_a_document_that_no_longer_parses() {
+    let good = MachineConfig::parse(FULL).unwrap();
+    // An unknown field (a newer schema, a damaged file): invalid, yet its CA
+    // is still known.
+    let damaged = format!("{FULL}\nfromTheFuture: 1\n");
+    parse_err(&damaged);
+    assert_eq!(
+        MachineConfig::ca_certificate_of(&damaged).as_deref(),
+        Some(good.machine.ca.crt.as_str())
+    );
+    // Not YAML, no CA, or something else than a certificate there: none.
+    assert_eq!(MachineConfig::ca_certificate_of("machine: ["), None);
+    assert_eq!(MachineConfig::ca_certificate_of("machine: {}"), None);
+    let pem = |tag: &str| {
+        format!(
+            "machine:\n  ca:\n    crt: \"-----BEGIN {tag}-----\\nMIIB\\n-----END {tag}-----\\n\"\n"
+        )
+    };
+    assert!(MachineConfig::ca_certificate_of(&pem("CERTIFICATE")).is_some());
+    assert_eq!(MachineConfig::ca_certificate_of(&pem("PRIVATE KEY")), None);
+}

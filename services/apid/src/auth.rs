@@ -143,8 +143,9 @@ pub fn authorize(path: &str, mode: Mode, role: Option<Role>) -> Result<Caller, S
         }
         Mode::Recovery if !RECOVERY.contains(&rule.method) => {
             return Err(Status::failed_precondition(format!(
-                "{name} is not available: this node lost its configuration (its STATE \
-                 partition holds none); an admin can apply one again or reset the node"
+                "{name} is not available: this node has no usable configuration (its STATE \
+                 partition lost it, or it does not parse); an admin can apply one again or \
+                 reset the node"
             )));
         }
         Mode::Recovery | Mode::Configured => {}
@@ -321,7 +322,7 @@ mod tests {
         assert_eq!(open(None), Vec::<&str>::new());
         let e = authorize(&path("GetConfig"), Mode::Recovery, Some(Role::Admin)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-        assert!(e.message().contains("lost its configuration"), "{e:?}");
+        assert!(e.message().contains("no usable configuration"), "{e:?}");
         let e = authorize(&path("Reset"), Mode::Recovery, Some(Role::Operator)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
     }

@@ -190,19 +190,36 @@ fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Er
     let Some(stored) = stored else {
         let (identity, origin) =
             ServerIdentity::load_or_generate(&config.state_dir, &subject_names())?;
-        let recorded = match &config.boot_device_file {
-            Some(file) => crate::pi::configured_ca(file),
-            None => Ok(None),
+        // A stored document that no longer parses still names its CA; else
+        // the boot partition's record says whether the node was configured.
+        let damaged = ConfigStore::new(&config.config_dir).current_raw()?;
+        let (recorded, why) = match damaged
+            .as_deref()
+            .and_then(bramble_config::MachineConfig::ca_certificate_of)
+        {
+            Some(ca) => (Ok(Some(ca)), "its stored configuration does not parse"),
+            None => (
+                match &config.boot_device_file {
+                    Some(file) => crate::pi::configured_ca(file),
+                    None => Ok(None),
+                },
+                "its STATE partition holds no usable configuration",
+            ),
         };
         return Ok(match recorded {
+            Ok(None) if damaged.is_some() => {
+                return Err(Error::Pki(
+                    "the stored configuration does not parse and names no cluster CA, and the \
+                     boot partition records none: refusing to serve the open maintenance API"
+                        .into(),
+                ));
+            }
             Ok(None) => (Tls::Maintenance(identity), origin),
             Ok(Some(client_ca)) => {
                 let message = format!(
-                    "this node was configured (its boot partition holds the cluster CA, {}) \
-                     but its STATE partition holds no configuration: the API admits only the \
-                     cluster's admins, to apply a configuration again or reset the node \
-                     (nodectl --cert-fingerprint {} with the cluster's client configuration)",
-                    bramble_bootfs::CA_FILE,
+                    "this node was configured but {why}: the API admits only the cluster's \
+                     admins, to apply a configuration again or reset the node (nodectl \
+                     --cert-fingerprint {} with the cluster's client configuration)",
                     identity.fingerprint()
                 );
                 tracing::error!("{message}");
@@ -275,7 +292,16 @@ impl BoundServer {
                 "the configuration placed on the boot partition could not be adopted: {e}"
             ),
         }
-        let stored = store.load()?;
+        let stored = match store.load() {
+            Ok(stored) => stored,
+            // Not a crash loop: the server starts in recovery mode (tls_for).
+            Err(e @ Error::StoredConfig { .. }) => {
+                tracing::error!("{e}");
+                crate::console::print(&format!("bramble: ERROR {e}\n"));
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let (tls, origin) = tls_for(&config, stored.as_ref())?;
         let node = Node::new(
             config.info.clone(),

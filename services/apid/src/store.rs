@@ -190,11 +190,22 @@ impl ConfigStore {
         }
     }
 
+    /// The document in force as stored, whether or not it parses.
+    pub fn current_raw(&self) -> Result<Option<String>, Error> {
+        let path = self.path(CURRENT);
+        match fs::read_to_string(&path) {
+            Ok(raw) => Ok(Some(raw)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Persist { path, source }),
+        }
+    }
+
     /// The configuration in force; `None` in maintenance mode.
     ///
     /// A stored document that does not parse (it was valid when written, so
     /// only a newer schema or a damaged disk can cause this) is an error that
-    /// names the file: the server then stays in maintenance mode.
+    /// names the file: the server then admits only the cluster's admins
+    /// (`crate::server`, recovery mode).
     pub fn load(&self) -> Result<Option<Stored>, Error> {
         let path = self.path(CURRENT);
         let raw = match fs::read_to_string(&path) {
