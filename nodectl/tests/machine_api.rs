@@ -619,6 +619,54 @@ fn a_stored_configuration_that_no_longer_parses_admits_only_admins() {
     server.stop();
 }
 
+/// A trial applied while another is on trial returns, when its time is
+/// up, to the last confirmed configuration, not to the first trial.
+#[test]
+fn stacked_trials_revert_to_the_last_confirmed_configuration() {
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let cp = c.file("admin", "controlplane.yaml");
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    ok(&["apply-config", "--insecure", "-n", &node, "-f", &cp]);
+    let admin = |args: &[&str]| {
+        let (success, out, err) = as_role(&c, "admin", &node, args);
+        assert!(success, "{args:?}: {out}{err}");
+        out
+    };
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "admin", &node, &["version"]).0.then_some(())
+    });
+    for (host, timeout) in [("first-try", "10m"), ("second-try", "2s")] {
+        let patch = format!("machine: {{hostname: {host}}}");
+        admin(&[
+            "apply-config",
+            "-f",
+            &cp,
+            "--mode",
+            "try",
+            "--try-timeout",
+            timeout,
+            "--config-patch",
+            &patch,
+        ]);
+    }
+    assert!(admin(&["get", "config"]).contains("second-try"));
+    let reverted = bramble_testkit::wait_for(
+        "the second trial's timeout to revert it",
+        Duration::from_secs(30),
+        || {
+            let config = admin(&["get", "config"]);
+            (!config.contains("second-try")).then_some(config)
+        },
+    );
+    assert!(
+        !reverted.contains("first-try"),
+        "reverted to the first trial, not the confirmed configuration:\n{reverted}"
+    );
+    server.stop();
+}
+
 #[test]
 fn the_configuration_survives_a_restart_and_staged_waits_for_it() {
     let c = Cluster::generate();

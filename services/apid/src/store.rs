@@ -161,6 +161,11 @@ impl ConfigStore {
         }
     }
 
+    /// Whether the configuration in force is on trial.
+    pub fn trial_in_progress(&self) -> bool {
+        self.path(TRYING).exists()
+    }
+
     /// Ends a trial the server did not see to its end: the previous
     /// configuration returns. Called once at start, before
     /// [`ConfigStore::load`].
@@ -251,10 +256,13 @@ impl ConfigStore {
     ///
     /// With `trial`, the new document goes in on trial: the marker is
     /// written before it, so a cut at any point after leaves a trial that
-    /// the next start ends.
+    /// the next start ends. A trial on top of a trial keeps the previous
+    /// document: the last confirmed one, which every revert returns to.
     pub fn store(&self, raw: &str, trial: bool) -> Result<(), Error> {
         self.ensure_dir()?;
-        if let Some(old) = self.read_current()? {
+        if !(trial && self.trial_in_progress())
+            && let Some(old) = self.read_current()?
+        {
             self.write(PREVIOUS, &old)?;
         }
         if trial {
@@ -329,6 +337,32 @@ mod tests {
     use super::*;
 
     const VALID: &str = include_str!("../../../lib/config/tests/data/full.yaml");
+
+    #[test]
+    fn stacked_trials_return_to_the_last_confirmed_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("config"));
+        let confirmed = VALID.to_owned();
+        let first = VALID.replacen("machine:\n", "machine:\n  hostname: first-try\n", 1);
+        let second = VALID.replacen("machine:\n", "machine:\n  hostname: second-try\n", 1);
+        store.store(&confirmed, false).unwrap();
+        store.store(&first, true).unwrap();
+        assert!(store.trial_in_progress());
+        store.store(&second, true).unwrap();
+        assert_eq!(
+            store.previous().unwrap().as_deref(),
+            Some(confirmed.as_str())
+        );
+        // A restart in the middle ends the trial with the confirmed one back.
+        assert!(store.end_unfinished_trial().unwrap());
+        assert_eq!(store.load().unwrap().unwrap().raw, confirmed);
+        assert!(!store.trial_in_progress());
+        // A plain apply after a trial keeps the tried one as the previous.
+        store.store(&first, true).unwrap();
+        store.store(&second, false).unwrap();
+        assert!(!store.trial_in_progress());
+        assert_eq!(store.previous().unwrap().as_deref(), Some(first.as_str()));
+    }
 
     #[test]
     fn adopts_a_config_placed_at_flash_time_only_in_maintenance_mode() {

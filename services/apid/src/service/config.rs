@@ -69,7 +69,15 @@ impl MachineApi {
             node.sync_pi(crate::pi::lines(Some(&new))).await;
             return Ok(response);
         }
-        let previous = current.as_ref().map(|s| s.raw.clone());
+        // What a revert returns to: on a trial on top of a trial, not the
+        // first trial but the last confirmed configuration.
+        let previous = if plan.mode == ApplyMode::Try && node.store.trial_in_progress() {
+            node.store.previous().map_err(|e| {
+                Status::internal(format!("cannot read the previous configuration: {e}"))
+            })?
+        } else {
+            current.as_ref().map(|s| s.raw.clone())
+        };
         persist(node.store.store(&raw, plan.mode == ApplyMode::Try))?;
         let pi_lines = crate::pi::lines(Some(&new));
         let ca = new.machine.ca.crt.clone();
