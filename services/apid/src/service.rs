@@ -93,6 +93,10 @@ pub struct Node {
     /// One writer of the boot partition at a time; holds the lines the card
     /// is known to have (none until the first write or check).
     pi_lock: Mutex<Option<Vec<String>>>,
+    /// The record of the configured node the card is known to hold
+    /// (`None`: not known yet), so that an apply that keeps the CA does not
+    /// open the boot partition.
+    ca_on_card: std::sync::Mutex<Option<Option<String>>>,
 }
 
 impl Node {
@@ -116,6 +120,7 @@ impl Node {
             generation: std::sync::atomic::AtomicU64::new(0),
             boot_device_file,
             pi_lock: Mutex::new(None),
+            ca_on_card: std::sync::Mutex::new(None),
         })
     }
 
@@ -145,11 +150,23 @@ impl Node {
         };
         // The FAT has one writer at a time.
         let _writing = self.pi_lock.lock().await;
+        let on_card = || {
+            self.ca_on_card
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if on_card().as_ref() == Some(&ca_pem) {
+            return;
+        }
+        let wanted = ca_pem.clone();
         let result = tokio::task::spawn_blocking(move || {
-            crate::pi::sync_configured(&file, ca_pem.as_deref())
+            crate::pi::sync_configured(&file, wanted.as_deref())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
+        if result.is_ok() {
+            *on_card() = Some(ca_pem);
+        }
         if let Err(e) = result {
             let message = format!(
                 "the boot partition's record of the node's configuration ({}) could not be updated: {e}",
