@@ -156,6 +156,14 @@ impl Cluster {
     }
 }
 
+/// A server on `state`, given its first configuration `cp` over
+/// `--insecure` (the node's first apply).
+fn configured(cp: &str, state: &Path) -> TestServer {
+    let server = TestServer::start(state, fixture_info(state));
+    ok(&["apply-config", "--insecure", "-n", &server.node(), "-f", cp]);
+    server
+}
+
 /// Runs nodectl as `role` against `node`.
 fn as_role(c: &Cluster, role: &str, node: &str, args: &[&str]) -> (bool, String, String) {
     let cfg = c.file(role, "nodeconfig");
@@ -568,15 +576,7 @@ fn a_stored_configuration_that_no_longer_parses_admits_only_admins() {
     let c = Cluster::generate();
     let state = tempfile::tempdir().unwrap();
     let cp = c.file("admin", "controlplane.yaml");
-    let server = TestServer::start(state.path(), fixture_info(state.path()));
-    ok(&[
-        "apply-config",
-        "--insecure",
-        "-n",
-        &server.node(),
-        "-f",
-        &cp,
-    ]);
+    let server = configured(&cp, state.path());
     server.stop();
     let stored = state.path().join("config/config.yaml");
     let mut text = std::fs::read_to_string(&stored).unwrap();
@@ -626,9 +626,8 @@ fn stacked_trials_revert_to_the_last_confirmed_configuration() {
     let c = Cluster::generate();
     let state = tempfile::tempdir().unwrap();
     let cp = c.file("admin", "controlplane.yaml");
-    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let server = configured(&cp, state.path());
     let node = server.node();
-    ok(&["apply-config", "--insecure", "-n", &node, "-f", &cp]);
     let admin = |args: &[&str]| {
         let (success, out, err) = as_role(&c, "admin", &node, args);
         assert!(success, "{args:?}: {out}{err}");
@@ -672,15 +671,7 @@ fn the_configuration_survives_a_restart_and_staged_waits_for_it() {
     let c = Cluster::generate();
     let state = tempfile::tempdir().unwrap();
     let cp = c.file("admin", "controlplane.yaml");
-    let server = TestServer::start(state.path(), fixture_info(state.path()));
-    ok(&[
-        "apply-config",
-        "--insecure",
-        "-n",
-        &server.node(),
-        "-f",
-        &cp,
-    ]);
+    let server = configured(&cp, state.path());
     server.stop();
 
     // Restarted (as after a reboot): configured, mTLS from the start.
