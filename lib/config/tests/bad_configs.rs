@@ -25,6 +25,13 @@ const DUP_IFACE_TO: &str = "      - interface: eth0\n        dhcp: true\n    nam
 /// (case name, edit from, edit to, expected path, expected message fragment)
 const CASES: &[(&str, &str, &str, &str, &str)] = &[
     (
+        "workload seccomp profile that does not exist",
+        "      image: ghcr.io/bramble-os/metrics:v1\n",
+        "      image: ghcr.io/bramble-os/metrics:v1\n      seccomp: none\n",
+        "machine.workloads[0].seccomp",
+        "unknown variant `none`",
+    ),
+    (
         "image reference with upper-case repository",
         "image: ghcr.io/bramble-os/metrics:v1",
         "image: ghcr.io/Bramble/metrics:v1",
