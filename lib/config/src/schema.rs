@@ -307,6 +307,12 @@ pub struct Time {
     /// SNTP servers (host names or IPs); empty means the built-in default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
+    /// The largest correction, in seconds, that one server's answer may make
+    /// on its own (default 1000, ntpd's panic threshold). A larger step
+    /// needs two server addresses that agree, or, when only one answers,
+    /// several consistent answers from it. At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_step_seconds: Option<u64>,
 }
 
 impl Time {

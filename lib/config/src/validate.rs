@@ -99,6 +99,14 @@ fn machine(c: &mut Checker, m: &Machine) {
             );
         }
     }
+    if let Some(secs) = m.time.max_step_seconds
+        && !(1..=MAX_STEP_SECONDS_LIMIT).contains(&secs)
+    {
+        c.error(
+            "machine.time.maxStepSeconds",
+            format!("{secs} is not between 1 and {MAX_STEP_SECONDS_LIMIT} seconds"),
+        );
+    }
 
     if let Some(image) = &m.kubelet.image {
         c.check("machine.kubelet.image", check_image(image));
@@ -601,6 +609,10 @@ fn workload(c: &mut Checker, path: &str, w: &Workload) {
         );
     }
 }
+
+/// The largest `machine.time.maxStepSeconds`: about 136 years, so any
+/// clock can be corrected; the bound only has to be a sane number.
+const MAX_STEP_SECONDS_LIMIT: u64 = u32::MAX as u64;
 
 /// Below this a container's memory limit kills it before it starts.
 const MIN_WORKLOAD_MEMORY: u64 = 4 << 20;

@@ -494,6 +494,13 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
         "neither an IP address nor a host name",
     ),
     (
+        "time step bound",
+        "maxStepSeconds: 1000",
+        "maxStepSeconds: 0",
+        "machine.time.maxStepSeconds",
+        "is not between 1 and 4294967295 seconds",
+    ),
+    (
         "kubelet flag dashes",
         "max-pods: \"50\"",
         "--max-pods: \"50\"",
