@@ -61,8 +61,9 @@ pub use schema::{
     Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, ExtraHost,
     Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Registries,
     RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, SeccompProfile, Secret,
-    Time, Version, Vlan, Workload, WorkloadMount, parse_cpu, parse_memory,
+    Time, Version, Vlan, Workload, WorkloadMount, WorkloadPort, parse_cpu, parse_memory,
 };
+pub use validate::RESERVED_HOST_PORTS;
 
 use std::collections::HashMap;
 

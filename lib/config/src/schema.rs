@@ -404,6 +404,36 @@ pub struct Workload {
     /// `unconfined`.
     #[serde(default, skip_serializing_if = "SeccompProfile::is_default")]
     pub seccomp: SeccompProfile,
+    /// Share the node's network stack (its links, addresses and ports).
+    /// Without it (the default) the container has a network namespace of its
+    /// own holding only loopback: it reaches no network and sees none of the
+    /// node's links, and only its `ports` are reachable from outside.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_network: bool,
+    /// TCP ports of the container published on the node's addresses (only
+    /// without `hostNetwork`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<WorkloadPort>,
+}
+
+/// A container's TCP port published on the node (`machine.workloads[].ports[]`):
+/// connections to `hostPort` on any of the node's addresses are forwarded to
+/// `containerPort` on the container's loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadPort {
+    /// The port the container listens on (on `127.0.0.1` or every address).
+    pub container_port: u16,
+    /// The node's port; default `containerPort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+impl WorkloadPort {
+    /// The node's port.
+    pub fn host(&self) -> u16 {
+        self.host_port.unwrap_or(self.container_port)
+    }
 }
 
 impl Workload {

@@ -155,6 +155,7 @@ fn machine(c: &mut Checker, m: &Machine) {
             workload_names.insert(&w.name, i);
         }
     }
+    host_ports(c, &m.workloads);
 }
 
 /// Bonding modes the kernel knows, by their `ip link` names.
@@ -607,6 +608,51 @@ fn workload(c: &mut Checker, path: &str, w: &Workload) {
             format!("{path}.stopGracePeriodSeconds"),
             "must be at most 3600 (one hour)",
         );
+    }
+    if w.host_network && !w.ports.is_empty() {
+        c.error(
+            format!("{path}.ports"),
+            "has nothing to publish with hostNetwork: the container already listens on the node's addresses; remove ports or hostNetwork",
+        );
+    }
+    for (i, p) in w.ports.iter().enumerate() {
+        let ppath = format!("{path}.ports[{i}]");
+        if p.container_port == 0 {
+            c.error(format!("{ppath}.containerPort"), "must be 1 to 65535");
+        }
+        if p.host_port == Some(0) {
+            c.error(format!("{ppath}.hostPort"), "must be 1 to 65535");
+        }
+        if let Some((_, owner)) = RESERVED_HOST_PORTS.iter().find(|(n, _)| *n == p.host()) {
+            c.error(
+                format!("{ppath}.hostPort"),
+                format!("{} is {owner}'s port on the node; choose another", p.host()),
+            );
+        }
+    }
+}
+
+/// Ports of the node's own services, which no workload may publish on.
+pub const RESERVED_HOST_PORTS: &[(u16, &str)] = &[(50000, "the machine API")];
+
+/// Every published host port is used once across workloads.
+fn host_ports(c: &mut Checker, workloads: &[Workload]) {
+    let mut used: HashMap<u16, (usize, usize)> = HashMap::new();
+    for (i, w) in workloads.iter().enumerate() {
+        for (j, p) in w.ports.iter().enumerate() {
+            let port = p.host();
+            if port == 0 {
+                continue;
+            }
+            if let Some((wi, pj)) = used.get(&port) {
+                c.error(
+                    format!("machine.workloads[{i}].ports[{j}].hostPort"),
+                    format!("port {port} is already published by workloads[{wi}].ports[{pj}]"),
+                );
+            } else {
+                used.insert(port, (i, j));
+            }
+        }
     }
 }
 

@@ -25,6 +25,48 @@ const DUP_IFACE_TO: &str = "      - interface: eth0\n        dhcp: true\n    nam
 /// (case name, edit from, edit to, expected path, expected message fragment)
 const CASES: &[(&str, &str, &str, &str, &str)] = &[
     (
+        "ports published by a workload on the host's network",
+        "        LOG_LEVEL: info\n",
+        "        LOG_LEVEL: info\n      hostNetwork: true\n      ports: [{containerPort: 9100}]\n",
+        "machine.workloads[0].ports",
+        "nothing to publish with hostNetwork",
+    ),
+    (
+        "port zero",
+        "        LOG_LEVEL: info\n",
+        "        LOG_LEVEL: info\n      ports: [{containerPort: 0}]\n",
+        "machine.workloads[0].ports[0].containerPort",
+        "must be 1 to 65535",
+    ),
+    (
+        "port beyond 65535",
+        "        LOG_LEVEL: info\n",
+        "        LOG_LEVEL: info\n      ports: [{containerPort: 70000}]\n",
+        "machine.workloads[0].ports[0].containerPort",
+        "invalid value",
+    ),
+    (
+        "the machine API's port published",
+        "        LOG_LEVEL: info\n",
+        "        LOG_LEVEL: info\n      ports: [{containerPort: 80, hostPort: 50000}]\n",
+        "machine.workloads[0].ports[0].hostPort",
+        "the machine API's port",
+    ),
+    (
+        "a port published twice",
+        "        LOG_LEVEL: info\n",
+        "        LOG_LEVEL: info\n      ports: [{containerPort: 9100}, {containerPort: 80, hostPort: 9100}]\n",
+        "machine.workloads[0].ports[1].hostPort",
+        "already published by workloads[0].ports[0]",
+    ),
+    (
+        "a port protocol",
+        "        LOG_LEVEL: info\n",
+        "        LOG_LEVEL: info\n      ports: [{containerPort: 53, protocol: udp}]\n",
+        "machine.workloads[0].ports[0].protocol",
+        "unknown field `protocol`",
+    ),
+    (
         "workload seccomp profile that does not exist",
         "      image: ghcr.io/bramble-os/metrics:v1\n",
         "      image: ghcr.io/bramble-os/metrics:v1\n      seccomp: none\n",

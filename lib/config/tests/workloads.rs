@@ -38,6 +38,10 @@ fn with_runtime() -> String {
       readOnlyRootfs: true
       capabilities: [NET_BIND_SERVICE, CAP_NET_RAW]
       stopGracePeriodSeconds: 3
+      ports:
+        - containerPort: 8080
+        - containerPort: 80
+          hostPort: 8081
 "#;
     // `extra` ends inside the workloads list: the file's own workload follows.
     FULL.replacen("  workloads:\n", extra, 1)
@@ -54,6 +58,13 @@ fn every_workload_field_round_trips() {
     assert_eq!(w.resources.cpu_millis(), Some(500));
     assert_eq!(w.stop_grace_period(), 3);
     assert!(w.mounts[0].read_only && w.read_only_rootfs);
+    assert!(!w.host_network, "a network namespace of its own by default");
+    let published: Vec<(u16, u16)> = w
+        .ports
+        .iter()
+        .map(|p| (p.container_port, p.host()))
+        .collect();
+    assert_eq!(published, [(8080, 8080), (80, 8081)]);
     assert_eq!(config.machine.workloads[1].name, "metrics");
     assert_eq!(
         config.machine.workloads[1].restart,

@@ -115,6 +115,8 @@ fn true_workload() -> Workload {
         capabilities: Vec::new(),
         stop_grace_period_seconds: Some(1),
         seccomp: bramble_config::SeccompProfile::default(),
+        host_network: false,
+        ports: Vec::new(),
     }
 }
 
