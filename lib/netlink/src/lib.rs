@@ -1,5 +1,7 @@
 //! Typed snapshots of the kernel's network state over rtnetlink: links,
-//! addresses and routes as plain values.
+//! addresses and routes as plain values; and the few blocking requests and
+//! network-namespace moves the container runtime needs ([`route_socket`],
+//! [`set_link_up_blocking`], [`in_namespace`]).
 //!
 //! The network daemon reads the kernel through this crate before it changes
 //! anything; the machine API server reads it to answer `get links`,
@@ -329,4 +331,99 @@ pub async fn routes(handle: &Handle) -> Result<Vec<Route>, DumpError> {
         }
     }
     Ok(out)
+}
+
+/// A failed request over a blocking rtnetlink socket ([`set_link_up_blocking`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The socket could not be made, written or read.
+    #[error("rtnetlink: {0}")]
+    Io(#[from] std::io::Error),
+    /// The kernel refused the request.
+    #[error("rtnetlink: the kernel refused: {0}")]
+    Refused(std::io::Error),
+    /// The kernel's answer did not parse or was not an acknowledgement.
+    #[error("rtnetlink: unexpected answer: {0}")]
+    Answer(String),
+}
+
+/// A blocking rtnetlink socket. It acts in the network namespace of the
+/// thread that made it, wherever it is used from afterwards: make it inside
+/// another namespace (`setns`) to change that namespace's links.
+pub fn route_socket() -> Result<rtnetlink::sys::Socket, RequestError> {
+    let mut socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&rtnetlink::sys::SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// Sets link `index` up (`ip link set ... up`) through `socket` (from
+/// [`route_socket`]) and waits for the kernel's acknowledgement. For code
+/// that cannot run an async runtime, such as a single-threaded process about
+/// to start a container.
+pub fn set_link_up_blocking(
+    socket: &rtnetlink::sys::Socket,
+    index: u32,
+) -> Result<(), RequestError> {
+    use rtnetlink::packet_core::{
+        NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    };
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(link)),
+    );
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+
+    let mut answer = Vec::with_capacity(8192);
+    socket.recv(&mut answer, 0)?;
+    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer)
+        .map_err(|e| RequestError::Answer(e.to_string()))?;
+    match message.payload {
+        NetlinkPayload::Error(e) => match e.code {
+            None => Ok(()),
+            Some(code) => Err(RequestError::Refused(std::io::Error::from_raw_os_error(
+                -code.get(),
+            ))),
+        },
+        other => Err(RequestError::Answer(format!(
+            "message type {} instead of an acknowledgement",
+            other.message_type()
+        ))),
+    }
+}
+
+/// Runs `f` on this thread inside the network namespace `ns` (an open
+/// `/proc/<pid>/ns/net` or bind-mounted namespace file), then returns the
+/// thread to the namespace it was in. Sockets made by `f` stay in `ns`
+/// after it returns, which is what this is for: a socket made here talks to
+/// the namespace's links and listeners from anywhere.
+///
+/// Only the calling thread moves. If it cannot move back, the error says so
+/// and the thread must not be used for networking again (end it).
+pub fn in_namespace<T>(
+    ns: impl std::os::fd::AsFd,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use nix::sched::{CloneFlags, setns};
+    let own = std::fs::File::open("/proc/thread-self/ns/net")?;
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+    let result = f();
+    setns(&own, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        std::io::Error::other(format!(
+            "cannot return to the thread's own network namespace: {e}"
+        ))
+    })?;
+    result
 }
