@@ -15,6 +15,9 @@ pub enum RuntimeError {
     /// The shim could not be started or its report read.
     #[error("shim: {0}")]
     Shim(String),
+    /// A published port could not be served.
+    #[error("ports: {0}")]
+    Port(String),
     /// No workload of that name.
     #[error("no container named {0:?}; `nodectl containers` lists them")]
     NotFound(String),

@@ -15,8 +15,9 @@
 //!
 //! Module map: `daemon` (life cycle, configuration), `workloads` (one task
 //! per workload: pull, root, shim, restart policy), `rootfs` (overlay
-//! mounts), `logs` (captured output), `server` (the API), `container` (OCI
-//! spec, shim, cgroup readings).
+//! mounts), `logs` (captured output), `ports` (published ports of
+//! containers in their own network namespaces), `server` (the API),
+//! `container` (OCI spec, shim, cgroup readings).
 
 #[cfg(feature = "compare")]
 pub mod compare;
@@ -24,6 +25,7 @@ pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod logs;
+pub mod ports;
 pub mod rootfs;
 pub mod server;
 pub mod workloads;

@@ -6,6 +6,7 @@
 //! replaces changed ones; the others are not touched.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::container::{self, ExitReport, SpecInput};
 use crate::error::RuntimeError;
 use crate::logs::{ContainerLog, Stream, now_ms};
+use crate::ports::Published;
 use crate::rootfs::{self, RootfsDirs};
 
 /// First delay before a failed container (or pull) is tried again.
@@ -53,7 +55,7 @@ pub struct Paths {
     /// This binary, executed again as the shim.
     pub shim_exe: PathBuf,
     /// The node's resolver configuration and hosts file, bound into
-    /// containers (they share the node's network).
+    /// containers.
     pub resolv_conf: PathBuf,
     /// See `resolv_conf`.
     pub hosts: PathBuf,
@@ -528,6 +530,9 @@ async fn run_shim(
     for f in [&exit_file, &started_file] {
         let _ = std::fs::remove_file(f);
     }
+    // Ports are taken before the container starts, so a port in use fails
+    // the start with its reason; connections wait until it runs.
+    let mut published = Published::bind(&w.ports, IpAddr::V6(Ipv6Addr::UNSPECIFIED)).await?;
     let grace = w.stop_grace_period();
     let mut child = Command::new(&paths.shim_exe)
         .arg("shim")
@@ -591,6 +596,12 @@ async fn run_shim(
                 if let Ok(started) = container::read_started(&started_file) {
                     pid_known = true;
                     m.set(|s| s.pid = started.pid);
+                    if !w.ports.is_empty()
+                        && let Err(e) = publish(&mut published, started.pid)
+                    {
+                        m.log.push(Stream::Stderr, &format!("bramble-runtimed: {e}"));
+                        tracing::warn!(container = %w.name, "{e}");
+                    }
                 } else if spawned.elapsed() > START_LIMIT {
                     tracing::warn!(container = %w.name, "the shim did not start the container within {START_LIMIT:?}; killing it");
                     let _ = child.start_kill();
@@ -615,6 +626,17 @@ async fn run_shim(
             "the shim ended ({status}) without a report: {e}"
         ))),
     }
+}
+
+/// Forwards the published ports into the network namespace of the
+/// container whose init is `pid`.
+fn publish(published: &mut Published, pid: u32) -> Result<(), RuntimeError> {
+    let path = format!("/proc/{pid}/ns/net");
+    let netns = std::fs::File::open(&path).map_err(|e| RuntimeError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    published.serve(netns)
 }
 
 fn read_lines(

@@ -652,3 +652,36 @@ fn seccomp_refuses_new_namespaces_unless_unconfined() {
         assert_eq!(out, expected, "{profile}");
     }
 }
+
+/// A container has a network namespace of its own, holding only its
+/// loopback, which is up (the shim brings it up before the program runs);
+/// `hostNetwork` shares the node's links instead.
+#[test]
+fn a_container_sees_only_its_own_loopback_unless_host_network() {
+    skip_unless_possible!();
+    let script = "cat /sys/class/net/lo/flags; ls /sys/class/net";
+    let host_links = fs::read_dir("/sys/class/net").unwrap().count();
+    for (id, host_network) in [("smoke-netns", false), ("smoke-hostnet", true)] {
+        let mut run = start_with(
+            id,
+            &["/bin/sh", "-c", script],
+            5,
+            true,
+            serde_json::json!({"hostNetwork": host_network}),
+        );
+        run.wait_started();
+        let (code, report, out, err) = run.finish();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(report.exit_code, Some(0), "{report:?}\n{out}\n{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0], "0x9",
+            "loopback up (IFF_UP | IFF_LOOPBACK): {out}"
+        );
+        if host_network {
+            assert_eq!(lines.len() - 1, host_links, "the node's links: {out}");
+        } else {
+            assert_eq!(lines[1..], ["lo"], "{out}");
+        }
+    }
+}

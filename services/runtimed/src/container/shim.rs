@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{LinuxNamespaceType, Spec};
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -285,6 +285,7 @@ fn supervise(args: &ShimArgs) -> ExitReport {
         cgroup_dir,
         stop_signal,
         memory_limited,
+        own_network,
     } = match Bundle::load(&args.bundle) {
         Ok(b) => b,
         Err(e) => return failed(e),
@@ -320,9 +321,17 @@ fn supervise(args: &ShimArgs) -> ExitReport {
         tracing::warn!("cannot keep the container out of swap: {e}");
     }
     // The container's init waits in its cgroup; nothing of the workload has
-    // run yet. Without its device policy it does not start.
+    // run yet. Without its device policy (and its loopback, when it has a
+    // network of its own) it does not start.
     let started = devices::restrict(&cgroup_dir)
         .map_err(|e| e.to_string())
+        .and_then(|()| {
+            if own_network {
+                loopback_up(init)
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| {
             container
                 .start()
@@ -360,6 +369,21 @@ fn supervise(args: &ShimArgs) -> ExitReport {
     report
 }
 
+/// Brings up the loopback link of the network namespace `init` is in (a
+/// new namespace's is down, without even 127.0.0.1).
+fn loopback_up(init: Pid) -> Result<(), String> {
+    /// The kernel gives loopback index 1 in every network namespace.
+    const LOOPBACK_INDEX: u32 = 1;
+    let path = format!("/proc/{init}/ns/net");
+    let ns = fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let socket = bramble_netlink::in_namespace(&ns, || {
+        bramble_netlink::route_socket().map_err(std::io::Error::other)
+    })
+    .map_err(|e| format!("cannot enter the container's network namespace: {e}"))?;
+    bramble_netlink::set_link_up_blocking(&socket, LOOPBACK_INDEX)
+        .map_err(|e| format!("cannot bring up the container's loopback: {e}"))
+}
+
 /// What the shim needs from the bundle's `config.json`.
 #[derive(Debug, PartialEq, Eq)]
 struct Bundle {
@@ -369,6 +393,9 @@ struct Bundle {
     stop_signal: Signal,
     /// It has a memory limit.
     memory_limited: bool,
+    /// It gets a network namespace of its own (whose loopback the shim
+    /// brings up).
+    own_network: bool,
 }
 
 impl Bundle {
@@ -394,10 +421,19 @@ impl Bundle {
             .and_then(|r| r.memory().as_ref())
             .and_then(|m| m.limit())
             .is_some_and(|l| l > 0);
+        let own_network = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+            });
         Ok(Self {
             cgroup_dir: cgroup::cgroup_dir(&cgroups_path),
             stop_signal,
             memory_limited,
+            own_network,
         })
     }
 }

@@ -8,10 +8,14 @@
 //!   the user, the default capability set ([`DEFAULT_CAPABILITIES`]) plus the
 //!   workload's, `noNewPrivileges`; resource limits (`RLIMIT_NOFILE`...)
 //!   are runtimed's own, unchanged.
-//! - **namespaces**: pid, mount, ipc, uts, cgroup. **Not network**: workloads
-//!   use the node's network stack (its addresses, ports and DNS), like
-//!   `--network host`; and not user: container root is the node's root,
-//!   held in by capabilities, namespaces and the read-only `/sys`.
+//! - **namespaces**: pid, mount, ipc, uts, cgroup, and network unless the
+//!   workload says `hostNetwork`. The container's own network namespace
+//!   holds only loopback (the shim brings it up before the program starts):
+//!   it sees none of the node's links, so even with `CAP_NET_RAW` it can
+//!   neither sniff nor forge traffic on the node's LAN, and it reaches the
+//!   outside only through the ports runtimed publishes for it
+//!   ([`crate::ports`]). Not user: container root is the node's root, held
+//!   in by capabilities, namespaces and the read-only `/sys`.
 //! - **mounts**: `/proc`, `/dev` (tmpfs, populated by libcontainer with the
 //!   usual null/zero/full/random/urandom/tty/ptmx), `/dev/pts`, `/dev/shm`,
 //!   `/dev/mqueue`, `/sys` (read-only), `/sys/fs/cgroup` (the container's own
@@ -268,6 +272,7 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec, ContainerError> {
         LinuxNamespaceType::Cgroup,
     ]
     .into_iter()
+    .chain((!w.host_network).then_some(LinuxNamespaceType::Network))
     .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
     .collect::<Result<Vec<_>, _>>()?;
 
@@ -1437,26 +1442,41 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_exclude_network_and_user() {
+    fn namespaces_include_network_unless_host_network_and_never_user() {
         let f = Fixture::new();
-        let spec = f
-            .build(&workload(), &image(|c| c.cmd(strings(&["app"]))))
-            .unwrap();
-        let types: Vec<LinuxNamespaceType> = linux(&spec)
-            .namespaces()
-            .clone()
-            .unwrap()
-            .iter()
-            .map(|n| n.typ())
-            .collect();
+        let img = image(|c| c.cmd(strings(&["app"])));
+        let types = |spec: &Spec| -> Vec<LinuxNamespaceType> {
+            linux(spec)
+                .namespaces()
+                .clone()
+                .unwrap()
+                .iter()
+                .inspect(|n| assert!(n.path().is_none(), "a new namespace, not a joined one"))
+                .map(|n| n.typ())
+                .collect()
+        };
+        let spec = f.build(&workload(), &img).unwrap();
         assert_eq!(
-            types,
+            types(&spec),
             [
                 LinuxNamespaceType::Pid,
                 LinuxNamespaceType::Mount,
                 LinuxNamespaceType::Ipc,
                 LinuxNamespaceType::Uts,
-                LinuxNamespaceType::Cgroup
+                LinuxNamespaceType::Cgroup,
+                LinuxNamespaceType::Network,
+            ]
+        );
+        let mut host = workload();
+        host.host_network = true;
+        assert_eq!(
+            types(&f.build(&host, &img).unwrap()),
+            [
+                LinuxNamespaceType::Pid,
+                LinuxNamespaceType::Mount,
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Uts,
+                LinuxNamespaceType::Cgroup,
             ]
         );
         assert!(linux(&spec).seccomp().is_none());
