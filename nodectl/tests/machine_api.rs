@@ -845,3 +845,111 @@ fn expired_certificates_and_bad_documents_are_refused_by_the_node() {
     }
     server.stop();
 }
+
+/// A client of the node at `node`, in maintenance mode (anonymous,
+/// `--insecure`), connected now.
+async fn anonymous_client(node: &str) -> nodectl::client::MachineClient {
+    let tls = nodectl::client::ClientTls::from_flags(true, None).unwrap();
+    let addr = nodectl::nodes::NodeAddr::parse(node).unwrap();
+    nodectl::client::connect(&addr, &tls, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+/// The first apply is atomic: of several anonymous applies sent at once to
+/// a node in maintenance mode, one is stored and every other is refused
+/// with a message that says why; and an anonymous apply on a connection
+/// opened in maintenance mode is refused once the node is configured,
+/// before its listener has restarted with mutual TLS.
+#[test]
+fn the_first_apply_is_atomic() {
+    use bramble_api::machine::v1::ApplyConfigurationRequest;
+
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    // A control socket nobody answers: the services' reloads after the
+    // first apply wait on it, so the maintenance listener, and the
+    // connections opened on it, outlive the first configuration.
+    let control = std::os::unix::net::UnixListener::bind(state.path().join("init.sock")).unwrap();
+    let server = TestServer::start(state.path(), fixture_info(state.path()));
+    let node = server.node();
+    let cp = std::fs::read_to_string(c.file("admin", "controlplane.yaml")).unwrap();
+    let docs: Vec<String> = (0..6)
+        .map(|i| {
+            bramble_config::apply_patch(&cp, &format!("machine: {{hostname: racer-{i}}}")).unwrap()
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (results, mut late) = rt.block_on(async {
+        // Every connection is open (handshakes done) before any apply is sent.
+        let mut clients = Vec::new();
+        for _ in 0..=docs.len() {
+            clients.push(anonymous_client(&node).await);
+        }
+        let late = clients.pop().unwrap();
+        let calls: Vec<_> = clients
+            .into_iter()
+            .zip(docs.clone())
+            .map(|(mut client, doc)| {
+                tokio::spawn(async move {
+                    client
+                        .apply_configuration(ApplyConfigurationRequest {
+                            data: doc.into_bytes(),
+                            ..Default::default()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+        (results, late)
+    });
+    let winners: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for status in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        let m = status.message();
+        assert!(
+            m.contains("another configuration is being applied to this node")
+                || m.contains("this node is already configured"),
+            "{m}"
+        );
+    }
+    let stored = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
+    assert_eq!(
+        stored, docs[winners[0]],
+        "the stored configuration is not the winner's"
+    );
+
+    // Configured: an anonymous apply, even a dry run, on a connection from
+    // maintenance mode is refused and changes nothing.
+    for dry_run in [true, false] {
+        let status = rt
+            .block_on(late.apply_configuration(ApplyConfigurationRequest {
+                data: docs[(winners[0] + 1) % docs.len()].clone().into_bytes(),
+                dry_run,
+                ..Default::default()
+            }))
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("this node is already configured")
+                && status.message().contains("admins"),
+            "{}",
+            status.message()
+        );
+    }
+    let after = std::fs::read_to_string(state.path().join("config/config.yaml")).unwrap();
+    assert_eq!(after, stored);
+    // The reloads waiting on the silent control socket fail at once.
+    drop(control);
+    drop(rt);
+    server.stop();
+}

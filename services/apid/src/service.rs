@@ -2,14 +2,16 @@
 //!
 //! Who may call what is decided before a call gets here (`auth.rs`); the
 //! handlers only read the [`Caller`] where the answer depends on it
-//! (secrets in `GetConfig`). Service control, logs, reboot and shutdown go to
+//! (secrets in `GetConfig`, an anonymous `ApplyConfiguration`). Service control, logs, reboot and shutdown go to
 //! PID 1's supervisor through its control socket.
 //!
 //! This file holds the state every call shares ([`Node`]), the server type
 //! ([`MachineApi`]) and the RPC table, each entry handing its call to the
 //! module of its group, where the handler opens its tracing span:
 //!
-//! * `config`: ApplyConfiguration (carrying out a [`plan`]), GetConfig, Reset;
+//! * `config`: ApplyConfiguration (carrying out a [`plan`]; an anonymous
+//!   caller only gives a never-configured node its first configuration, one
+//!   at a time), GetConfig, Reset;
 //! * `plan`: what an apply will do, decided before anything is written;
 //! * `system`: Version, the Service* calls, Memory, LoadAvg, Processes,
 //!   Mounts, Reboot, Shutdown;
@@ -87,6 +89,10 @@ pub struct Node {
     /// Bumped by every apply; a pending `try` revert checks it is still the
     /// latest before it reverts.
     generation: std::sync::atomic::AtomicU64,
+    /// Set while an anonymous (maintenance-mode) apply runs: a node takes
+    /// its first configuration from one caller, and a second anonymous
+    /// apply meanwhile is refused (`config::FirstApply`).
+    first_apply: std::sync::atomic::AtomicBool,
     /// Names the boot disk whose FAT gets `machine.pi.configTxt`
     /// (`crate::pi`); `None` off a node.
     boot_device_file: Option<PathBuf>,
@@ -118,6 +124,7 @@ impl Node {
             current: Mutex::new(current),
             reload: watch::channel(0).0,
             generation: std::sync::atomic::AtomicU64::new(0),
+            first_apply: std::sync::atomic::AtomicBool::new(false),
             boot_device_file,
             pi_lock: Mutex::new(None),
             ca_on_card: std::sync::Mutex::new(None),

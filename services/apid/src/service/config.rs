@@ -1,7 +1,17 @@
 //! The configuration calls: ApplyConfiguration (carrying out the plan
 //! `super::plan` made: storing, restarting and reloading services, a try
 //! window's revert, a reboot), GetConfig and Reset.
+//!
+//! The first apply is atomic. An anonymous caller (maintenance mode: nobody
+//! is authenticated) may only give a node that has no configuration its
+//! first one, and only one such apply runs at a time ([`FirstApply`]): a
+//! second anonymous apply while the first is being applied, or any
+//! anonymous apply once a configuration is in force, is refused with
+//! `FailedPrecondition` and changes nothing. (Once configured, the listener
+//! restarts with mutual TLS, but a connection opened before that must not
+//! slip an apply in.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bramble_api::machine::v1::{
@@ -14,13 +24,57 @@ use tonic::{Request, Response, Status};
 
 use super::plan::{mode_name, plan, summary, taking_up};
 use super::{MachineApi, caller};
+use crate::auth::Caller;
 use crate::store::Stored;
 
+/// Why an anonymous apply is refused on a configured node.
+const CONFIGURED: &str = "this node is already configured: only the cluster's admins can apply \
+     a configuration, over mutual TLS (nodectl with the cluster's client configuration, \
+     not --insecure)";
+/// Why an anonymous apply is refused while another one runs.
+const IN_FLIGHT: &str = "another configuration is being applied to this node: a node in \
+     maintenance mode takes its first configuration from one caller; once it is in force, \
+     only the cluster's admins can apply one, over mutual TLS";
+
+/// The claim of the one anonymous apply that may run: made before the
+/// document is read, released when the apply ends (stored, refused, or its
+/// caller gone), whatever the outcome.
+struct FirstApply<'a>(&'a AtomicBool);
+
+impl<'a> FirstApply<'a> {
+    fn claim(flag: &'a AtomicBool) -> Result<Self, Status> {
+        flag.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| Self(flag))
+            .map_err(|_| Status::failed_precondition(IN_FLIGHT))
+    }
+}
+
+impl Drop for FirstApply<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 impl MachineApi {
+    /// Applies `req` for `caller`: an admin (or the node itself, reverting
+    /// an admin's trial), or an anonymous caller in maintenance mode.
     async fn apply(
         &self,
         req: ApplyConfigurationRequest,
+        caller: Caller,
     ) -> Result<ApplyConfigurationResponse, Status> {
+        // An anonymous real apply claims the one slot; a dry run stores
+        // nothing, so it claims none, but like every anonymous call it is
+        // refused once a configuration is in force (its diff would show it).
+        let anonymous = caller == Caller::Anonymous;
+        let _first = if anonymous && !req.dry_run {
+            Some(FirstApply::claim(&self.node.first_apply)?)
+        } else {
+            None
+        };
+        if anonymous && self.node.current.lock().await.is_some() {
+            return Err(Status::failed_precondition(CONFIGURED));
+        }
         if req.data.len() > bramble_config::MAX_DOCUMENT_BYTES {
             return Err(Status::invalid_argument(format!(
                 "data: the configuration is {} bytes; at most {} bytes (1 MiB) are accepted",
@@ -46,6 +100,11 @@ impl MachineApi {
         }
         let node = &self.node;
         let mut current = node.current.lock().await;
+        // Checked again under the lock that orders applies: the one that
+        // decides.
+        if anonymous && current.is_some() {
+            return Err(Status::failed_precondition(CONFIGURED));
+        }
         let old = current.as_ref().map(|s| &s.config);
         let plan = plan(old, &new, &req)?;
         let response = ApplyConfigurationResponse {
@@ -86,10 +145,7 @@ impl MachineApi {
         node.sync_pi(pi_lines).await;
         node.sync_configured(Some(ca)).await;
         drop(current);
-        let generation = node
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
+        let generation = node.generation.fetch_add(1, Ordering::SeqCst) + 1;
         node.note(format!(
             "configuration applied ({}){}",
             mode_name(plan.mode),
@@ -116,6 +172,7 @@ impl MachineApi {
                 generation,
                 previous,
                 Duration::from_secs(req.try_timeout_seconds.into()),
+                caller,
             );
         }
         Ok(response)
@@ -150,12 +207,14 @@ impl MachineApi {
         }
     }
 
-    fn schedule_revert(&self, generation: u64, previous: String, after: Duration) {
+    /// Reverts to `previous` after `after` unless another apply came first;
+    /// the revert is an apply on behalf of `caller`, who asked for the trial.
+    fn schedule_revert(&self, generation: u64, previous: String, after: Duration, caller: Caller) {
         let api = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let node = &api.node;
-            if node.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            if node.generation.load(Ordering::SeqCst) != generation {
                 return;
             }
             node.note("try timeout passed: returning to the previous configuration".into());
@@ -165,19 +224,27 @@ impl MachineApi {
                 dry_run: false,
                 try_timeout_seconds: 0,
             };
-            if let Err(e) = api.apply(req).await {
+            if let Err(e) = api.apply(req, caller).await {
                 tracing::error!(error = %e.message(), "reverting the tried configuration failed");
             }
         });
     }
 }
 
-#[tracing::instrument(skip_all, fields(mode = request.get_ref().mode, dry_run = request.get_ref().dry_run))]
+#[tracing::instrument(skip_all, fields(mode = request.get_ref().mode, dry_run = request.get_ref().dry_run, caller = ?caller(&request)))]
 pub(super) async fn apply_configuration(
     api: &MachineApi,
     request: Request<ApplyConfigurationRequest>,
 ) -> Result<Response<ApplyConfigurationResponse>, Status> {
-    api.apply(request.into_inner()).await.map(Response::new)
+    let caller = caller(&request);
+    let result = api.apply(request.into_inner(), caller).await;
+    if let Err(status) = &result
+        && status.code() == tonic::Code::FailedPrecondition
+        && caller == Caller::Anonymous
+    {
+        tracing::warn!(reason = status.message(), "anonymous apply refused");
+    }
+    result.map(Response::new)
 }
 
 #[tracing::instrument(skip_all)]
