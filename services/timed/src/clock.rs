@@ -1,7 +1,8 @@
 //! Deciding how to correct the clock, and doing it.
 //!
-//! The first good sample after start steps the clock (`clock_settime`),
-//! whatever its size. Afterwards offsets above [`STEP_THRESHOLD_NS`]
+//! Which samples may be used at all is `guard`'s decision (build-time
+//! floor, step bound, agreement). The first usable sample after start steps
+//! the clock (`clock_settime`), whatever its size. Afterwards offsets above [`STEP_THRESHOLD_NS`]
 //! (0.128 s, ntpd's step threshold) step it again; smaller ones are slewed
 //! with the kernel's `adjtime` mode (`adjtimex` with
 //! `ADJ_OFFSET_SINGLESHOT`), which runs the clock at most 500 ppm faster or
@@ -55,14 +56,42 @@ pub fn decide(offset_ns: i128, first: bool) -> Action {
     }
 }
 
-/// Steps the system clock by `offset_ns` (read now, add, set).
-pub fn step_by(offset_ns: i128) -> Result<(), Error> {
-    let target = ntp::unix_nanos(SystemTime::now()) + offset_ns;
-    set_unix_nanos(target)
+/// The clock the daemon reads and corrects: the system clock on the node,
+/// a virtual one in tests (so they exercise every decision without
+/// privilege and without touching the host's time).
+pub trait Clock {
+    /// The time now, Unix nanoseconds.
+    fn now_ns(&self) -> i128;
+    /// Sets the clock to `unix_ns`.
+    fn set_unix_nanos(&self, unix_ns: i128) -> Result<(), Error>;
+    /// Has the clock absorb `offset_ns` gradually.
+    fn slew_by(&self, offset_ns: i128) -> Result<(), Error>;
+    /// Steps the clock by `offset_ns` (read now, add, set).
+    fn step_by(&self, offset_ns: i128) -> Result<(), Error> {
+        self.set_unix_nanos(self.now_ns() + offset_ns)
+    }
+}
+
+/// The system clock (`CLOCK_REALTIME`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> i128 {
+        ntp::unix_nanos(SystemTime::now())
+    }
+
+    fn set_unix_nanos(&self, unix_ns: i128) -> Result<(), Error> {
+        set_unix_nanos(unix_ns)
+    }
+
+    fn slew_by(&self, offset_ns: i128) -> Result<(), Error> {
+        slew_by(offset_ns)
+    }
 }
 
 /// Sets the system clock (`CLOCK_REALTIME`) to `unix_ns`.
-pub fn set_unix_nanos(unix_ns: i128) -> Result<(), Error> {
+fn set_unix_nanos(unix_ns: i128) -> Result<(), Error> {
     let secs = unix_ns.div_euclid(1_000_000_000);
     let nanos = unix_ns.rem_euclid(1_000_000_000);
     let ts = rustix::time::Timespec {
@@ -77,7 +106,7 @@ pub fn set_unix_nanos(unix_ns: i128) -> Result<(), Error> {
 
 /// Slews the clock by `offset_ns` (|offset| must be at most a few seconds:
 /// callers only slew offsets below [`STEP_THRESHOLD_NS`]).
-pub fn slew_by(offset_ns: i128) -> Result<(), Error> {
+fn slew_by(offset_ns: i128) -> Result<(), Error> {
     let micros = offset_ns / 1_000;
     let micros = i64::try_from(micros).map_err(|_| Error::ClockRange(offset_ns))?;
     sys::adjtime_singleshot(micros).map_err(|source| Error::Clock {

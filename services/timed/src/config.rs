@@ -6,6 +6,7 @@ use std::path::Path;
 use bramble_config::MachineConfig;
 
 use crate::error::Error;
+use crate::guard;
 
 /// The server used when the machine configuration names none (or there is
 /// no configuration yet, in maintenance mode): the NTP Pool's global name,
@@ -21,6 +22,9 @@ pub struct Settings {
     pub disabled: bool,
     /// True when the servers are the built-in default.
     pub default_servers: bool,
+    /// `machine.time.maxStepSeconds`: the largest correction one answer
+    /// makes on its own (see `guard`).
+    pub max_step_seconds: u64,
 }
 
 impl Settings {
@@ -30,14 +34,19 @@ impl Settings {
             servers: vec![DEFAULT_SERVER.to_owned()],
             disabled: false,
             default_servers: true,
+            max_step_seconds: guard::DEFAULT_MAX_STEP_SECONDS,
         }
     }
 
     fn from_config(config: &MachineConfig) -> Self {
         let time = &config.machine.time;
+        let max_step_seconds = time
+            .max_step_seconds
+            .unwrap_or(guard::DEFAULT_MAX_STEP_SECONDS);
         if time.servers.is_empty() {
             Self {
                 disabled: time.disabled,
+                max_step_seconds,
                 ..Self::defaults()
             }
         } else {
@@ -45,6 +54,7 @@ impl Settings {
                 servers: time.servers.clone(),
                 disabled: time.disabled,
                 default_servers: false,
+                max_step_seconds,
             }
         }
     }
@@ -122,6 +132,14 @@ cluster:
         assert_eq!(s.servers, vec!["10.0.0.1", "time.example.org"]);
         assert!(!s.default_servers);
         assert!(!s.disabled);
+        assert_eq!(s.max_step_seconds, 1000);
+
+        std::fs::write(
+            &path,
+            config_yaml("  time:\n    servers: [10.0.0.1]\n    maxStepSeconds: 60"),
+        )
+        .unwrap();
+        assert_eq!(load(&path).unwrap().max_step_seconds, 60);
 
         std::fs::write(&path, config_yaml("  time:\n    disabled: true")).unwrap();
         let s = load(&path).unwrap();
@@ -151,5 +169,9 @@ cluster:
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("machine.time"), "{msg}");
         assert!(msg.contains("servrs"), "{msg}");
+
+        std::fs::write(&path, config_yaml("  time:\n    maxStepSeconds: 0")).unwrap();
+        let msg = load(&path).unwrap_err().to_string();
+        assert!(msg.contains("machine.time.maxStepSeconds"), "{msg}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A Raspberry Pi has no real-time clock. At start, before anything else,
 //! `timed` steps the clock forward to the last time it saved (in
-//! `--state-dir`) if the clock is behind it, and signals readiness. Then it
+//! `--state-dir`), or to the image's build time if that is later, when the
+//! clock is behind it, and signals readiness. Then it
 //! asks the SNTP servers of `machine.time.servers` (or `pool.ntp.org`) for
 //! the time, steps the clock at the first good sample, keeps it right
 //! afterwards (slewing offsets up to 128 ms, stepping larger ones), saves the
@@ -11,15 +12,22 @@
 //! `time/synced` marker once synchronised). SIGHUP re-reads the
 //! configuration.
 //!
+//! No answer sets the clock before the image's build time, and one that
+//! asks for a correction beyond `machine.time.maxStepSeconds` (default
+//! 1000 s) needs a second server to agree, or, when no other answers,
+//! three consistent answers from the one that does (`guard`).
+//!
 //! Module map: `ntp` (packet codec, offset/delay), `query` (one exchange,
-//! name resolution), `clock` (step/slew decision, `clock_settime`,
-//! `adjtimex`), `persist` (saved time), `config` (`machine.time`),
-//! `status`, `ready`, `fsutil`, `daemon` (the loop).
+//! name resolution), `clock` (step/slew decision, the `Clock` trait,
+//! `clock_settime`, `adjtimex`), `guard` (build-time floor, step bound,
+//! agreement), `persist` (saved time), `config` (`machine.time`),
+//! `status`, `ready`, `daemon` (the loop).
 
 mod clock;
 mod config;
 mod daemon;
 mod error;
+mod guard;
 mod ntp;
 mod persist;
 mod query;
@@ -120,13 +128,14 @@ fn main() -> anyhow::Result<()> {
         save_interval: Duration::from_secs(cli.save_interval),
         port: cli.port,
         ready_fd: std::env::var(ready::READY_FD_ENV).ok(),
+        build_time_unix: guard::BUILD_TIME_UNIX,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon::run(opts))?;
+    runtime.block_on(daemon::run(opts, Box::new(clock::SystemClock)))?;
     Ok(())
 }
 

@@ -1,10 +1,11 @@
 //! One SNTP exchange with one server address, and name resolution.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+use crate::clock::Clock;
 use crate::error::QueryError;
 use crate::ntp::{self, NtpTimestamp, Reply, Sample};
 
@@ -55,8 +56,12 @@ pub async fn resolve(
 /// Sends one client request to `addr` and waits up to `timeout` for a valid
 /// reply. Replies that do not echo our transmit timestamp (stale or forged)
 /// are dropped and waiting goes on; any other invalid reply ends the
-/// exchange with its reason.
-pub async fn query(addr: SocketAddr, timeout: Duration) -> Result<Measurement, QueryError> {
+/// exchange with its reason. The offset is measured against `clock`.
+pub async fn query(
+    addr: SocketAddr,
+    timeout: Duration,
+    clock: &dyn Clock,
+) -> Result<Measurement, QueryError> {
     let io = |what: &'static str| move |source| QueryError::Io { addr, what, source };
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -69,9 +74,8 @@ pub async fn query(addr: SocketAddr, timeout: Duration) -> Result<Measurement, Q
 
     // T1 from the wall clock; T4 = T1 + monotonic elapsed time, so a clock
     // change during the exchange cannot distort the delay.
-    let t1_wall = SystemTime::now();
+    let t1 = clock.now_ns();
     let started = Instant::now();
-    let t1 = ntp::unix_nanos(t1_wall);
     let sent = NtpTimestamp::from_unix_nanos(t1);
     socket
         .send(&ntp::encode_request(sent))
@@ -113,7 +117,10 @@ pub async fn query(addr: SocketAddr, timeout: Duration) -> Result<Measurement, Q
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::clock::SystemClock;
 
     /// A fake server on loopback answering one request with `build(request)`.
     async fn serve_once(build: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static) -> SocketAddr {
@@ -146,7 +153,9 @@ mod tests {
     async fn measures_offset_against_a_loopback_server() {
         let ahead = 3_600 * 1_000_000_000i128;
         let addr = serve_once(move |req| server_reply(req, 3, ahead)).await;
-        let m = query(addr, Duration::from_secs(2)).await.unwrap();
+        let m = query(addr, Duration::from_secs(2), &SystemClock)
+            .await
+            .unwrap();
         assert_eq!(m.addr, addr);
         assert_eq!(m.reply.stratum, 3);
         assert!(
@@ -165,7 +174,9 @@ mod tests {
             b
         })
         .await;
-        let err = query(addr, Duration::from_secs(2)).await.unwrap_err();
+        let err = query(addr, Duration::from_secs(2), &SystemClock)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, QueryError::Reply { source, .. } if source.is_access_denied()),
             "{err}"
@@ -178,7 +189,9 @@ mod tests {
             b
         })
         .await;
-        let err = query(addr, Duration::from_millis(300)).await.unwrap_err();
+        let err = query(addr, Duration::from_millis(300), &SystemClock)
+            .await
+            .unwrap_err();
         assert!(matches!(err, QueryError::Timeout { .. }), "{err}");
     }
 

@@ -57,6 +57,50 @@ pub struct StateDoc {
     pub restored_from_state: bool,
     /// The saved time found at start (Unix seconds), if any.
     pub saved_time_unix: Option<i64>,
+    /// The image's build time (Unix seconds): no answer may set the clock
+    /// before it.
+    pub build_time_unix: i64,
+    /// Whether the clock was stepped forward to the build time at start.
+    pub raised_to_build_time: bool,
+    /// The largest correction one answer makes on its own, seconds.
+    pub max_step_seconds: u64,
+    /// How the last large step was agreed (another address and its offset,
+    /// or the consistent answers of the only address that answered).
+    pub last_step_confirmed_by: Option<String>,
+    /// Answers refused since start.
+    pub refused_answers: u64,
+    /// The last refused answer and why.
+    pub last_refused: Option<Refused>,
+    /// A large step one address asks for, waiting for confirmation.
+    pub pending_step: Option<PendingStep>,
+}
+
+/// An answer that was not used.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Refused {
+    /// The server as configured.
+    pub server: String,
+    /// The address that answered.
+    pub address: String,
+    /// The offset it measured, seconds.
+    pub offset_seconds: f64,
+    /// Why it was not used.
+    pub reason: String,
+    /// When (Unix seconds, by the local clock).
+    pub at_unix: f64,
+}
+
+/// A large step waiting for consistent answers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PendingStep {
+    /// The only address that answered.
+    pub address: String,
+    /// The offset of its first answer, seconds.
+    pub offset_seconds: f64,
+    /// Consistent answers so far.
+    pub confirmations: u32,
+    /// Answers needed.
+    pub needed: u32,
 }
 
 /// The status directory under `run_dir`.

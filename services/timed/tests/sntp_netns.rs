@@ -300,6 +300,11 @@ fn sync_with_chrony_then_lose_it() {
     assert_eq!(state["restored_from_state"], false);
     assert_eq!(state["saved_time_unix"], ahead);
     assert_eq!(state["consecutive_failures"], 0);
+    // The step guard: its bound, the build-time floor, nothing refused.
+    assert_eq!(state["max_step_seconds"], 1000, "{state}");
+    assert!(state["build_time_unix"].as_i64().unwrap() < now_unix() as i64);
+    assert_eq!(state["refused_answers"], 0, "{state}");
+    assert!(state["last_refused"].is_null(), "{state}");
     // Both sides read the same host clock, so the true offset is 0 and the
     // measured one can only be off by the path asymmetry: at most delay / 2.
     let offset = state["offset_seconds"].as_f64().unwrap();
