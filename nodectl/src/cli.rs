@@ -365,6 +365,39 @@ pub enum GenCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Mint a client configuration (nodeconfig) whose certificate carries
+    /// one role and expires when you choose, issued by the OS CA of a
+    /// secrets bundle: e.g. a reader's for a day. Its context takes the
+    /// endpoints and nodes given with -e and -n.
+    Nodeconfig {
+        /// The context's name (the cluster's name, as `gen config` names it).
+        cluster_name: String,
+        /// The secrets bundle (from `gen secrets`) whose OS CA issues the
+        /// certificate.
+        #[arg(long = "with-secrets", visible_alias = "secrets", value_name = "FILE")]
+        with_secrets: PathBuf,
+        /// The certificate's role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// How long the certificate is valid: a whole number and a unit, s,
+        /// m, h, d, w or y (365 days), e.g. 30m, 24h, 90d; at most until the
+        /// CA expires.
+        #[arg(long, value_name = "DURATION", value_parser = parse_expiry)]
+        expiry: Duration,
+        /// Who holds it: the certificate's common name [default: the role].
+        #[arg(long, value_name = "NAME")]
+        common_name: Option<String>,
+        /// Where to write it.
+        #[arg(
+            long = "output-file",
+            value_name = "FILE",
+            default_value = "nodeconfig"
+        )]
+        output_file: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `nodectl get ...`
@@ -488,10 +521,83 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a certificate's lifetime: a whole number and a unit, `s`, `m`,
+/// `h`, `d`, `w` or `y` (365 days): `90s`, `30m`, `24h`, `7d`, `1y`.
+pub fn parse_expiry(s: &str) -> Result<Duration, String> {
+    let example = "examples: 30m, 24h, 7d, 1y";
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "'{s}' is not a lifetime: a whole number and a unit ({example})"
+        ));
+    }
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is too long a lifetime"))?;
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        "" => return Err(format!("'{s}' has no unit (s, m, h, d, w or y; {example})")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (use s, m, h, d, w or y; {example})"
+            ));
+        }
+    };
+    if value == 0 {
+        return Err("a certificate must be valid for more than 0 seconds".into());
+    }
+    value
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is too long a lifetime"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn expiries() {
+        assert_eq!(parse_expiry("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_expiry("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_expiry("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_expiry("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(
+            parse_expiry("1y").unwrap(),
+            Duration::from_secs(365 * 86_400)
+        );
+        assert!(parse_expiry("0h").unwrap_err().contains("more than 0"));
+        assert!(parse_expiry("24").unwrap_err().contains("no unit"));
+        assert!(parse_expiry("5x").unwrap_err().contains("unknown unit 'x'"));
+        assert!(
+            parse_expiry("1.5h")
+                .unwrap_err()
+                .contains("unknown unit '.5h'")
+        );
+        assert!(parse_expiry("-1h").unwrap_err().contains("not a lifetime"));
+        assert!(parse_expiry("h").unwrap_err().contains("not a lifetime"));
+        assert!(parse_expiry("").unwrap_err().contains("not a lifetime"));
+        assert!(
+            parse_expiry("99999999999999999999y")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_expiry("999999999999999999y")
+                .unwrap_err()
+                .contains("too long")
+        );
+    }
 
     #[test]
     fn cli_is_consistent() {

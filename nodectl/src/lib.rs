@@ -81,6 +81,15 @@ pub fn session(g: &cli::GlobalArgs) -> Result<(Vec<nodes::Target>, client::Clien
         (true, true) => (vec![], parse_all(&ctx.endpoints)?),
         _ => (g.nodes.clone(), g.endpoints.clone()),
     };
+    if let Some(expired) = expired_at(&ctx.crt) {
+        return Err(Error::NodeConfig {
+            path: path.clone(),
+            reason: format!(
+                "the client certificate expired at {expired}: nodes refuse it; mint a new one \
+                 (nodectl gen nodeconfig --with-secrets secrets.yaml --role ROLE --expiry 24h)"
+            ),
+        });
+    }
     let identity = bramble_pki::IssuedCert {
         cert_pem: ctx.crt.clone(),
         key_pem: ctx.key.clone(),
@@ -94,6 +103,29 @@ pub fn session(g: &cli::GlobalArgs) -> Result<(Vec<nodes::Target>, client::Clien
         nodes::targets(&n, &e)?,
         client::ClientTls::from_rustls(config),
     ))
+}
+
+/// When the PEM certificate `crt` expired, if it has (one that does not
+/// parse is left to the TLS setup to report).
+fn expired_at(crt: &str) -> Option<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(crt.as_bytes()).ok()?;
+    let not_after = bramble_pki::not_after(&der).ok()?;
+    (not_after < bramble_pki::time::OffsetDateTime::now_utc()).then(|| utc_date(not_after))
+}
+
+/// `2026-12-08 19:40:00 UTC`.
+pub(crate) fn utc_date(t: bramble_pki::time::OffsetDateTime) -> String {
+    let t = t.to_offset(bramble_pki::time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// The client certificate of the client configuration's current (or
@@ -492,6 +524,31 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
                         force,
                     },
                 )?,
+                cli::GenCommand::Nodeconfig {
+                    cluster_name,
+                    with_secrets,
+                    role,
+                    expiry,
+                    common_name,
+                    output_file,
+                    force,
+                } => {
+                    let g = &cli.global;
+                    cmd::generate::nodeconfig(
+                        out,
+                        &cmd::generate::GenNodeconfig {
+                            cluster: &cluster_name,
+                            secrets: &with_secrets,
+                            role: role.into(),
+                            expiry,
+                            common_name: common_name.as_deref(),
+                            endpoints: g.endpoints.iter().map(ToString::to_string).collect(),
+                            nodes: g.nodes.iter().map(ToString::to_string).collect(),
+                            output: &output_file,
+                            force,
+                        },
+                    )?;
+                }
             }
             Ok(true)
         }

@@ -953,3 +953,221 @@ fn the_first_apply_is_atomic() {
     drop(rt);
     server.stop();
 }
+
+/// The certificate of the current context of the client configuration at
+/// `path`, parsed: (role organization, common name, not after).
+fn minted_certificate(path: &Path) -> (Vec<String>, String, i64, String) {
+    let file = nodectl::nodeconfig::NodeConfig::load(path)
+        .unwrap()
+        .unwrap();
+    let (_, ctx) = file.context(None).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(ctx.crt.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let organizations = cert
+        .subject()
+        .iter_organization()
+        .map(|o| o.as_str().unwrap().to_owned())
+        .collect();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, ca) = x509_parser::pem::parse_x509_pem(ctx.ca.as_bytes()).unwrap();
+    let ca = ca.parse_x509().unwrap();
+    assert_eq!(
+        cert.issuer(),
+        ca.subject(),
+        "not issued by the context's CA"
+    );
+    cert.verify_signature(Some(ca.public_key())).unwrap();
+    (
+        organizations,
+        cn,
+        cert.validity().not_after.timestamp(),
+        ctx.nodes.join(","),
+    )
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+/// `nodectl gen nodeconfig` mints a client configuration for one role from
+/// the secrets bundle, valid for the lifetime asked for: its certificate
+/// carries that role and expiry, the node grants exactly that role's calls,
+/// and refuses it once it has expired. Bad roles and lifetimes write nothing.
+#[test]
+fn a_minted_client_configuration_has_one_role_until_its_expiry() {
+    let c = Cluster::generate();
+    let secrets = c.root.join("secrets.yaml");
+    let secrets = secrets.to_str().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cp = c.file("admin", "controlplane.yaml");
+    let server = configured(&cp, state.path());
+    let node = server.node();
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "admin", &node, &["version"]).0.then_some(())
+    });
+    let minted = |name: &str| c.root.join(name).to_str().unwrap().to_owned();
+    let mint = |role: &str, expiry: &str, file: &str| {
+        run(&[
+            "gen",
+            "nodeconfig",
+            "test",
+            "--with-secrets",
+            secrets,
+            "--role",
+            role,
+            "--expiry",
+            expiry,
+            "--common-name",
+            &format!("{role}-of-the-day"),
+            "-n",
+            &node,
+            "--output-file",
+            file,
+        ])
+    };
+
+    for role in ["reader", "operator", "admin"] {
+        let file = minted(&format!("{role}.nodeconfig"));
+        let before = unix_now();
+        let (success, out, err) = mint(role, "24h", &file);
+        assert!(success, "{out}{err}");
+        assert!(
+            out.contains(&format!("{role} certificate")) && out.contains("(1d)"),
+            "{out}"
+        );
+        let (organizations, cn, not_after, nodes) = minted_certificate(Path::new(&file));
+        assert_eq!(organizations, [format!("bramble:role:{role}")]);
+        assert_eq!(cn, format!("{role}-of-the-day"));
+        assert!(
+            (before + 86_400..=unix_now() + 86_400).contains(&not_after),
+            "expires at {not_after}, not 24h after {before}"
+        );
+        assert_eq!(nodes, node, "the context does not name the node");
+
+        // Against the node, with nothing but the minted file: the calls of
+        // exactly this role.
+        let call = |args: &[&str]| {
+            let mut all = vec!["--nodeconfig", file.as_str()];
+            all.extend_from_slice(args);
+            run(&all)
+        };
+        let (success, out, err) = call(&["version"]);
+        assert!(success, "{role}: {out}{err}");
+        let (success, config, err) = call(&["get", "config"]);
+        assert!(success, "{role}: {err}");
+        assert_eq!(
+            config.contains("BEGIN PRIVATE KEY"),
+            role == "admin",
+            "{role}: {config}"
+        );
+        // No supervisor runs here: an allowed reboot gets as far as asking
+        // for it, a refused one stops at the role.
+        let (success, _, err) = call(&["reboot"]);
+        assert!(!success);
+        assert_eq!(
+            err.contains("needs the operator role"),
+            role == "reader",
+            "{role}: {err}"
+        );
+        let (success, out, err) = call(&["apply-config", "-f", &cp, "--dry-run"]);
+        assert_eq!(success, role == "admin", "{role}: {out}{err}");
+        if role != "admin" {
+            assert!(err.contains("needs the admin role"), "{role}: {err}");
+        }
+    }
+
+    // A certificate minted for one second is refused once it has expired.
+    let short = minted("expiring.nodeconfig");
+    let (success, out, err) = mint("admin", "1s", &short);
+    assert!(success, "{out}{err}");
+    let (_, _, not_after, _) = minted_certificate(Path::new(&short));
+    bramble_testkit::wait_for(
+        "the minted certificate to expire",
+        Duration::from_secs(10),
+        || (unix_now() > not_after + 1).then_some(()),
+    );
+    // nodectl says so before it dials...
+    let (success, out, err) = run(&["--nodeconfig", &short, "version"]);
+    assert!(!success, "an expired certificate was accepted: {out}");
+    assert!(
+        err.contains("the client certificate expired at") && err.contains(&short),
+        "{err}"
+    );
+    // ...and the node refuses it anyway.
+    let file = nodectl::nodeconfig::NodeConfig::load(Path::new(&short))
+        .unwrap()
+        .unwrap();
+    let ctx = file.context(None).unwrap().1.clone();
+    let tls = nodectl::client::ClientTls::from_rustls(
+        bramble_pki::client_config_mtls(
+            &ctx.ca,
+            &bramble_pki::IssuedCert {
+                cert_pem: ctx.crt,
+                key_pem: ctx.key,
+            },
+        )
+        .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        let addr = nodectl::nodes::NodeAddr::parse(&node).unwrap();
+        let mut client = nodectl::client::connect(&addr, &tls, Duration::from_secs(10)).await?;
+        client
+            .version(bramble_api::machine::v1::VersionRequest {})
+            .await
+            .map_err(nodectl::NodeError::from)
+    });
+    assert!(refused.is_err(), "the node accepted an expired certificate");
+
+    // Bad input: a clear error naming what is wrong, and no file.
+    let bad = minted("bad.nodeconfig");
+    for (role, expiry, says) in [
+        ("root", "24h", "invalid value 'root' for '--role <ROLE>'"),
+        ("reader", "0h", "more than 0 seconds"),
+        ("reader", "24", "'24' has no unit"),
+        ("reader", "3fortnights", "unknown unit 'fortnights'"),
+        ("reader", "20y", "would outlive the cluster's OS CA"),
+    ] {
+        let (success, _, err) = mint(role, expiry, &bad);
+        assert!(!success, "--role {role} --expiry {expiry} was accepted");
+        assert!(err.contains(says), "--role {role} --expiry {expiry}: {err}");
+        assert!(!Path::new(&bad).exists(), "a refused mint wrote {bad}");
+    }
+    let existing = minted("reader.nodeconfig");
+    let before = std::fs::read(&existing).unwrap();
+    let (success, _, err) = mint("admin", "1h", &existing);
+    assert!(!success && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&existing).unwrap(), before);
+    let (success, _, err) = run(&[
+        "gen",
+        "nodeconfig",
+        "test",
+        "--secrets",
+        &cp,
+        "--role",
+        "reader",
+        "--expiry",
+        "1h",
+        "--output-file",
+        &bad,
+    ]);
+    assert!(!success && err.contains(&cp), "{err}");
+    assert!(!Path::new(&bad).exists());
+    server.stop();
+}

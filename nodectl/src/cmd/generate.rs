@@ -1,4 +1,4 @@
-//! `nodectl gen secrets` and `nodectl gen config`.
+//! `nodectl gen secrets`, `nodectl gen config` and `nodectl gen nodeconfig`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,16 +112,7 @@ pub fn config(out: &mut dyn Write, args: &GenConfig<'_>) -> Result<(), Error> {
         refuse_existing(f, args.force)?;
     }
     let bundle = match args.with_secrets {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-            SecretsBundle::from_yaml(&text).map_err(|e| Error::Input {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?
-        }
+        Some(path) => read_bundle(path)?,
         None => SecretsBundle::generate(args.cluster).map_err(pki_error("generating secrets"))?,
     };
     let patches = read_patches(args.patches)?;
@@ -169,6 +160,100 @@ pub fn config(out: &mut dyn Write, args: &GenConfig<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Reads a secrets bundle written by `gen secrets`.
+fn read_bundle(path: &Path) -> Result<SecretsBundle, Error> {
+    let input = |reason: String| Error::Input {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| input(e.to_string()))?;
+    SecretsBundle::from_yaml(&text).map_err(|e| input(e.to_string()))
+}
+
+/// Arguments of `gen nodeconfig`.
+#[derive(Debug)]
+pub struct GenNodeconfig<'a> {
+    /// The context's name.
+    pub cluster: &'a str,
+    /// The secrets bundle whose OS CA issues the certificate.
+    pub secrets: &'a Path,
+    /// The certificate's role.
+    pub role: Role,
+    /// How long the certificate is valid from now.
+    pub expiry: std::time::Duration,
+    /// The certificate's common name; `None`: the role's name.
+    pub common_name: Option<&'a str>,
+    /// The context's endpoints (host[:port]).
+    pub endpoints: Vec<String>,
+    /// The context's nodes (host[:port]).
+    pub nodes: Vec<String>,
+    /// Where the client configuration goes.
+    pub output: &'a Path,
+    /// Overwrite an existing file.
+    pub force: bool,
+}
+
+/// `gen nodeconfig`: a client configuration with one context, whose client
+/// certificate carries `args.role` and expires `args.expiry` from now
+/// (never after the CA itself). Everything is checked before the file is
+/// written; a refusal writes nothing.
+pub fn nodeconfig(out: &mut dyn Write, args: &GenNodeconfig<'_>) -> Result<(), Error> {
+    refuse_existing(args.output, args.force)?;
+    let bundle = read_bundle(args.secrets)?;
+    let validity = Validity::from_now(args.expiry);
+    let ca_expires = bramble_pki::not_after(bundle.os_ca.cert_der()).map_err(|e| Error::Input {
+        path: args.secrets.to_path_buf(),
+        reason: format!("os_ca: {e}"),
+    })?;
+    if validity.not_after > ca_expires {
+        return Err(Error::Usage(format!(
+            "--expiry {}: the certificate would outlive the cluster's OS CA, which expires {}; \
+             choose a shorter lifetime",
+            humantime(args.expiry),
+            crate::utc_date(ca_expires)
+        )));
+    }
+    let name = args.common_name.unwrap_or(args.role.as_str());
+    let client = bundle
+        .os_ca
+        .issue_client(name, args.role, validity)
+        .map_err(|e| Error::Usage(format!("--common-name {name:?}: {e}")))?;
+    let mut nodeconfig = NodeConfig::default();
+    nodeconfig.merge(
+        args.cluster,
+        Context {
+            endpoints: args.endpoints.clone(),
+            nodes: args.nodes.clone(),
+            ca: bundle.os_ca.cert_pem().to_owned(),
+            crt: client.cert_pem,
+            key: client.key_pem,
+        },
+    );
+    nodeconfig.save(args.output)?;
+    writeln!(
+        out,
+        "wrote {}: context {}, {} certificate for {name:?}, valid until {} ({})",
+        args.output.display(),
+        args.cluster,
+        args.role,
+        crate::utc_date(validity.not_after),
+        humantime(args.expiry),
+    )?;
+    Ok(())
+}
+
+/// A lifetime in its largest whole unit: `24h` is `1d`, `90m` stays `90m`.
+fn humantime(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    [(365 * 86_400, "y"), (86_400, "d"), (3600, "h"), (60, "m")]
+        .iter()
+        .find(|(unit, _)| secs.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{secs}s"),
+            |(unit, name)| format!("{}{name}", secs / unit),
+        )
+}
+
 /// The host of `https://HOST:PORT/...`.
 fn endpoint_host(endpoint: &str) -> Option<String> {
     let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
@@ -184,6 +269,16 @@ fn endpoint_host(endpoint: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifetimes_in_their_largest_unit() {
+        let h = |s| humantime(std::time::Duration::from_secs(s));
+        assert_eq!(h(86_400), "1d");
+        assert_eq!(h(5400), "90m");
+        assert_eq!(h(90), "90s");
+        assert_eq!(h(365 * 86_400), "1y");
+        assert_eq!(h(7200), "2h");
+    }
 
     #[test]
     fn endpoint_hosts() {
