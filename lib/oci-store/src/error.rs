@@ -218,6 +218,47 @@ pub enum Error {
         reason: String,
     },
 
+    /// Input past one of the store's bounds ([`crate::Limits`]): cut off
+    /// there, nothing of it stored.
+    #[error("{what}: {detail}; the store's bound is {bound}")]
+    TooLarge {
+        /// Which manifest, blob, layer or archive.
+        what: String,
+        /// How far it went.
+        detail: String,
+        /// The bound, with its unit and name.
+        bound: String,
+    },
+
+    /// Storing an image under a reference something uses would move it
+    /// to another image.
+    #[error(
+        "{reference} names image {current}, which {user} uses; storing image {new} under it would repoint it, refused unless forced"
+    )]
+    InUse {
+        /// The normalised reference.
+        reference: String,
+        /// Who uses it, e.g. `workload "web"`.
+        user: String,
+        /// The manifest digest it names now.
+        current: String,
+        /// The manifest digest it would name.
+        new: String,
+    },
+
+    /// A reference pinned by digest would name another image.
+    #[error(
+        "{reference} is pinned to {pinned}, but the image is {actual}: a reference by digest names only that digest"
+    )]
+    PinMismatch {
+        /// The normalised reference.
+        reference: String,
+        /// The digest it carries.
+        pinned: String,
+        /// The manifest digest of the image that was to be stored.
+        actual: String,
+    },
+
     /// The store's own files are damaged.
     #[error("the image store is damaged: {reason}")]
     Corrupt {

@@ -1,17 +1,20 @@
 //! Importing an OCI image layout from a tar stream (`skopeo copy ...
 //! oci-archive:image.tar`, `umoci`, [`crate::build`]), in one pass.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path};
+use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 use serde::Deserialize;
 use tracing::{debug, info};
 
+use crate::limits::BoundedReader;
 use crate::manifest::{self, Descriptor, Document, MAX_DOCUMENT};
-use crate::store::Prepared;
-use crate::{Error, ImageInfo, Store, digest, reference};
+use crate::store::{Prepared, TagItem, Written};
+use crate::{Error, Guard, ImageInfo, Store, digest, reference};
 
 /// `oci-layout`.
 #[derive(Debug, Deserialize)]
@@ -78,12 +81,27 @@ impl Store {
     /// The reference is `tag` if given (the archive must then hold one
     /// image), else each image's `org.opencontainers.image.ref.name`
     /// annotation, which must be a full reference (a bare tag like `v1` is
-    /// refused). On error nothing is tagged; blobs already streamed in stay
-    /// until [`Store::gc`].
+    /// refused). On error nothing is tagged, and the blobs and snapshots
+    /// it had stored are taken away again (unless a reference needs them).
+    ///
+    /// The archive is cut off past [`crate::Limits::archive_bytes`]
+    /// decompressed or [`crate::Limits::layer_entries`] entries, and its
+    /// layers unpack within the same bounds as a pull's.
     pub fn import_archive<R: Read>(
         &self,
         archive: R,
         tag: Option<&str>,
+    ) -> Result<Vec<ImageInfo>, Error> {
+        self.import_archive_guarded(archive, tag, &Guard::default())
+    }
+
+    /// [`Store::import_archive`], refusing to move a reference `guard`
+    /// protects to another image ([`Error::InUse`]).
+    pub fn import_archive_guarded<R: Read>(
+        &self,
+        archive: R,
+        tag: Option<&str>,
+        guard: &Guard,
     ) -> Result<Vec<ImageInfo>, Error> {
         let tag = tag.map(reference::normalize_reference).transpose()?;
         if let Some(tag) = &tag
@@ -95,23 +113,43 @@ impl Store {
             });
         }
         let _writer = self.writer_lock()?;
-        let index = self.stream_layout(archive)?;
-        let items = self.resolve_layout(&index, tag.as_deref())?;
-        let mut prepared: Vec<(String, Prepared)> = Vec::with_capacity(items.len());
-        for (reference, digest) in items {
-            let p = match prepared.iter().find(|(_, p)| p.digest == digest) {
-                Some((_, p)) => p.clone(),
-                None => self.prepare(&digest)?,
-            };
-            prepared.push((reference, p));
+        let written = Written::default();
+        let result = self.import_locked(archive, tag.as_deref(), guard, &written);
+        if result.is_err() {
+            self.discard(&written);
         }
-        let infos = self.tag(&prepared)?;
+        result
+    }
+
+    fn import_locked<R: Read>(
+        &self,
+        archive: R,
+        tag: Option<&str>,
+        guard: &Guard,
+        written: &Written,
+    ) -> Result<Vec<ImageInfo>, Error> {
+        let index = self.stream_layout(archive, written)?;
+        let items = self.resolve_layout(&index, tag)?;
+        let mut prepared: Vec<TagItem> = Vec::with_capacity(items.len());
+        for (reference, digest, via) in items {
+            let p: Prepared = match prepared.iter().find(|i| i.prepared.digest == digest) {
+                Some(i) => i.prepared.clone(),
+                None => self.prepare(&digest, written)?,
+            };
+            prepared.push(TagItem {
+                reference,
+                prepared: p,
+                via,
+            });
+        }
+        let infos = self.tag(&prepared, guard)?;
         info!(images = infos.len(), "archive imported");
         Ok(infos)
     }
 
     /// Reads the tar stream, storing blobs; returns `index.json`.
-    fn stream_layout<R: Read>(&self, archive: R) -> Result<Vec<u8>, Error> {
+    /// Blobs it adds are recorded in `written`.
+    fn stream_layout<R: Read>(&self, archive: R, written: &Written) -> Result<Vec<u8>, Error> {
         let mut buffered = BufReader::new(archive);
         let head = buffered.fill_buf().map_err(read_error)?;
         let gzip = head.starts_with(&[0x1f, 0x8b]);
@@ -120,9 +158,19 @@ impl Store {
         } else {
             Box::new(buffered)
         };
+        let limits = self.limits();
+        let over = Rc::new(Cell::new(false));
         let mut tracker = EofTracker {
-            inner: reader,
+            inner: BoundedReader::new(reader, limits.archive_bytes, Rc::clone(&over)),
             hit_eof: false,
+        };
+        let too_large = || Error::TooLarge {
+            what: "the image archive".to_owned(),
+            detail: format!("it holds more than {} bytes", limits.archive_bytes),
+            bound: format!(
+                "{} bytes per archive, decompressed (Limits::archive_bytes)",
+                limits.archive_bytes
+            ),
         };
         let mut tar = tar::Archive::new(&mut tracker);
         let mut index_json: Option<Vec<u8>> = None;
@@ -132,7 +180,9 @@ impl Store {
         let mut seen = 0usize;
         for entry in tar.entries().map_err(read_error)? {
             let mut entry = entry.map_err(|e| {
-                if seen == 0 {
+                if over.get() {
+                    too_large()
+                } else if seen == 0 {
                     Error::InvalidArchive {
                         reason: format!(
                             "not a tar archive (or cut short before its first entry): {e}"
@@ -143,6 +193,16 @@ impl Store {
                 }
             })?;
             seen += 1;
+            if seen as u64 > limits.layer_entries {
+                return Err(Error::TooLarge {
+                    what: "the image archive".to_owned(),
+                    detail: format!("it holds more than {} entries", limits.layer_entries),
+                    bound: format!(
+                        "{} entries per archive (Limits::layer_entries)",
+                        limits.layer_entries
+                    ),
+                });
+            }
             let raw = entry.path().map_err(read_error)?.into_owned();
             let Some(path) = clean_path(&raw) else {
                 return Err(Error::InvalidArchive {
@@ -186,7 +246,9 @@ impl Store {
                         });
                     }
                     let what = format!("blob {digest} in the archive");
+                    let new = !self.has_blob(&digest)?;
                     match self.write_blob(&mut entry, &digest, Some(size), &what) {
+                        Ok(_) if new => written.blob(&digest),
                         Ok(_) => {}
                         Err(Error::SizeMismatch {
                             actual, expected, ..
@@ -197,6 +259,7 @@ impl Store {
                                 ),
                             });
                         }
+                        Err(_) if over.get() => return Err(too_large()),
                         Err(Error::Io { source, .. }) => return Err(read_error(source)),
                         Err(e) => return Err(e),
                     }
@@ -204,6 +267,9 @@ impl Store {
                 }
                 _ => debug!(path, "ignoring an archive entry"),
             }
+        }
+        if over.get() {
+            return Err(too_large());
         }
         if seen == 0 {
             return Err(Error::InvalidArchive {
@@ -234,12 +300,13 @@ impl Store {
         Ok(index_json)
     }
 
-    /// (reference, image manifest digest) for each image to tag.
+    /// (reference, image manifest digest, the digests of the indexes that
+    /// led to it) for each image to tag.
     fn resolve_layout(
         &self,
         index_json: &[u8],
         tag: Option<&str>,
-    ) -> Result<Vec<(String, String)>, Error> {
+    ) -> Result<Vec<(String, String, Vec<String>)>, Error> {
         let Document::Index(index) = manifest::parse_document(index_json, "index.json")? else {
             return Err(Error::InvalidArchive {
                 reason: "index.json is not an image index".to_owned(),
@@ -260,40 +327,50 @@ impl Store {
                 None => groups.push((name, vec![d.clone()])),
             }
         }
-        let mut resolved: Vec<(Option<String>, String)> = Vec::new();
+        let mut resolved: Vec<(Option<String>, String, Vec<String>)> = Vec::new();
         for (name, entries) in &groups {
             let what = match name {
                 Some(n) => format!("image {n:?} of index.json"),
                 None => "index.json".to_owned(),
             };
             let chosen = manifest::select_platform(entries, self.platform(), &what)?;
-            resolved.push((name.clone(), self.resolve_descriptor(chosen, &what, 0)?));
+            let mut via = Vec::new();
+            let digest = self.resolve_descriptor(chosen, &what, 0, &mut via)?;
+            resolved.push((name.clone(), digest, via));
         }
         if let Some(tag) = tag {
-            let distinct: BTreeSet<&String> = resolved.iter().map(|(_, d)| d).collect();
+            let distinct: BTreeSet<&String> = resolved.iter().map(|(_, d, _)| d).collect();
             if distinct.len() != 1 {
                 return Err(Error::AmbiguousTag {
                     count: distinct.len(),
                 });
             }
-            return Ok(vec![(tag.to_owned(), resolved.swap_remove(0).1)]);
+            let (_, digest, via) = resolved.swap_remove(0);
+            return Ok(vec![(tag.to_owned(), digest, via)]);
         }
         let mut out = Vec::with_capacity(resolved.len());
-        for (name, digest) in resolved {
+        for (name, digest, via) in resolved {
             let Some(name) = name else {
                 return Err(Error::NoReference);
             };
             if !reference::is_full_reference(&name) {
                 return Err(Error::BareTag { name });
             }
-            out.push((reference::normalize_reference(&name)?, digest));
+            out.push((reference::normalize_reference(&name)?, digest, via));
         }
         Ok(out)
     }
 
     /// Follows (nested) indexes to the image manifest for the store's
-    /// platform; every document is read from the store, verified.
-    fn resolve_descriptor(&self, d: &Descriptor, what: &str, depth: u32) -> Result<String, Error> {
+    /// platform; every document is read from the store, verified. The
+    /// digests of the indexes followed are added to `via`.
+    fn resolve_descriptor(
+        &self,
+        d: &Descriptor,
+        what: &str,
+        depth: u32,
+        via: &mut Vec<String>,
+    ) -> Result<String, Error> {
         if depth > 4 {
             return Err(Error::InvalidManifest {
                 what: what.to_owned(),
@@ -314,9 +391,10 @@ impl Store {
         match manifest::parse_document(&bytes, &doc_what)? {
             Document::Manifest(_) => Ok(d.digest.clone()),
             Document::Index(index) => {
+                via.push(d.digest.clone());
                 let chosen =
                     manifest::select_platform(&index.manifests, self.platform(), &doc_what)?;
-                self.resolve_descriptor(chosen, &doc_what, depth + 1)
+                self.resolve_descriptor(chosen, &doc_what, depth + 1, via)
             }
         }
     }

@@ -13,7 +13,15 @@
 //! digest as it streams in, every layer's uncompressed content against the
 //! config's `rootfs.diff_ids`. Nothing half-written is ever visible: blobs,
 //! snapshots and `refs.json` are written in `tmp/` and renamed into place
-//! after an fsync.
+//! after an fsync. A hostile source is cut off at the store's [`Limits`]
+//! (manifest bytes as they stream, blob sizes as declared, uncompressed
+//! bytes per image, entries per layer, archive bytes), and a refused pull
+//! or import takes away what it had stored.
+//!
+//! A reference pinned by digest (`name@sha256:...`) names only that
+//! manifest (or the verified index it names); [`Store::pull_guarded`] and
+//! [`Store::import_archive_guarded`] refuse to move a reference a [`Guard`]
+//! protects (one a workload uses) to another image.
 //!
 //! With the `testing` feature, `build` makes small images in memory and
 //! `push` publishes them to a registry, for tests; the node is built without.
@@ -44,6 +52,7 @@ mod digest;
 mod error;
 mod fsutil;
 mod import;
+mod limits;
 pub mod manifest;
 mod platform;
 mod pull;
@@ -54,10 +63,11 @@ mod store;
 mod unpack;
 
 pub use error::Error;
+pub use limits::Limits;
 pub use platform::Platform;
 pub use pull::{Credentials, PullReport, RegistryConfig};
 pub use reference::normalize_reference;
-pub use store::{GcReport, ImageInfo, ResolvedImage, Store};
+pub use store::{GcReport, Guard, ImageInfo, ResolvedImage, Store};
 
 /// The xattr that marks an overlayfs directory opaque (set on snapshot
 /// directories for OCI `.wh..wh..opq` entries).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWrite;
@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::error::chain;
 use crate::fsutil::{self, TempPath};
-use crate::manifest::{self, Descriptor, Document, MAX_DOCUMENT};
-use crate::{Error, ImageInfo, Store, digest, reference};
+use crate::manifest::{self, Descriptor, Document};
+use crate::store::{TagItem, Written};
+use crate::{Error, Guard, ImageInfo, Store, digest, reference};
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +111,156 @@ pub struct PullReport {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a read from a registry may stall.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long fetching one manifest may take in all.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most bytes of a registry's error answer kept for the message.
+const ERROR_BODY: usize = 4096;
+
+/// Fetches manifests and indexes itself: `oci-client` reads a manifest
+/// whole into memory before anything can check it, so a registry could
+/// make it buffer an endless one. Here the `Content-Length` is checked
+/// first and the bytes are counted as they arrive, so neither a large
+/// announcement, nor a lie, nor an answer without a length gets past the
+/// bound. Authentication is `oci-client`'s (its token exchange).
+struct ManifestFetcher {
+    http: reqwest::Client,
+    /// `host[:port]` reached over plain HTTP.
+    http_hosts: Vec<String>,
+    /// [`crate::Limits::manifest_bytes`], capped.
+    limit: u64,
+}
+
+impl ManifestFetcher {
+    fn new(
+        registries: &RegistryConfig,
+        http_hosts: Vec<String>,
+        limit: u64,
+    ) -> Result<Self, Error> {
+        let mut roots = Vec::new();
+        for pem in &registries.ca_certificates {
+            let cert =
+                reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| Error::Registry {
+                    what: "machine.registries CA certificates".to_owned(),
+                    message: chain(&e),
+                })?;
+            roots.push(cert);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .tls_certs_merge(roots)
+            .build()
+            .map_err(|e| Error::Registry {
+                what: "setting up the registry client".to_owned(),
+                message: chain(&e),
+            })?;
+        Ok(Self {
+            http,
+            http_hosts,
+            limit,
+        })
+    }
+
+    /// `GET /v2/<repository>/manifests/<digest or tag>` of `target`, within
+    /// the bound; `what` names it in errors.
+    async fn get(
+        &self,
+        client: &Client,
+        target: &Reference,
+        auth: &RegistryAuth,
+        what: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let token = client
+            .auth(target, auth, RegistryOperation::Pull)
+            .await
+            .map_err(registry_error(format!("fetching {what}: authenticating")))?;
+        let host = target.resolve_registry();
+        let scheme = if self.http_hosts.iter().any(|h| h == host) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{host}/v2/{}/manifests/{}",
+            target.repository(),
+            target
+                .digest()
+                .unwrap_or_else(|| target.tag().unwrap_or("latest"))
+        );
+        let mut request = self.http.get(&url).timeout(MANIFEST_TIMEOUT).header(
+            http::header::ACCEPT,
+            manifest::ACCEPTED_MANIFEST_TYPES.join(", "),
+        );
+        request = match (token, auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let fetch_err = |e: reqwest::Error| Error::Registry {
+            what: format!("fetching {what} from {url}"),
+            message: chain(&e),
+        };
+        let mut response = request.send().await.map_err(fetch_err)?;
+        let status = response.status();
+        if !status.is_success() {
+            let mut body = Vec::new();
+            while body.len() < ERROR_BODY
+                && let Ok(Some(chunk)) = response.chunk().await
+            {
+                body.extend_from_slice(&chunk);
+            }
+            body.truncate(ERROR_BODY);
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            let message = if status == reqwest::StatusCode::UNAUTHORIZED {
+                format!("not authorized (HTTP {status}): {text}")
+            } else {
+                format!("HTTP {status}: {text}")
+            };
+            return Err(Error::Registry {
+                what: format!("fetching {what} from {url}"),
+                message,
+            });
+        }
+        let bound = || format!("{} bytes per manifest (Limits::manifest_bytes)", self.limit);
+        let announced = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(length) = announced
+            && length > self.limit
+        {
+            return Err(Error::TooLarge {
+                what: what.to_owned(),
+                detail: format!("the registry announces {length} bytes (Content-Length)"),
+                bound: bound(),
+            });
+        }
+        let capacity = announced.unwrap_or(0).min(self.limit);
+        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        while let Some(chunk) = response.chunk().await.map_err(fetch_err)? {
+            if (body.len() + chunk.len()) as u64 > self.limit {
+                // Dropping the response closes the connection: nothing more
+                // is read.
+                return Err(Error::TooLarge {
+                    what: what.to_owned(),
+                    detail: format!(
+                        "the registry sent more than {} bytes{}",
+                        self.limit,
+                        match announced {
+                            Some(n) => format!(" (it announced {n})"),
+                            None => " (without a Content-Length)".to_owned(),
+                        }
+                    ),
+                    bound: bound(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
 
 /// One place to pull from.
 #[derive(Debug)]
@@ -271,11 +422,24 @@ impl Store {
     /// registry; from an index picks the store's platform; downloads only
     /// blobs not yet stored, streaming them to disk and verifying each;
     /// unpacks the layers; then writes the reference. If every source fails
-    /// the error names each attempt.
+    /// the error names each attempt. Manifests, blobs and layers are held
+    /// to the store's [`crate::Limits`].
     pub async fn pull(
         &self,
         reference: &str,
         registries: &RegistryConfig,
+    ) -> Result<PullReport, Error> {
+        self.pull_guarded(reference, registries, &Guard::default())
+            .await
+    }
+
+    /// [`Store::pull`], refusing to move a reference `guard` protects to
+    /// another image ([`Error::InUse`]).
+    pub async fn pull_guarded(
+        &self,
+        reference: &str,
+        registries: &RegistryConfig,
+        guard: &Guard,
     ) -> Result<PullReport, Error> {
         let started = Instant::now();
         let parsed = reference::parse(reference)?;
@@ -296,6 +460,11 @@ impl Store {
             .filter_map(|e| e.host.clone())
             .collect();
         http_hosts.extend(registries.insecure.iter().cloned());
+        let manifests = ManifestFetcher::new(
+            registries,
+            http_hosts.clone(),
+            self.limits().manifest_bound(),
+        )?;
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(http_hosts),
             platform_resolver: None,
@@ -306,6 +475,7 @@ impl Store {
         });
 
         let mut fetched = 0u64;
+        let written = Written::default();
         let mut attempts = Vec::new();
         let mut found = None;
         for ep in endpoints {
@@ -313,8 +483,16 @@ impl Store {
                 (_, Some(e)) => Err(e),
                 (Some(host), None) => {
                     let target = at_host(&parsed, host);
-                    self.fetch(&client, &target, &ep.auth, &parsed, &mut fetched)
-                        .await
+                    self.fetch(
+                        &client,
+                        &manifests,
+                        &target,
+                        &ep.auth,
+                        &parsed,
+                        &mut fetched,
+                        &written,
+                    )
+                    .await
                 }
                 (None, None) => Err(Error::InvalidMirror {
                     url: ep.label.clone(),
@@ -333,7 +511,13 @@ impl Store {
                 }
             }
         }
-        let Some(manifest_digest) = found else {
+        let Some((manifest_digest, via)) = found else {
+            let store = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                store.discard(&written);
+                drop(writer);
+            })
+            .await;
             return Err(Error::Pull {
                 reference: whole,
                 attempts,
@@ -342,11 +526,23 @@ impl Store {
 
         let store = self.clone();
         let tag = whole.clone();
+        let guard = guard.clone();
         let image = tokio::task::spawn_blocking(move || {
-            let prepared = store.prepare(&manifest_digest)?;
-            let mut infos = store.tag(&[(tag, prepared)])?;
+            let result = store
+                .prepare(&manifest_digest, &written)
+                .and_then(|prepared| {
+                    let item = TagItem {
+                        reference: tag,
+                        prepared,
+                        via,
+                    };
+                    store.tag(&[item], &guard)
+                });
+            if result.is_err() {
+                store.discard(&written);
+            }
             drop(writer);
-            infos.pop().ok_or_else(|| Error::Corrupt {
+            result?.pop().ok_or_else(|| Error::Corrupt {
                 reason: "tagging returned nothing".to_owned(),
             })
         })
@@ -371,18 +567,23 @@ impl Store {
     }
 
     /// Fetches the manifest for the store's platform and every blob it
-    /// needs from one endpoint; returns the manifest's digest.
+    /// needs from one endpoint; returns the manifest's digest and those of
+    /// the indexes that led to it.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         client: &Client,
+        manifests: &ManifestFetcher,
         target: &Reference,
         auth: &RegistryAuth,
         asked: &Reference,
         fetched: &mut u64,
-    ) -> Result<String, Error> {
+        written: &Written,
+    ) -> Result<(String, Vec<String>), Error> {
         let (body, mut manifest_digest) = self
             .fetch_manifest(
                 client,
+                manifests,
                 target,
                 auth,
                 asked.digest(),
@@ -391,6 +592,7 @@ impl Store {
             .await?;
         let mut body = body;
         let mut depth = 0;
+        let mut via = Vec::new();
         let m = loop {
             let what = format!("manifest {manifest_digest} of {}", asked.whole());
             match manifest::parse_document(&body, &what)? {
@@ -407,10 +609,22 @@ impl Store {
                     let chosen =
                         manifest::select_platform(&index.manifests, self.platform(), &what)?;
                     digest::hex_of(&chosen.digest)?;
+                    if chosen.size > manifests.limit {
+                        return Err(Error::TooLarge {
+                            what: format!("manifest {} from {what}", chosen.digest),
+                            detail: format!("the index says {} bytes", chosen.size),
+                            bound: format!(
+                                "{} bytes per manifest (Limits::manifest_bytes)",
+                                manifests.limit
+                            ),
+                        });
+                    }
+                    via.push(manifest_digest.clone());
                     let child = target.clone_with_digest(chosen.digest.clone());
                     let (b, d) = self
                         .fetch_manifest(
                             client,
+                            manifests,
                             &child,
                             auth,
                             Some(&chosen.digest),
@@ -440,26 +654,37 @@ impl Store {
             digest::hex_of(&layer.digest)?;
         }
         digest::hex_of(&m.config.digest)?;
-        self.store_bytes(&body, &manifest_digest, &what)?;
-        self.download(
-            client,
-            target,
-            &m.config,
-            &format!("config of {what}"),
-            fetched,
-        )
-        .await?;
-        for (i, layer) in m.layers.iter().enumerate() {
-            self.download(
+        self.check_declared_sizes(&m, &what)?;
+        if self.store_bytes(&body, &manifest_digest, &what)? {
+            written.blob(&manifest_digest);
+        }
+        if self
+            .download(
                 client,
                 target,
-                layer,
-                &format!("layer {} of {what}", i + 1),
+                &m.config,
+                &format!("config of {what}"),
                 fetched,
             )
-            .await?;
+            .await?
+        {
+            written.blob(&m.config.digest);
         }
-        Ok(manifest_digest)
+        for (i, layer) in m.layers.iter().enumerate() {
+            if self
+                .download(
+                    client,
+                    target,
+                    layer,
+                    &format!("layer {} of {what}", i + 1),
+                    fetched,
+                )
+                .await?
+            {
+                written.blob(&layer.digest);
+            }
+        }
+        Ok((manifest_digest, via))
     }
 
     /// Fetches a manifest document, verifying it hashes to `expected` if
@@ -467,21 +692,13 @@ impl Store {
     async fn fetch_manifest(
         &self,
         client: &Client,
+        manifests: &ManifestFetcher,
         target: &Reference,
         auth: &RegistryAuth,
         expected: Option<&str>,
         what: &str,
     ) -> Result<(Vec<u8>, String), Error> {
-        let (body, _) = client
-            .pull_manifest_raw(target, auth, manifest::ACCEPTED_MANIFEST_TYPES)
-            .await
-            .map_err(registry_error(format!("fetching {what}")))?;
-        if body.len() as u64 > MAX_DOCUMENT {
-            return Err(Error::InvalidManifest {
-                what: what.to_owned(),
-                reason: format!("{} bytes is too large", body.len()),
-            });
-        }
+        let body = manifests.get(client, target, auth, what).await?;
         let actual = digest::sha256_of(&body);
         if let Some(expected) = expected
             && actual != expected
@@ -492,18 +709,20 @@ impl Store {
                 actual,
             });
         }
-        Ok((body.to_vec(), actual))
+        Ok((body, actual))
     }
 
-    /// Stores bytes already in memory as a blob.
-    fn store_bytes(&self, bytes: &[u8], digest: &str, what: &str) -> Result<(), Error> {
-        if !self.has_blob(digest)? {
-            self.write_blob(bytes, digest, Some(bytes.len() as u64), what)?;
+    /// Stores bytes already in memory as a blob; true if it was not there.
+    fn store_bytes(&self, bytes: &[u8], digest: &str, what: &str) -> Result<bool, Error> {
+        if self.has_blob(digest)? {
+            return Ok(false);
         }
-        Ok(())
+        self.write_blob(bytes, digest, Some(bytes.len() as u64), what)?;
+        Ok(true)
     }
 
-    /// Streams a blob from the registry into the store unless present.
+    /// Streams a blob from the registry into the store unless present;
+    /// true if it was not there.
     async fn download(
         &self,
         client: &Client,
@@ -511,10 +730,10 @@ impl Store {
         desc: &Descriptor,
         what: &str,
         fetched: &mut u64,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         if self.has_blob(&desc.digest)? {
             debug!(digest = desc.digest, "blob already stored");
-            return Ok(());
+            return Ok(false);
         }
         let dest = self.blob_path(&desc.digest)?;
         let tmp = TempPath::new(self.tmp_dir().join(fsutil::unique_name("pull")));
@@ -560,7 +779,7 @@ impl Store {
         tmp.disarm();
         *fetched += bytes;
         debug!(digest = desc.digest, bytes, "blob downloaded");
-        Ok(())
+        Ok(true)
     }
 }
 

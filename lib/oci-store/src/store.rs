@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use oci_spec::image::ImageConfiguration;
 use rustix::fs::{Mode, OFlags};
@@ -14,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::digest::{self, HashingReader};
 use crate::fsutil::{self, Lock, TempPath};
 use crate::manifest::{self, ConfigJson, Descriptor, Document, MAX_DOCUMENT};
-use crate::{Error, Platform, reference, unpack};
+use crate::{Error, Limits, Platform, reference, unpack};
 
 /// The node's image store: a directory holding content-addressed blobs,
 /// one unpacked snapshot per layer (keyed by chain ID), and `refs.json`
@@ -37,6 +38,42 @@ use crate::{Error, Platform, reference, unpack};
 pub struct Store {
     root: PathBuf,
     platform: Platform,
+    limits: Limits,
+}
+
+/// What a pull or import may not change: references in use, each with who
+/// uses it. Storing another image under one of them is refused
+/// ([`Error::InUse`]); storing the image it already names is not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guard {
+    in_use: BTreeMap<String, String>,
+}
+
+impl Guard {
+    /// Nothing protected.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Protects `reference` (normalised here; one that does not parse
+    /// protects nothing, as nothing can be stored under it), used by
+    /// `user` (e.g. `workload "web"`, for the error).
+    pub fn protect(&mut self, reference: &str, user: &str) {
+        if let Ok(whole) = reference::normalize_reference(reference) {
+            self.in_use
+                .entry(whole)
+                .and_modify(|u| {
+                    u.push_str(", ");
+                    u.push_str(user);
+                })
+                .or_insert_with(|| user.to_owned());
+        }
+    }
+
+    /// Who uses `reference` (normalised), if protected.
+    fn user_of(&self, reference: &str) -> Option<&str> {
+        self.in_use.get(reference).map(String::as_str)
+    }
 }
 
 /// A tagged image.
@@ -85,6 +122,42 @@ pub(crate) struct Prepared {
     pub platform: String,
 }
 
+/// What one pull or import added to the store (blobs by digest, snapshots
+/// by chain ID hex), so that a refused one can take it away again.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Written(Arc<Mutex<(Vec<String>, Vec<String>)>>);
+
+impl Written {
+    pub(crate) fn blob(&self, digest: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            w.0.push(digest.to_owned());
+        }
+    }
+
+    fn snapshot(&self, chain_hex: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            w.1.push(chain_hex.to_owned());
+        }
+    }
+
+    fn take(&self) -> (Vec<String>, Vec<String>) {
+        self.0
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+}
+
+/// An image to tag: the reference, the prepared image, and the digests of
+/// the verified indexes that led to its manifest (a reference pinned to
+/// one of them names this image).
+#[derive(Debug, Clone)]
+pub(crate) struct TagItem {
+    pub reference: String,
+    pub prepared: Prepared,
+    pub via: Vec<String>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct RefsFile {
     version: u32,
@@ -97,6 +170,29 @@ struct RefEntry {
     stored_unix: u64,
     size_bytes: u64,
     platform: String,
+    /// For a reference pinned to an index: that index's digest (verified
+    /// when stored), from which `digest` was picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+}
+
+impl RefEntry {
+    /// Whether the entry may stand for `reference`: one pinned by digest
+    /// names only that manifest, or the index it was picked from.
+    fn honours_pin(&self, reference: &str) -> bool {
+        match pinned_digest(reference) {
+            Some(pin) => self.digest == pin || self.index.as_deref() == Some(pin),
+            None => true,
+        }
+    }
+}
+
+/// The digest a (normalised) reference is pinned to, if any.
+fn pinned_digest(reference: &str) -> Option<&str> {
+    reference
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| d.starts_with(digest::SHA256))
 }
 
 impl RefEntry {
@@ -130,6 +226,7 @@ impl Store {
                 &platform.architecture,
                 platform.variant.as_deref(),
             ),
+            limits: Limits::default(),
         };
         for dir in [store.blobs_dir(), store.snapshots_dir(), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -157,6 +254,18 @@ impl Store {
         &self.platform
     }
 
+    /// The same store with other bounds on pulls and imports
+    /// ([`Limits::default`] unless set).
+    pub fn with_limits(mut self, limits: Limits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds on pulls and imports.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Every tagged reference, sorted by reference.
     pub fn list(&self) -> Result<Vec<ImageInfo>, Error> {
         let refs = self.load_refs()?;
@@ -164,9 +273,10 @@ impl Store {
     }
 
     /// Looks a reference up after normalising it (`busybox` finds
-    /// `docker.io/library/busybox:latest`). `name@sha256:...` also finds an
-    /// image of that repository stored under a tag whose manifest has that
-    /// digest, and a bare `sha256:...` any reference to that manifest.
+    /// `docker.io/library/busybox:latest`). `name@sha256:...` finds only
+    /// the image with that digest (stored under that reference, whose index
+    /// it may name, or under a tag of that repository whose manifest has
+    /// that digest), and a bare `sha256:...` any reference to that manifest.
     pub fn resolve(&self, reference: &str) -> Result<Option<ImageInfo>, Error> {
         let refs = self.load_refs()?;
         if let Some(hex) = reference.strip_prefix(digest::SHA256)
@@ -181,7 +291,14 @@ impl Store {
         let parsed = reference::parse(reference)?;
         let whole = parsed.whole();
         if let Some(e) = refs.refs.get(&whole) {
-            return Ok(Some(e.info(&whole)));
+            if e.honours_pin(&whole) {
+                return Ok(Some(e.info(&whole)));
+            }
+            warn!(
+                reference = whole,
+                digest = e.digest,
+                "a reference pinned by digest names another image; ignoring it"
+            );
         }
         if let Some(wanted) = parsed.digest() {
             let repo = reference::repository_of(&parsed);
@@ -374,6 +491,67 @@ impl Store {
         }
     }
 
+    /// Takes away what a refused pull or import added, except what a
+    /// reference needs (another writer may have stored the same image
+    /// meanwhile). Failures are logged: the refusal is what matters.
+    pub(crate) fn discard(&self, written: &Written) {
+        let (blobs, snapshots) = written.take();
+        if blobs.is_empty() && snapshots.is_empty() {
+            return;
+        }
+        let _refs_lock = match Lock::exclusive(&self.refs_lock_path()) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot lock the references to clean up a refused image");
+                return;
+            }
+        };
+        let mut keep_blobs: HashSet<String> = HashSet::new();
+        let mut keep_snapshots: HashSet<String> = HashSet::new();
+        match self.load_refs() {
+            Ok(refs) => {
+                for e in refs.refs.values() {
+                    self.mark(&e.digest, &mut keep_blobs, &mut keep_snapshots, 0);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the references to clean up a refused image");
+                return;
+            }
+        }
+        let mut removed = 0usize;
+        for digest in &blobs {
+            let Ok(hex) = digest::hex_of(digest) else {
+                continue;
+            };
+            if keep_blobs.contains(hex) {
+                continue;
+            }
+            let path = self.blobs_dir().join(hex);
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot remove a blob"),
+            }
+        }
+        for hex in &snapshots {
+            if keep_snapshots.contains(hex) {
+                continue;
+            }
+            let path = self.snapshots_dir().join(hex);
+            let doomed = self.tmp_dir().join(fsutil::unique_name("discard"));
+            match fs::rename(&path, &doomed) {
+                Ok(()) => {
+                    fsutil::remove_any(&doomed);
+                    removed += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot remove a snapshot"),
+            }
+        }
+        info!(removed, "took away what a refused image had stored");
+    }
+
     // --- layout ---
 
     pub(crate) fn blobs_dir(&self) -> PathBuf {
@@ -448,22 +626,67 @@ impl Store {
         fsutil::write_atomic(&self.tmp_dir(), &self.refs_path(), &bytes)
     }
 
-    /// Writes references to prepared images, all at once.
-    pub(crate) fn tag(&self, items: &[(String, Prepared)]) -> Result<Vec<ImageInfo>, Error> {
+    /// Writes references to prepared images, all at once, or none: a
+    /// reference pinned by digest only to that image ([`Error::PinMismatch`]),
+    /// and a reference `guard` protects not to another image than the one
+    /// it names ([`Error::InUse`]).
+    pub(crate) fn tag(&self, items: &[TagItem], guard: &Guard) -> Result<Vec<ImageInfo>, Error> {
         let _refs_lock = Lock::exclusive(&self.refs_lock_path())?;
         let mut refs = self.load_refs()?;
         refs.version = 1;
         let now = fsutil::now_unix();
-        let mut out = Vec::with_capacity(items.len());
-        for (reference, p) in items {
-            let entry = RefEntry {
-                digest: p.digest.clone(),
-                stored_unix: now,
-                size_bytes: p.size_bytes,
-                platform: p.platform.clone(),
+        let mut entries = Vec::with_capacity(items.len());
+        for item in items {
+            let p = &item.prepared;
+            let index = match pinned_digest(&item.reference) {
+                None => None,
+                Some(pin) if pin == p.digest => None,
+                Some(pin) if item.via.iter().any(|d| d == pin) => Some(pin.to_owned()),
+                Some(pin) => {
+                    return Err(Error::PinMismatch {
+                        reference: item.reference.clone(),
+                        pinned: pin.to_owned(),
+                        actual: p.digest.clone(),
+                    });
+                }
             };
-            out.push(entry.info(reference));
-            refs.refs.insert(reference.clone(), entry);
+            if let (Some(user), Some(current)) = (
+                guard.user_of(&item.reference),
+                refs.refs.get(&item.reference),
+            ) && current.digest != p.digest
+            {
+                return Err(Error::InUse {
+                    reference: item.reference.clone(),
+                    user: user.to_owned(),
+                    current: current.digest.clone(),
+                    new: p.digest.clone(),
+                });
+            }
+            entries.push((
+                item.reference.clone(),
+                RefEntry {
+                    digest: p.digest.clone(),
+                    stored_unix: now,
+                    size_bytes: p.size_bytes,
+                    platform: p.platform.clone(),
+                    index,
+                },
+            ));
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (reference, entry) in entries {
+            if let Some(old) = refs.refs.get(&reference)
+                && old.digest != entry.digest
+            {
+                info!(
+                    reference,
+                    from = old.digest,
+                    to = entry.digest,
+                    "reference repointed"
+                );
+            }
+            out.push(entry.info(&reference));
+            refs.refs.insert(reference, entry);
         }
         self.save_refs(&refs)?;
         for i in &out {
@@ -611,7 +834,8 @@ impl Store {
 
     /// Verifies the image manifest `digest` and everything it needs, and
     /// unpacks its layers; the caller then tags it with [`Store::tag`].
-    pub(crate) fn prepare(&self, digest: &str) -> Result<Prepared, Error> {
+    /// Snapshots it unpacks are recorded in `written`.
+    pub(crate) fn prepare(&self, digest: &str, written: &Written) -> Result<Prepared, Error> {
         let what = format!("manifest {digest}");
         let bytes = self.read_blob(digest, None, &what)?;
         let Document::Manifest(m) = manifest::parse_document(&bytes, &what)? else {
@@ -627,6 +851,7 @@ impl Store {
                 reason: "has no layers".to_owned(),
             });
         }
+        self.check_declared_sizes(&m, &what)?;
         let mut compressions = Vec::with_capacity(m.layers.len());
         for (i, layer) in m.layers.iter().enumerate() {
             let layer_what = format!("layer {} ({}) of {what}", i + 1, layer.digest);
@@ -665,19 +890,27 @@ impl Store {
             digest::hex_of(diff_id)?;
         }
         let chains = digest::chain_ids(&cfg.rootfs.diff_ids);
+        // What this image may still unpack to, across its layers.
+        let mut budget = self.limits.image_bytes;
         for (i, layer) in m.layers.iter().enumerate() {
             let lowers = chains[..i]
                 .iter()
                 .rev()
                 .map(|c| digest::hex_of(c).map(|hex| self.snapshots_dir().join(hex)))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.ensure_snapshot(
+            let unpacked = self.ensure_snapshot(
                 layer,
                 &cfg.rootfs.diff_ids[i],
                 &chains[i],
                 compressions[i],
                 &lowers,
+                &format!("layer {} ({}) of {what}", i + 1, layer.digest),
+                budget,
             )?;
+            if let Some(bytes) = unpacked {
+                written.snapshot(digest::hex_of(&chains[i])?);
+                budget = budget.saturating_sub(bytes);
+            }
         }
         let size_bytes =
             bytes.len() as u64 + m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>();
@@ -688,7 +921,48 @@ impl Store {
         })
     }
 
-    /// Unpacks a layer into `snapshots/<chain>` unless it is there already.
+    /// Refuses a manifest whose config or layers declare more than the
+    /// store reads or holds, before anything big is fetched or unpacked.
+    pub(crate) fn check_declared_sizes(
+        &self,
+        m: &manifest::Manifest,
+        what: &str,
+    ) -> Result<(), Error> {
+        if m.config.size > MAX_DOCUMENT {
+            return Err(Error::TooLarge {
+                what: format!("config of {what}"),
+                detail: format!("its descriptor says {} bytes", m.config.size),
+                bound: format!("{MAX_DOCUMENT} bytes per image config"),
+            });
+        }
+        let layers = m
+            .layers
+            .iter()
+            .fold(0u64, |sum, l| sum.saturating_add(l.size));
+        if layers > self.limits.image_bytes {
+            return Err(Error::TooLarge {
+                what: what.to_owned(),
+                detail: format!(
+                    "its {} layers declare {layers} bytes compressed",
+                    m.layers.len()
+                ),
+                bound: format!("{} bytes per image", self.limits.image_bytes),
+            });
+        }
+        if m.layers.len() as u64 > MAX_LAYERS {
+            return Err(Error::TooLarge {
+                what: what.to_owned(),
+                detail: format!("it has {} layers", m.layers.len()),
+                bound: format!("{MAX_LAYERS} layers per image"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Unpacks a layer into `snapshots/<chain>` unless it is there already,
+    /// refusing it past `max_bytes` uncompressed or the store's entries
+    /// bound; returns the uncompressed bytes read, or None if it was there.
+    #[allow(clippy::too_many_arguments)]
     fn ensure_snapshot(
         &self,
         layer: &Descriptor,
@@ -696,24 +970,32 @@ impl Store {
         chain_id: &str,
         compression: manifest::Compression,
         lowers: &[PathBuf],
-    ) -> Result<(), Error> {
+        what: &str,
+        max_bytes: u64,
+    ) -> Result<Option<u64>, Error> {
         let dest = self.snapshots_dir().join(digest::hex_of(chain_id)?);
         if dest.is_dir() {
             debug!(layer = layer.digest, "snapshot already present");
-            return Ok(());
+            return Ok(None);
         }
         let tmp = TempPath::new(self.tmp_dir().join(fsutil::unique_name("unpack")));
         fs::create_dir(tmp.path())
             .map_err(Error::io(format!("creating {}", tmp.path().display())))?;
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
             .map_err(Error::io(format!("chmod of {}", tmp.path().display())))?;
-        unpack::unpack_layer(
+        let unpacked = unpack::unpack_layer_within(
             &self.blob_path(&layer.digest)?,
             &layer.digest,
             diff_id,
             compression,
             tmp.path(),
             lowers,
+            &unpack::Bounds {
+                what,
+                max_bytes,
+                image_bytes: self.limits.image_bytes,
+                max_entries: self.limits.layer_entries,
+            },
         )?;
         // One syncfs rather than an fsync per file: everything of the
         // snapshot is on disk before it appears under snapshots/.
@@ -733,10 +1015,10 @@ impl Store {
                 tmp.disarm();
                 bramble_atomic::sync_dir(&self.snapshots_dir())?;
                 info!(layer = layer.digest, chain_id, "layer unpacked");
-                Ok(())
+                Ok(Some(unpacked))
             }
             // Another writer unpacked the same layer meanwhile.
-            Err(_) if dest.is_dir() => Ok(()),
+            Err(_) if dest.is_dir() => Ok(None),
             Err(e) => Err(Error::Io {
                 context: format!("renaming {} to {}", tmp.path().display(), dest.display()),
                 source: e,
@@ -744,6 +1026,10 @@ impl Store {
         }
     }
 }
+
+/// Most layers an image may have (overlayfs stacks at most 500 lower
+/// directories; real images have tens).
+const MAX_LAYERS: u64 = 256;
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, Error> {
     fs::read_dir(dir)

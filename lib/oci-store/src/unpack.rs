@@ -7,6 +7,7 @@
 //! 0:0 named `NAME`, `.wh..wh..opq` the xattr `trusted.overlay.opaque=y` on
 //! its directory.
 
+use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -23,17 +24,29 @@ use tracing::{debug, warn};
 
 use crate::Error;
 use crate::digest::{Tally, TallyReader};
+use crate::limits::BoundedReader;
 use crate::manifest::Compression;
 
 /// The xattr overlayfs reads to make a directory opaque.
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
-/// Unpacks the layer blob at `blob` into the empty directory `dest`,
-/// checking the blob hashes to `digest` and its uncompressed tar to
-/// `diff_id`. `lowers` are the snapshots of the layers below, top first:
-/// a parent directory the layer does not list is created with the
-/// attributes it has there (overlayfs shows the upper directory's mode and
-/// owner, so a `tmp/x` entry must not turn `/tmp` into 0755 root).
+/// How much one layer may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds<'a> {
+    /// The layer, for errors: "layer 2 (sha256:...) of manifest sha256:...".
+    pub what: &'a str,
+    /// Uncompressed bytes this layer may still read (what is left of the
+    /// image's bound).
+    pub max_bytes: u64,
+    /// The image's bound, for the error.
+    pub image_bytes: u64,
+    /// Entries the layer may hold.
+    pub max_entries: u64,
+}
+
+/// [`unpack_layer_within`] the default [`crate::Limits`] (kept for callers
+/// outside the store, which has its own bounds).
+#[allow(dead_code)]
 pub(crate) fn unpack_layer(
     blob: &Path,
     digest: &str,
@@ -42,6 +55,43 @@ pub(crate) fn unpack_layer(
     dest: &Path,
     lowers: &[PathBuf],
 ) -> Result<(), Error> {
+    let limits = crate::Limits::default();
+    let what = format!("layer {digest}");
+    unpack_layer_within(
+        blob,
+        digest,
+        diff_id,
+        compression,
+        dest,
+        lowers,
+        &Bounds {
+            what: &what,
+            max_bytes: limits.image_bytes,
+            image_bytes: limits.image_bytes,
+            max_entries: limits.layer_entries,
+        },
+    )
+    .map(drop)
+}
+
+/// Unpacks the layer blob at `blob` into the empty directory `dest`,
+/// checking the blob hashes to `digest` and its uncompressed tar to
+/// `diff_id`. `lowers` are the snapshots of the layers below, top first:
+/// a parent directory the layer does not list is created with the
+/// attributes it has there (overlayfs shows the upper directory's mode and
+/// owner, so a `tmp/x` entry must not turn `/tmp` into 0755 root).
+/// Stops with [`Error::TooLarge`] once the uncompressed stream passes
+/// `bounds.max_bytes` or the entries `bounds.max_entries`; returns the
+/// uncompressed bytes read.
+pub(crate) fn unpack_layer_within(
+    blob: &Path,
+    digest: &str,
+    diff_id: &str,
+    compression: Compression,
+    dest: &Path,
+    lowers: &[PathBuf],
+    bounds: &Bounds<'_>,
+) -> Result<u64, Error> {
     let layer_err = |reason: String| Error::InvalidManifest {
         what: format!("layer {digest}"),
         reason,
@@ -55,8 +105,25 @@ pub(crate) fn unpack_layer(
         Compression::None => Box::new(compressed),
         Compression::Gzip => Box::new(MultiGzDecoder::new(compressed)),
     };
-    let uncompressed = TallyReader::new(decompressed, Rc::clone(&uncompressed_tally));
+    let over = Rc::new(Cell::new(false));
+    let bounded = BoundedReader::new(decompressed, bounds.max_bytes, Rc::clone(&over));
+    let uncompressed = TallyReader::new(bounded, Rc::clone(&uncompressed_tally));
     let mut archive = tar::Archive::new(uncompressed);
+    let too_large = || Error::TooLarge {
+        what: bounds.what.to_owned(),
+        detail: if bounds.max_bytes == bounds.image_bytes {
+            format!("it unpacks to more than {} bytes", bounds.max_bytes)
+        } else {
+            format!(
+                "it unpacks to more than the {} bytes left of the image's bound after the layers below",
+                bounds.max_bytes
+            )
+        },
+        bound: format!(
+            "{} uncompressed bytes per image (Limits::image_bytes)",
+            bounds.image_bytes
+        ),
+    };
 
     let root = rustix::fs::open(
         dest,
@@ -78,16 +145,45 @@ pub(crate) fn unpack_layer(
     let entries = archive
         .entries()
         .map_err(|e| layer_err(format!("not a tar archive: {e}")))?;
+    let mut seen = 0u64;
     for entry in entries {
-        let mut entry = entry.map_err(|e| layer_err(format!("reading the layer's tar: {e}")))?;
-        unpacker.entry(&mut entry)?;
+        let mut entry = entry.map_err(|e| {
+            if over.get() {
+                too_large()
+            } else {
+                layer_err(format!("reading the layer's tar: {e}"))
+            }
+        })?;
+        seen += 1;
+        if seen > bounds.max_entries {
+            return Err(Error::TooLarge {
+                what: bounds.what.to_owned(),
+                detail: format!("it holds more than {} entries", bounds.max_entries),
+                bound: format!(
+                    "{} entries per layer (Limits::layer_entries)",
+                    bounds.max_entries
+                ),
+            });
+        }
+        match unpacker.entry(&mut entry) {
+            Err(_) if over.get() => return Err(too_large()),
+            other => other?,
+        }
+    }
+    if over.get() {
+        return Err(too_large());
     }
     unpacker.finish()?;
     // Read what the tar reader left (end-of-archive blocks, padding, the
     // gzip trailer) so both digests cover the whole blob.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink())
-        .map_err(|e| layer_err(format!("reading the end of the layer: {e}")))?;
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+        if over.get() {
+            too_large()
+        } else {
+            layer_err(format!("reading the end of the layer: {e}"))
+        }
+    })?;
     drop(rest);
 
     let (actual, _) = Tally::take(&compressed_tally);
@@ -112,7 +208,7 @@ pub(crate) fn unpack_layer(
         bytes = size,
         "layer unpacked"
     );
-    Ok(())
+    Ok(size)
 }
 
 /// Ownership, permissions and time of an entry.
