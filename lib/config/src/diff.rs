@@ -169,6 +169,7 @@ const SECRET_FIELDS: &[&str] = &[
     "cluster.etcd.ca.key",
     "cluster.secretboxEncryptionSecret",
     "machine.registries.auth",
+    "machine.workloads[].env",
 ];
 
 /// Ranges of `lines` to print: changes with `CONTEXT` lines around them,
@@ -343,6 +344,19 @@ fn machine(c: &mut Changes, old: &Machine, new: &Machine) {
         "machine.workloads",
         workloads,
         &new.workloads,
+        Reload(Service::Runtimed),
+    );
+    // Their values are secrets, hidden in the lines: named here.
+    fn env(w: &[crate::Workload]) -> Vec<(&String, &std::collections::BTreeMap<String, String>)> {
+        w.iter()
+            .filter(|w| !w.env.is_empty())
+            .map(|w| (&w.name, &w.env))
+            .collect()
+    }
+    c.field(
+        "machine.workloads[].env",
+        &env(workloads),
+        &env(&new.workloads),
         Reload(Service::Runtimed),
     );
 }

@@ -11,7 +11,8 @@
 //!   IP prefix`), in document order; see [`ConfigError`].
 //! - [`MachineConfig::to_yaml`] writes it back (omitted optional fields stay
 //!   omitted); [`MachineConfig::redacted`] replaces every secret (CA keys, the
-//!   bootstrap token, the secretbox key) with `"******"` for display.
+//!   bootstrap token, the secretbox key, registry credentials, the values of
+//!   workloads' environment variables) with `"******"` for display.
 //! - [`apply_patch`] applies a strategic-merge YAML patch or an RFC 6902 JSON
 //!   Patch to a configuration document; [`diff`] compares two configurations
 //!   and says which services must restart or re-read the configuration, and
@@ -146,7 +147,10 @@ impl MachineConfig {
     }
 
     /// A copy with every secret replaced by [`REDACTED`]: both CA keys, the
-    /// bootstrap token and the secretbox encryption secret. Nothing else changes.
+    /// bootstrap token, the secretbox encryption secret, registry passwords
+    /// and tokens, and the value of every workload environment variable
+    /// (`machine.workloads[].env`: a workload's credentials are passed there,
+    /// so every value counts as secret; the names stay). Nothing else changes.
     pub fn redacted(&self) -> MachineConfig {
         let mut copy = self.clone();
         let hide = |s: &mut Option<Secret>| {
@@ -163,6 +167,11 @@ impl MachineConfig {
         for auth in copy.machine.registries.auth.values_mut() {
             hide(&mut auth.password);
             hide(&mut auth.token);
+        }
+        for workload in &mut copy.machine.workloads {
+            for value in workload.env.values_mut() {
+                REDACTED.clone_into(value);
+            }
         }
         copy
     }

@@ -372,7 +372,9 @@ pub struct Workload {
     /// Arguments passed to the entry point (replace the image's `Cmd`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Environment variables, added to (and overriding) the image's.
+    /// Environment variables, added to (and overriding) the image's. Their
+    /// values count as secrets (a workload's credentials go here): only
+    /// admins see them; readers and operators see the names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Working directory; default the image's, else `/`.

@@ -115,6 +115,40 @@ fn each_section_maps_to_its_service() {
 }
 
 #[test]
+fn a_workload_environment_change_shows_without_its_value() {
+    let old = patched(
+        "machine: {workloads: [{name: app, image: busybox, env: {API_KEY: old-key-value}}]}",
+    );
+    let new = patched(
+        "machine: {workloads: [{name: app, image: busybox, env: {API_KEY: new-key-value}}]}",
+    );
+    let d = diff(&old, &new);
+    assert_eq!(d.changed, ["machine.workloads", "machine.workloads[].env"]);
+    assert_eq!(
+        d.reload.iter().copied().collect::<Vec<_>>(),
+        [Service::Runtimed]
+    );
+    assert!(d.lines.iter().all(|l| l.kind == DiffKind::Unchanged));
+    let text = d.to_string();
+    assert!(
+        text.contains("secrets changed: machine.workloads[].env"),
+        "{text}"
+    );
+    assert!(!text.contains("key-value"), "{text}");
+    // A new workload shows its variables' names, not their values; one
+    // without variables changes no secret.
+    let d = diff(&base(), &new);
+    let text = d.to_string();
+    assert!(text.contains("API_KEY: '******'"), "{text}");
+    assert!(!text.contains("new-key-value"), "{text}");
+    let d = diff(
+        &base(),
+        &patched("machine: {workloads: [{name: app, image: busybox}]}"),
+    );
+    assert_eq!(d.changed, ["machine.workloads"]);
+}
+
+#[test]
 fn a_secret_change_shows_without_its_value() {
     let old = base();
     let mut new = old.clone();

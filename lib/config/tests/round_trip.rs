@@ -99,7 +99,17 @@ fn redaction_hides_every_secret() {
         assert!(FULL.contains(secret));
         assert!(!shown.contains(secret), "{secret} still in:\n{shown}");
     }
-    assert_eq!(shown.matches(REDACTED).count(), SECRETS.len());
+    // And every workload environment value (full.yaml has one), by name.
+    let redacted = config.redacted();
+    let env = &redacted.machine.workloads[0].env;
+    assert_eq!(config.machine.workloads[0].env["LOG_LEVEL"], "info");
+    assert_eq!(env.len(), 1);
+    assert_eq!(env["LOG_LEVEL"], REDACTED);
+    assert!(
+        shown.contains(&format!("LOG_LEVEL: '{REDACTED}'")),
+        "{shown}"
+    );
+    assert_eq!(shown.matches(REDACTED).count(), SECRETS.len() + 1);
     let debug = format!("{config:?}");
     for secret in SECRETS {
         assert!(!debug.contains(secret), "{secret} in Debug output");
@@ -120,13 +130,14 @@ fn redaction_changes_nothing_else() {
             .expose(),
         REDACTED
     );
-    // Put the four secrets back: the result must be the original.
+    // Put the secrets back: the result must be the original.
     redacted.machine.token = config.machine.token.clone();
     redacted.machine.ca.key = config.machine.ca.key.clone();
     redacted.cluster.etcd.as_mut().unwrap().ca.key =
         config.cluster.etcd.as_ref().unwrap().ca.key.clone();
     redacted.cluster.secretbox_encryption_secret =
         config.cluster.secretbox_encryption_secret.clone();
+    redacted.machine.workloads[0].env = config.machine.workloads[0].env.clone();
     assert_eq!(redacted, config);
 }
 
