@@ -1171,3 +1171,93 @@ fn a_minted_client_configuration_has_one_role_until_its_expiry() {
     assert!(!Path::new(&bad).exists());
     server.stop();
 }
+
+/// Readers (and operators) never see a secret value: not the CAs' private
+/// keys, the tokens, the encryption secret or registry passwords, and not
+/// the values of workloads' environment variables, whose names they do see.
+/// Admins see the document as applied.
+#[test]
+fn readers_never_see_secret_values() {
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let cp = std::fs::read_to_string(c.file("admin", "controlplane.yaml")).unwrap();
+    let doc = bramble_config::apply_patch(
+        &cp,
+        "machine:\n  registries:\n    auth:\n      ghcr.io: {username: robot, password: registry-password-value}\n  \
+         workloads:\n    - name: app\n      image: docker.io/library/busybox:1.36\n      \
+         env: {API_TOKEN: api-token-value, LOG_LEVEL: log-level-value}\n",
+    )
+    .unwrap();
+    let applied = state.path().join("applied.yaml");
+    std::fs::write(&applied, &doc).unwrap();
+    let server = configured(applied.to_str().unwrap(), state.path());
+    let node = server.node();
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "admin", &node, &["version"]).0.then_some(())
+    });
+
+    let config = bramble_config::MachineConfig::parse(&doc).unwrap();
+    let m = &config.machine;
+    let mut secrets = vec![
+        m.token.as_ref().unwrap().expose().to_owned(),
+        m.ca.key.as_ref().unwrap().expose().to_owned(),
+        config
+            .cluster
+            .etcd
+            .as_ref()
+            .unwrap()
+            .ca
+            .key
+            .as_ref()
+            .unwrap()
+            .expose()
+            .to_owned(),
+        config
+            .cluster
+            .secretbox_encryption_secret
+            .as_ref()
+            .unwrap()
+            .expose()
+            .to_owned(),
+        "registry-password-value".to_owned(),
+        "api-token-value".to_owned(),
+        "log-level-value".to_owned(),
+    ];
+    // Each private key also line by line (a YAML rendering may re-indent it).
+    for key in secrets.clone().iter().filter(|s| s.contains("PRIVATE KEY")) {
+        secrets.extend(
+            key.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned),
+        );
+    }
+    for role in ["reader", "operator"] {
+        for format in ["yaml", "json"] {
+            let (success, shown, err) = as_role(&c, role, &node, &["get", "config", "-o", format]);
+            assert!(success, "{role}: {err}");
+            for secret in &secrets {
+                assert!(
+                    !shown.contains(secret.as_str()),
+                    "{role} sees {secret}:\n{shown}"
+                );
+            }
+            assert!(!shown.contains("PRIVATE KEY"), "{role}:\n{shown}");
+            for visible in ["API_TOKEN", "LOG_LEVEL", "robot", "******", "busybox:1.36"] {
+                assert!(
+                    shown.contains(visible),
+                    "{role} does not see {visible}:\n{shown}"
+                );
+            }
+        }
+    }
+    let (success, shown, err) = as_role(&c, "admin", &node, &["get", "config"]);
+    assert!(success, "{err}");
+    // (The whole keys are indented in the document; their lines are there.)
+    for secret in secrets.iter().filter(|s| !s.contains('\n')) {
+        assert!(
+            shown.contains(secret.as_str()),
+            "the admin does not see {secret}"
+        );
+    }
+    server.stop();
+}
