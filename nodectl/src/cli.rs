@@ -272,6 +272,10 @@ pub enum ImageCommand {
     Pull {
         /// The image reference, e.g. docker.io/library/busybox:1.36.
         reference: String,
+        /// Store it even if the reference names another image a workload
+        /// uses (the workload runs the new one at its next start).
+        #[arg(long)]
+        force: bool,
     },
     /// Send an OCI image archive (a tar of an OCI image layout, as
     /// `skopeo copy ... oci-archive:app.tar` makes) to the nodes' stores: no
@@ -283,6 +287,10 @@ pub enum ImageCommand {
         /// org.opencontainers.image.ref.name].
         #[arg(long, value_name = "REFERENCE")]
         reference: Option<String>,
+        /// Store it even if a reference it is stored under names another
+        /// image a workload uses.
+        #[arg(long)]
+        force: bool,
     },
     /// Untag an image and remove the content nothing else uses.
     Rm {

@@ -301,10 +301,11 @@ async fn image(
     let timeout = cmd::runtime::TRANSFER_TIMEOUT.max(g.timeout);
     match what {
         cli::ImageCommand::Flash(_) => unreachable_flash(),
-        cli::ImageCommand::Pull { reference } => {
+        cli::ImageCommand::Pull { reference, force } => {
             let results = cmd::fan_out(&targets, &tls, timeout, move |mut c| {
                 let req = rt::ImagePullRequest {
                     reference: reference.clone(),
+                    force,
                 };
                 async move { c.image_pull(req).await.map(tonic::Response::into_inner) }
             })
@@ -320,7 +321,11 @@ async fn image(
             }
             Ok(ok)
         }
-        cli::ImageCommand::Import { file, reference } => {
+        cli::ImageCommand::Import {
+            file,
+            reference,
+            force,
+        } => {
             // Fail before dialling anything if the file cannot be read.
             std::fs::metadata(&file).map_err(|e| Error::Input {
                 path: file.clone(),
@@ -329,7 +334,7 @@ async fn image(
             let results = cmd::fan_out(&targets, &tls, timeout, move |mut c| {
                 let (file, reference) = (file.clone(), reference.clone());
                 async move {
-                    let chunks = cmd::runtime::import_chunks(&file, reference)
+                    let chunks = cmd::runtime::import_chunks(&file, reference, force)
                         .await
                         .map_err(|e| {
                             tonic::Status::invalid_argument(format!("{}: {e}", file.display()))

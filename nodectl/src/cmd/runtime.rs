@@ -267,15 +267,17 @@ impl Row for ContainerLogRow {
 }
 
 /// The chunks of `file` for `ImageImport`, read as they are sent; the first
-/// names `reference`.
+/// names `reference` and carries `force`.
 pub async fn import_chunks(
     file: &Path,
     reference: Option<String>,
+    force: bool,
 ) -> std::io::Result<ReceiverStream<ImageImportChunk>> {
     let mut f = tokio::fs::File::open(file).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let mut first = reference.unwrap_or_default();
+        let mut force = force;
         loop {
             let mut data = vec![0u8; CHUNK];
             let n = match f.read(&mut data).await {
@@ -286,6 +288,7 @@ pub async fn import_chunks(
             let chunk = ImageImportChunk {
                 reference: std::mem::take(&mut first),
                 data,
+                force: std::mem::take(&mut force),
             };
             if tx.send(chunk).await.is_err() {
                 return;

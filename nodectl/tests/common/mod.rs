@@ -117,6 +117,18 @@ pub struct TestRuntime {
 
 impl TestRuntime {
     pub fn start(state_dir: &Path) -> Self {
+        Self::start_with(state_dir, Vec::new(), Default::default())
+    }
+
+    /// As [`TestRuntime::start`], keeping `workloads` (with `registries`)
+    /// as its configuration loop would: their shim does not exist here, so
+    /// they fail to start and are retried, but they are the runtime's
+    /// workloads, using their images.
+    pub fn start_with(
+        state_dir: &Path,
+        workloads: Vec<bramble_config::Workload>,
+        registries: bramble_oci_store::RegistryConfig,
+    ) -> Self {
         use bramble_runtimed::workloads::{Paths, Runtime};
         let socket = state_dir.join("runtimed.sock");
         let dir = state_dir.join("runtime");
@@ -139,6 +151,7 @@ impl TestRuntime {
                 .unwrap();
             rt.block_on(async move {
                 let runtime = std::sync::Arc::new(Runtime::new(store, paths));
+                runtime.reconcile(workloads, registries).await;
                 let listener = bramble_runtimed::daemon::bind(&socket).unwrap();
                 ready_tx.send(()).unwrap();
                 bramble_runtimed::daemon::serve(runtime, listener, async move {

@@ -13,7 +13,7 @@ use bramble_api::runtime::v1::{
     ImagePullRequest, ImagePullResponse, ImageRemoveRequest, ImageRemoveResponse, ImagesRequest,
     ImagesResponse,
 };
-use bramble_oci_store::ImageInfo;
+use bramble_oci_store::{Guard, ImageInfo};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,6 +40,18 @@ impl RuntimeService {
     pub fn new(rt: Arc<Runtime>) -> Self {
         Self { rt }
     }
+
+    /// The references the workloads use, which a pull or import may not
+    /// move to another image unless forced (nothing protected if forced).
+    async fn guard(&self, force: bool) -> Guard {
+        let mut guard = Guard::new();
+        if !force {
+            for s in self.rt.list().await {
+                guard.protect(&s.image, &format!("workload {:?}", s.name));
+            }
+        }
+        guard
+    }
 }
 
 fn image(info: ImageInfo) -> Image {
@@ -61,6 +73,9 @@ pub fn status(e: RuntimeError) -> Status {
             I::InvalidReference { .. } => Status::invalid_argument(e.to_string()),
             I::NotFound { .. } => Status::not_found(e.to_string()),
             I::Registry { .. } | I::Pull { .. } => Status::unavailable(e.to_string()),
+            I::InUse { .. } => Status::failed_precondition(format!(
+                "{e}: pass force (nodectl image pull|import --force) to replace it"
+            )),
             _ => Status::failed_precondition(e.to_string()),
         },
         _ => Status::internal(e.to_string()),
@@ -101,17 +116,19 @@ impl RuntimeApi for RuntimeService {
         &self,
         request: Request<ImagePullRequest>,
     ) -> Result<Response<ImagePullResponse>, Status> {
-        let reference = request.into_inner().reference;
+        let req = request.into_inner();
+        let reference = req.reference;
         if reference.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "reference: name an image, e.g. docker.io/library/busybox:latest",
             ));
         }
         let registries = self.rt.registries().await;
+        let guard = self.guard(req.force).await;
         let report = self
             .rt
             .store()
-            .pull(&reference, &registries)
+            .pull_guarded(&reference, &registries, &guard)
             .await
             .map_err(|e| status(e.into()))?;
         Ok(Response::new(ImagePullResponse {
@@ -133,6 +150,7 @@ impl RuntimeApi for RuntimeService {
             .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
         let mut spool = tempfile_in(&dir)?;
         let mut tag = None;
+        let mut force = false;
         let mut total: u64 = 0;
         let mut first = true;
         while let Some(chunk) = stream.message().await? {
@@ -140,6 +158,7 @@ impl RuntimeApi for RuntimeService {
                 if !chunk.reference.is_empty() {
                     tag = Some(chunk.reference.clone());
                 }
+                force = chunk.force;
                 first = false;
             }
             total += chunk.data.len() as u64;
@@ -159,8 +178,10 @@ impl RuntimeApi for RuntimeService {
         let file = spool
             .reopen()
             .map_err(|e| Status::internal(format!("cannot read the spooled archive: {e}")))?;
+        let guard = self.guard(force).await;
         let images = tokio::task::spawn_blocking(move || {
-            let result = store.import_archive(std::io::BufReader::new(file), tag.as_deref());
+            let result =
+                store.import_archive_guarded(std::io::BufReader::new(file), tag.as_deref(), &guard);
             drop(spool);
             result
         })
