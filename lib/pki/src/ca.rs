@@ -4,12 +4,13 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use x509_parser::certificate::X509Certificate;
 
@@ -180,22 +181,29 @@ impl CertificateAuthority {
         extra_dns: &[String],
         validity: Validity,
     ) -> Result<IssuedCert, Error> {
-        let mut params = leaf_params(validity)?;
-        let hostname = if is_dns_name(hostname, false) {
-            Some(hostname)
-        } else {
-            if !hostname.is_empty() {
-                tracing::warn!(
-                    hostname,
-                    "host name is not a DNS name; leaving it out of the server certificate"
-                );
-            }
-            None
-        };
-        params.distinguished_name = subject(hostname.unwrap_or(DEFAULT_SERVER_CN), &[]);
-        params.subject_alt_names = server_sans(hostname, addresses, extra_dns)?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(&params)
+        self.sign(&server_params(hostname, addresses, extra_dns, validity)?)
+    }
+
+    /// Issues a server certificate as [`CertificateAuthority::issue_server`]
+    /// does, for the key of a certificate signing request made by
+    /// [`server_request`] on a node that holds no CA key (a worker): the
+    /// request's signature is checked (it proves the requester holds the
+    /// key) and nothing else of it is used; the names are the arguments'.
+    /// Returns the certificate, PEM; the private key never left the
+    /// requester.
+    pub fn issue_server_for(
+        &self,
+        csr_der: &[u8],
+        hostname: &str,
+        addresses: &[IpAddr],
+        extra_dns: &[String],
+        validity: Validity,
+    ) -> Result<String, Error> {
+        let params = server_params(hostname, addresses, extra_dns, validity)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| Error::Certificate(format!("certificate signing request: {e}")))?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer()?)?.pem())
     }
 
     /// Issues a certificate from caller-made parameters, for certificates
@@ -366,6 +374,64 @@ fn subject(common_name: &str, organizations: &[String]) -> DistinguishedName {
     }
     dn.push(DnType::CommonName, common_name);
     dn
+}
+
+/// A node's new private key and a certificate signing request for it, to
+/// send to a node whose CA issues it a server certificate
+/// ([`CertificateAuthority::issue_server_for`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerRequest {
+    /// The request, DER-encoded.
+    pub csr_der: Vec<u8>,
+    /// The private key (PKCS#8 PEM); it stays with the node.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ServerRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key.
+        f.debug_struct("ServerRequest")
+            .field("csr_bytes", &self.csr_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new ECDSA P-256 key and a certificate signing request signed with it.
+pub fn server_request() -> Result<ServerRequest, Error> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject(DEFAULT_SERVER_CN, &[]);
+    let csr = params.serialize_request(&key)?;
+    Ok(ServerRequest {
+        csr_der: csr.der().to_vec(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The parameters of a node's server certificate (see
+/// [`CertificateAuthority::issue_server`]).
+fn server_params(
+    hostname: &str,
+    addresses: &[IpAddr],
+    extra_dns: &[String],
+    validity: Validity,
+) -> Result<CertificateParams, Error> {
+    let mut params = leaf_params(validity)?;
+    let hostname = if is_dns_name(hostname, false) {
+        Some(hostname)
+    } else {
+        if !hostname.is_empty() {
+            tracing::warn!(
+                hostname,
+                "host name is not a DNS name; leaving it out of the server certificate"
+            );
+        }
+        None
+    };
+    params.distinguished_name = subject(hostname.unwrap_or(DEFAULT_SERVER_CN), &[]);
+    params.subject_alt_names = server_sans(hostname, addresses, extra_dns)?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
 }
 
 /// Parameters shared by every end-entity certificate.
@@ -590,6 +656,54 @@ mod tests {
             CertificateAuthority::generate("x", v),
             Err(Error::Validity { .. })
         ));
+    }
+
+    #[test]
+    fn a_server_certificate_for_a_request_keeps_the_key_with_the_requester() {
+        let ca = ca();
+        let request = server_request().unwrap();
+        let cert_pem = ca
+            .issue_server_for(
+                &request.csr_der,
+                "worker-1",
+                &["192.0.2.8".parse().unwrap()],
+                &[],
+                Validity::from_now(Duration::from_secs(60)),
+            )
+            .unwrap();
+        // The certificate and the requester's key go together, and it
+        // chains to the CA with the node's names.
+        let issued = IssuedCert {
+            cert_pem,
+            key_pem: request.key_pem.clone(),
+        };
+        let (chain, key) = issued.to_rustls().unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider).unwrap();
+        let der = issued.cert_der().unwrap();
+        let cert = parse_der(&der).unwrap();
+        assert_eq!(cert.issuer(), parse_der(ca.cert_der()).unwrap().subject());
+        let names = subject_names(&der).unwrap();
+        assert_eq!(names.common_name.as_deref(), Some("worker-1"));
+        assert!(names.ip_addresses.contains(&"192.0.2.8".parse().unwrap()));
+        assert!(!format!("{request:?}").contains("PRIVATE"));
+
+        // A request whose signature does not hold, or that is not one.
+        let mut forged = request.csr_der.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        for bad in [forged, b"not a request".to_vec()] {
+            let e = ca
+                .issue_server_for(
+                    &bad,
+                    "worker-1",
+                    &[],
+                    &[],
+                    Validity::from_now(Duration::from_secs(60)),
+                )
+                .unwrap_err();
+            assert!(e.to_string().contains("certificate signing request"), "{e}");
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@ mod secrets;
 mod tls;
 mod validity;
 
-pub use ca::{CertificateAuthority, IssuedCert, fingerprint, is_dns_name};
+pub use ca::{
+    CertificateAuthority, IssuedCert, ServerRequest, fingerprint, is_dns_name, server_request,
+};
 pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use inspect::{SubjectNames, not_after, role_from_organizations, role_of, subject_names};
