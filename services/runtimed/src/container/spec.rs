@@ -661,15 +661,53 @@ fn parse_group(text: &str) -> Vec<GroupEntry> {
         .collect()
 }
 
-/// Reads a file of the image (`etc/passwd`), following its symbolic links
-/// inside `rootfs` only. `None` when it does not exist.
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+pub(crate) const MAX_USER_DB_BYTES: u64 = 1 << 20;
+
+/// Reads a user database of the image (`etc/passwd`, `etc/group`): only a
+/// regular file of at most [`MAX_USER_DB_BYTES`], itself not a symbolic
+/// link (the directories on its way resolve inside `rootfs` only). `None`
+/// when it does not exist.
 fn read_image_file(rootfs: &Path, rel: &str) -> Result<Option<String>, ContainerError> {
-    let Some(mut file) = open_in_root(rootfs, Path::new(rel))? else {
+    let shown = rootfs.join(rel);
+    let refuse = |reason: String| ContainerError::Parse {
+        path: shown.clone(),
+        reason: format!(
+            "{reason}; the image's user database is read only from a regular file of at most {MAX_USER_DB_BYTES} bytes"
+        ),
+    };
+    if let Ok(dir) = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) && let Ok(fd) = rustix::fs::openat2(
+        &dir,
+        rel,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) && rustix::fs::fstat(&fd)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+    {
+        return Err(refuse("it is a symbolic link".to_owned()));
+    }
+    let Some(file) = open_in_root(rootfs, Path::new(rel))? else {
         return Ok(None);
     };
+    let size = file
+        .metadata()
+        .map_err(ContainerError::io("stat", &shown))?
+        .len();
+    if size > MAX_USER_DB_BYTES {
+        return Err(refuse(format!("it is {size} bytes")));
+    }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(ContainerError::io("read", rootfs.join(rel)))?;
+    file.take(MAX_USER_DB_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ContainerError::io("read", &shown))?;
+    if bytes.len() as u64 > MAX_USER_DB_BYTES {
+        return Err(refuse(format!("it grew past {MAX_USER_DB_BYTES} bytes")));
+    }
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
@@ -1180,7 +1218,9 @@ mod tests {
         fs::create_dir_all(root.join("data")).unwrap();
         fs::rename(root.join("etc/passwd"), root.join("data/passwd")).unwrap();
         std::os::unix::fs::symlink("/data/passwd", root.join("etc/passwd")).unwrap();
-        assert_eq!(user_of(&f, Some("nginx"), None).unwrap().0, 101);
+        // (The user database itself is never read through a link.)
+        let err = user_of(&f, Some("nginx"), None).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(resolved(&root, "etc/passwd"), real_root.join("data/passwd"));
         // An absolute link to a node file that exists outside the rootfs
         // finds nothing inside it.
@@ -1203,10 +1243,7 @@ mod tests {
         );
         fs::write(root.join("resolv.conf"), "inside\n").unwrap();
         assert_eq!(resolved(&root, "etc/passwd"), real_root.join("resolv.conf"));
-        assert_eq!(
-            read_image_file(&root, "etc/passwd").unwrap().as_deref(),
-            Some("inside\n")
-        );
+        assert!(read_image_file(&root, "etc/passwd").is_err());
         // Nor can `..` in the path asked for, or in a link's middle.
         assert_eq!(
             resolved(&root, "/../../etc/../../resolv.conf"),
@@ -1226,6 +1263,56 @@ mod tests {
         std::os::unix::fs::symlink("passwd", root.join("etc/passwd")).unwrap();
         let err = open_in_root(&root, Path::new("/etc/passwd")).unwrap_err();
         assert!(err.to_string().contains("symbolic links"), "{err}");
+    }
+
+    #[test]
+    fn user_databases_are_regular_files_of_bounded_size() {
+        let f = Fixture::new();
+        let root = f.rootfs();
+        let passwd = root.join("etc/passwd");
+        // A link to the node's /dev/zero (which inside the root is the
+        // image's, here a regular file) or to a file of the image.
+        fs::create_dir_all(root.join("dev")).unwrap();
+        fs::write(root.join("dev/zero"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        for target in ["/dev/zero", "/etc/group"] {
+            fs::remove_file(&passwd).unwrap();
+            std::os::unix::fs::symlink(target, &passwd).unwrap();
+            for user in [Some("nginx"), None] {
+                let err = user_of(&f, user, None).unwrap_err();
+                let msg = err.to_string();
+                assert!(
+                    msg.contains(&passwd.display().to_string())
+                        && msg.contains("it is a symbolic link")
+                        && msg.contains("read only from a regular file of at most 1048576 bytes"),
+                    "{msg}"
+                );
+            }
+        }
+        // A file past the bound, however the space is spent.
+        fs::remove_file(&passwd).unwrap();
+        let mut big = String::from("root:x:0:0:root:/root:/bin/sh\n");
+        big.push_str(&"#".repeat(MAX_USER_DB_BYTES as usize));
+        fs::write(&passwd, &big).unwrap();
+        let err = user_of(&f, Some("root"), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("it is {} bytes", big.len())),
+            "{err}"
+        );
+        // Exactly at the bound is read.
+        big.truncate(MAX_USER_DB_BYTES as usize);
+        fs::write(&passwd, &big).unwrap();
+        assert_eq!(user_of(&f, Some("root"), None).unwrap().0, 0);
+        // /etc/group the same, when a group name needs it.
+        let group = root.join("etc/group");
+        fs::remove_file(&group).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &group).unwrap();
+        let err = user_of(&f, Some("0:wheel"), None).unwrap_err();
+        assert!(
+            err.to_string().contains(&group.display().to_string())
+                && err.to_string().contains("symbolic link"),
+            "{err}"
+        );
     }
 
     #[test]
