@@ -128,6 +128,9 @@ struct ManifestFetcher {
     http_hosts: Vec<String>,
     /// [`crate::Limits::manifest_bytes`], capped.
     limit: u64,
+    /// Bearer tokens got for a registry and repository, for the pull's
+    /// next manifest (an index's image) there.
+    tokens: std::sync::Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl ManifestFetcher {
@@ -158,6 +161,7 @@ impl ManifestFetcher {
             http,
             http_hosts,
             limit,
+            tokens: std::sync::Mutex::default(),
         })
     }
 
@@ -170,11 +174,22 @@ impl ManifestFetcher {
         auth: &RegistryAuth,
         what: &str,
     ) -> Result<Vec<u8>, Error> {
-        let token = client
-            .auth(target, auth, RegistryOperation::Pull)
-            .await
-            .map_err(registry_error(format!("fetching {what}: authenticating")))?;
         let host = target.resolve_registry();
+        let key = format!("{host}/{}", target.repository());
+        let cached = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
+        let token = match cached {
+            Some(token) => token,
+            None => {
+                let token = client
+                    .auth(target, auth, RegistryOperation::Pull)
+                    .await
+                    .map_err(registry_error(format!("fetching {what}: authenticating")))?;
+                if let Ok(mut t) = self.tokens.lock() {
+                    t.insert(key, token.clone());
+                }
+                token
+            }
+        };
         let scheme = if self.http_hosts.iter().any(|h| h == host) {
             "http"
         } else {
