@@ -2,6 +2,7 @@
 //! container's would be), a server on its loopback, and runtimed's
 //! forwarder on the host's loopback joining the two. Needs root
 //! (`unshare(CLONE_NEWNET)`).
+#![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -917,6 +917,7 @@ mod tests {
                 cgroup_dir: "/sys/fs/cgroup/bramble/web".into(),
                 stop_signal: Signal::SIGQUIT,
                 memory_limited: true,
+                own_network: true,
             }
         );
 
