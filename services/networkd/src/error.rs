@@ -1,7 +1,6 @@
 //! Error types of the network daemon.
 
 use std::io;
-use std::net::Ipv4Addr;
 
 /// Errors from talking to the kernel (netlink, sockets) and from writing the
 /// daemon's status files.
@@ -69,18 +68,4 @@ pub enum Error {
     /// The readiness file descriptor named in `BRAMBLE_READY_FD` is not usable.
     #[error(transparent)]
     Ready(#[from] bramble_daemon::ReadyError),
-}
-
-/// Why a DHCPACK could not be turned into a lease.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LeaseError {
-    /// `yiaddr` is 0.0.0.0 (or otherwise unusable).
-    #[error("DHCPACK carries no usable address (yiaddr {0})")]
-    UnusableAddress(Ipv4Addr),
-    /// Option 51 (lease time) is missing.
-    #[error("DHCPACK for {0} carries no lease time (option 51)")]
-    MissingLeaseTime(Ipv4Addr),
-    /// No server identifier (option 54) and none known from the exchange.
-    #[error("DHCPACK for {0} carries no server identifier (option 54)")]
-    MissingServer(Ipv4Addr),
 }

@@ -5,14 +5,26 @@ use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
-use crate::error::LeaseError;
-
 /// The most name servers a resolver reads (musl and glibc: `MAXNS` = 3).
 pub const MAX_NAMESERVERS: usize = 3;
 /// The most search domains kept from one lease.
 pub const MAX_SEARCH_DOMAINS: usize = 6;
 /// Lease time meaning "infinite" (RFC 2131, 3.3).
 const INFINITE: u32 = u32::MAX;
+
+/// Why a DHCPACK could not be turned into a lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// `yiaddr` is 0.0.0.0 (or otherwise unusable).
+    #[error("DHCPACK carries no usable address (yiaddr {0})")]
+    UnusableAddress(Ipv4Addr),
+    /// Option 51 (lease time) is missing.
+    #[error("DHCPACK for {0} carries no lease time (option 51)")]
+    MissingLeaseTime(Ipv4Addr),
+    /// No server identifier (option 54) and none known from the exchange.
+    #[error("DHCPACK for {0} carries no server identifier (option 54)")]
+    MissingServer(Ipv4Addr),
+}
 
 /// An address lease granted by a DHCP server.
 #[derive(Debug, Clone, PartialEq, Eq)]

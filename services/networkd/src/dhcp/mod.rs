@@ -1,10 +1,7 @@
-//! DHCPv4 client: the protocol state machine ([`machine`]), lease and option
-//! parsing ([`lease`]) and the per-link driver that does the socket I/O and
-//! applies leases ([`client`]).
+//! DHCPv4 client: the protocol state machine ([`machine`]) and lease and
+//! option parsing ([`lease`]), both in the crate's library, and the per-link
+//! driver that does the socket I/O and applies leases ([`client`]).
 
 pub mod client;
-pub mod lease;
-pub mod machine;
 
-pub use lease::Lease;
-pub use machine::{LossReason, Phase};
+pub use bramble_networkd::dhcp::{Lease, LossReason, Phase, lease, machine};
