@@ -51,6 +51,8 @@ pub mod build;
 mod digest;
 mod error;
 mod fsutil;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod import;
 mod limits;
 pub mod manifest;

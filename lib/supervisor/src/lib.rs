@@ -47,6 +47,8 @@
 pub mod control;
 pub mod def;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod logs;
 pub mod protocol;
 pub mod signals;

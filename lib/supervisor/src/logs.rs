@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::LogLine;
 
-const TRUNCATED: &str = "...[truncated]";
+pub(crate) const TRUNCATED: &str = "...[truncated]";
 const RING_ENTRY_OVERHEAD: usize = 32;
 
 /// Where and how much output is kept.
