@@ -112,17 +112,21 @@ impl FromStr for Platform {
 
     /// Parses `os/arch` or `os/arch/variant`.
     fn from_str(s: &str) -> Result<Self, Error> {
+        let invalid = || Error::InvalidManifest {
+            what: format!("platform {s:?}"),
+            reason: "expected os/architecture[/variant]".to_owned(),
+        };
         let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Self::new(os, arch, None)),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() => {
-                Ok(Self::new(os, arch, Some(variant)))
-            }
-            _ => Err(Error::InvalidManifest {
-                what: format!("platform {s:?}"),
-                reason: "expected os/architecture[/variant]".to_owned(),
-            }),
+        let platform = match parts.as_slice() {
+            [os, arch] => Self::new(os, arch, None),
+            [os, arch, variant] => Self::new(os, arch, Some(variant)),
+            _ => return Err(invalid()),
+        };
+        // Checked after `new` trims them: a blank part is a missing one.
+        if platform.os.is_empty() || platform.architecture.is_empty() {
+            return Err(invalid());
         }
+        Ok(platform)
     }
 }
 
@@ -152,6 +156,25 @@ mod tests {
         let parsed: Platform = "linux/arm64/v8".parse().expect("parses");
         assert_eq!(parsed, Platform::linux_arm64());
         assert!("linux".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn blank_parts_are_refused() {
+        // Found by the oci_manifest fuzz target: "\n\n/\n" parsed to a platform
+        // whose own text, "/", did not.
+        for text in [
+            "\n\n/\n",
+            " /arm64",
+            "linux/ ",
+            "/arm64",
+            "linux//v7",
+            " / /v8",
+        ] {
+            assert!(text.parse::<Platform>().is_err(), "{text:?}");
+        }
+        let parsed: Platform = " Linux / ARM64 ".parse().expect("parses");
+        assert_eq!(parsed, Platform::linux_arm64());
+        assert_eq!(parsed.to_string().parse::<Platform>().ok(), Some(parsed));
     }
 
     #[test]
