@@ -23,9 +23,10 @@ pub struct Superblock {
 }
 
 impl Superblock {
-    /// Size of the file system in bytes.
+    /// Size of the file system in bytes; `u64::MAX` for a damaged
+    /// superblock whose 64-bit block count does not fit in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.blocks * self.block_size
+        self.blocks.saturating_mul(self.block_size)
     }
 }
 
@@ -105,6 +106,22 @@ mod tests {
         sb[0x38] = 0;
         let err = parse(&sb).unwrap_err();
         assert!(err.to_string().contains("no ext4 superblock"), "{err}");
+    }
+
+    #[test]
+    fn an_absurd_size_saturates() {
+        // Found by the disk_fs fuzz target: a 64-bit block count times 64 KiB
+        // blocks overflowed (a panic with overflow checks, a wrapped size
+        // without).
+        let mut sb = [0u8; 1024];
+        sb[0x38..0x3a].copy_from_slice(&MAGIC.to_le_bytes());
+        sb[0x18..0x1c].copy_from_slice(&6u32.to_le_bytes());
+        sb[0x04..0x08].copy_from_slice(&u32::MAX.to_le_bytes());
+        sb[0x60..0x64].copy_from_slice(&INCOMPAT_64BIT.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&u32::MAX.to_le_bytes());
+        let got = parse(&sb).unwrap();
+        assert_eq!((got.blocks, got.block_size), (u64::MAX, 64 * 1024));
+        assert_eq!(got.size_bytes(), u64::MAX);
     }
 
     #[test]
