@@ -1261,3 +1261,179 @@ fn readers_never_see_secret_values() {
     }
     server.stop();
 }
+
+/// Workers hold no private key of the OS CA: `worker.yaml` carries the
+/// CA's certificate and the join token, and a worker's apid gets its server
+/// certificate from a control-plane node's apid (`NodeCertificate`,
+/// authenticated by the token over TLS that verifies the cluster CA), so
+/// the cluster's clients verify it like any node. A wrong token gets no
+/// certificate; nothing else is open without a client certificate.
+#[test]
+fn a_worker_gets_its_certificate_from_the_control_plane() {
+    use bramble_api::machine::v1::{NodeCertificateRequest, VersionRequest};
+
+    let c = Cluster::generate();
+    let worker_yaml = std::fs::read_to_string(c.file("admin", "worker.yaml")).unwrap();
+    assert!(
+        !worker_yaml.contains("PRIVATE KEY"),
+        "worker.yaml holds a private key:\n{worker_yaml}"
+    );
+    let worker_config = bramble_config::MachineConfig::parse(&worker_yaml).unwrap();
+    assert!(worker_config.machine.ca.key.is_none());
+    let token = worker_config
+        .machine
+        .token
+        .as_ref()
+        .unwrap()
+        .expose()
+        .to_owned();
+
+    let cp_state = tempfile::tempdir().unwrap();
+    let cp = configured(&c.file("admin", "controlplane.yaml"), cp_state.path());
+    let cp_node = cp.node();
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "admin", &cp_node, &["version"]).0.then_some(())
+    });
+
+    // The worker's apid asks the control plane's (on its loopback port).
+    let worker_state = tempfile::tempdir().unwrap();
+    let api = cp_node.clone();
+    let worker = TestServer::start_with(
+        worker_state.path(),
+        fixture_info(worker_state.path()),
+        move |config| {
+            config.control_plane_api = Some(api);
+            config.join_retry = Duration::from_millis(200);
+        },
+    );
+    let worker_node = worker.node();
+    ok(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &worker_node,
+        "-f",
+        &c.file("admin", "worker.yaml"),
+    ]);
+    // Verified against the cluster CA, like any node; a reader can read it.
+    let out = bramble_testkit::wait_for(
+        "the worker to serve a certificate from the cluster CA",
+        Duration::from_secs(20),
+        || {
+            let (success, out, _) = as_role(&c, "reader", &worker_node, &["version", "-o", "json"]);
+            success.then_some(out)
+        },
+    );
+    assert!(out.contains("\"maintenance\": false"), "{out}");
+    let (success, config, err) = as_role(&c, "admin", &worker_node, &["get", "config"]);
+    assert!(success, "{err}");
+    assert!(!config.contains("PRIVATE KEY"), "{config}");
+
+    // Straight to the control plane, without a client certificate: the
+    // join call with a wrong token gets nothing, every other call is refused.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = bramble_pki::SecretsBundle::from_yaml(
+        &std::fs::read_to_string(c.root.join("secrets.yaml")).unwrap(),
+    )
+    .unwrap()
+    .os_ca
+    .cert_pem()
+    .to_owned();
+    let anonymous = |node: &str| {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(
+            rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()).map(Result::unwrap),
+        );
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = nodectl::client::ClientTls::from_rustls(config);
+        let addr = nodectl::nodes::NodeAddr::parse(node).unwrap();
+        rt.block_on(nodectl::client::connect(
+            &addr,
+            &tls,
+            Duration::from_secs(10),
+        ))
+        .unwrap()
+    };
+    let request = bramble_pki::server_request().unwrap();
+    let ask = |node: &str, token: &str| {
+        let mut client = anonymous(node);
+        rt.block_on(client.node_certificate(NodeCertificateRequest {
+            token: token.to_owned(),
+            csr: request.csr_der.clone(),
+            hostname: "intruder".into(),
+            addresses: vec!["192.0.2.66".into()],
+            cert_sans: vec![],
+        }))
+    };
+    let e = ask(&cp_node, "zzzzzz.zzzzzzzzzzzzzzzz").unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("join token"), "{}", e.message());
+    let e = rt
+        .block_on(anonymous(&cp_node).version(VersionRequest {}))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // With the token, the certificate is the requester's to use; a worker
+    // has no CA key to issue one with.
+    let issued = ask(&cp_node, &token).unwrap().into_inner().certificate;
+    assert!(issued.contains("BEGIN CERTIFICATE"), "{issued}");
+    let e = ask(&worker_node, &token).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("no key of the cluster's CA"),
+        "{}",
+        e.message()
+    );
+    drop(rt);
+    worker.stop();
+
+    // A worker whose token is not the cluster's gets no certificate: it
+    // serves its own, which the cluster's clients do not trust.
+    let bad_state = tempfile::tempdir().unwrap();
+    let api = cp_node.clone();
+    let bad = TestServer::start_with(
+        bad_state.path(),
+        fixture_info(bad_state.path()),
+        move |config| {
+            config.control_plane_api = Some(api);
+            config.join_retry = Duration::from_millis(200);
+        },
+    );
+    let bad_node = bad.node();
+    let bad_yaml = bad_state.path().join("worker.yaml");
+    std::fs::write(
+        &bad_yaml,
+        bramble_config::apply_patch(&worker_yaml, "machine: {token: zzzzzz.zzzzzzzzzzzzzzzz}")
+            .unwrap(),
+    )
+    .unwrap();
+    ok(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &bad_node,
+        "-f",
+        bad_yaml.to_str().unwrap(),
+    ]);
+    bramble_testkit::wait_for(
+        "the worker to leave maintenance mode",
+        Duration::from_secs(20),
+        || fails_insecure_version(&bad_node).then_some(()),
+    );
+    let (success, _, err) = as_role(&c, "reader", &bad_node, &["version"]);
+    assert!(!success, "a worker with a wrong token was trusted");
+    assert!(!err.is_empty());
+    bad.stop();
+    cp.stop();
+}
+
+/// Whether `version --insecure` fails (the node is no longer in
+/// maintenance mode: it wants a client certificate for every call).
+fn fails_insecure_version(node: &str) -> bool {
+    !run(&["version", "--insecure", "-n", node]).0
+}

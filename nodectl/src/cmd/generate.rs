@@ -69,13 +69,20 @@ pub fn machine_config(
     if controlplane {
         cluster_doc["secretboxEncryptionSecret"] = bundle.secretbox_secret.clone().into();
     }
+    // A control-plane node issues its own API certificate from the OS CA; a
+    // worker holds only the CA's certificate and gets its API certificate
+    // from a control-plane node with the join token (root on a worker must
+    // not mint client certificates for the cluster).
+    let mut os_ca = serde_json::json!({ "crt": bundle.os_ca.cert_pem() });
+    if controlplane {
+        os_ca["key"] = bundle.os_ca.key_pem().into();
+    }
     let doc = serde_json::json!({
         "version": "v1alpha1",
         "machine": {
             "type": kind,
             "token": bundle.bootstrap_token,
-            // Every node issues its own API certificate from the OS CA.
-            "ca": { "crt": bundle.os_ca.cert_pem(), "key": bundle.os_ca.key_pem() },
+            "ca": os_ca,
         },
         "cluster": cluster_doc,
     });

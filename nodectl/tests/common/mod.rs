@@ -40,6 +40,16 @@ pub fn fixture_info(dir: &Path) -> NodeInfoSource {
 
 impl TestServer {
     pub fn start(state_dir: &Path, info: NodeInfoSource) -> Self {
+        Self::start_with(state_dir, info, |_| {})
+    }
+
+    /// As [`TestServer::start`], with `tweak` applied to the server's
+    /// configuration last.
+    pub fn start_with(
+        state_dir: &Path,
+        info: NodeInfoSource,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         bramble_apid::install_crypto_provider();
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), state_dir);
         config.info = info;
@@ -48,6 +58,7 @@ impl TestServer {
         // A runtime, if the test runs one ([`TestRuntime`]), listens here.
         config.runtime_socket = state_dir.join("runtimed.sock");
         config.shutdown_grace = Duration::from_secs(2);
+        tweak(&mut config);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

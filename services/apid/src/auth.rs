@@ -7,7 +7,10 @@
 //! client certificate (the TLS layer has already checked it chains to the
 //! node's CA and is in its validity period) and either lets the call through,
 //! with the [`Caller`] in its extensions, or answers with a gRPC status.
-//! A method missing from the table needs `admin`.
+//! A method missing from the table needs `admin`. The one exception,
+//! [`JOIN`], is authenticated by the join token its request carries (a
+//! worker asking for its server certificate has no client certificate);
+//! the handler checks the token.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,7 +78,13 @@ pub const RULES: &[Rule] = &[
     rule("Reboot", Role::Operator, false),
     rule("Shutdown", Role::Operator, false),
     rule("Reset", Role::Admin, false),
+    // Authenticated by the join token, whatever the certificate: see JOIN.
+    rule("NodeCertificate", Role::Admin, false),
 ];
+
+/// The calls a configured node admits without a client certificate: each
+/// request carries the cluster's join token, which its handler checks.
+pub const JOIN: &[&str] = &["NodeCertificate"];
 
 /// The rule for a gRPC path; unknown methods need `admin` and are closed in
 /// maintenance mode.
@@ -99,6 +108,9 @@ pub enum Caller {
     Anonymous,
     /// A client certificate carrying this role.
     Role(Role),
+    /// A [`JOIN`] call on a configured node: authenticated by the join
+    /// token in its request, not (or not only) by a certificate.
+    Joining,
 }
 
 impl Caller {
@@ -148,11 +160,13 @@ pub fn authorize(path: &str, mode: Mode, role: Option<Role>) -> Result<Caller, S
                  reset the node"
             )));
         }
+        Mode::Configured if JOIN.contains(&rule.method) => return Ok(Caller::Joining),
         Mode::Recovery | Mode::Configured => {}
     }
     match role {
         None => Err(Status::permission_denied(
-            "the client certificate carries no role (its subject needs O=bramble:role:<admin|operator|reader>)",
+            "this call needs a client certificate of the cluster carrying a role (its subject needs \
+             O=bramble:role:<admin|operator|reader>): none was presented, or it carries no role",
         )),
         Some(role) if role.allows(rule.role) => Ok(Caller::Role(role)),
         Some(role) => Err(Status::permission_denied(format!(
@@ -243,7 +257,7 @@ mod tests {
     #[test]
     fn every_rule_is_enforced_for_every_role() {
         let roles = [Role::Reader, Role::Operator, Role::Admin];
-        for rule in RULES {
+        for rule in RULES.iter().filter(|r| !JOIN.contains(&r.method)) {
             for role in roles {
                 let got = authorize(&path(rule.method), Mode::Configured, Some(role));
                 assert_eq!(
@@ -280,7 +294,7 @@ mod tests {
                 "ServiceStart ServiceStop ServiceRestart Reboot Shutdown ImagePull ImageImport \
                  ImageRemove ContainerRestart",
             ),
-            (Role::Admin, "ApplyConfiguration Reset"),
+            (Role::Admin, "ApplyConfiguration Reset NodeCertificate"),
         ];
         let mut listed = 0;
         for (role, methods) in expected {
@@ -344,6 +358,23 @@ mod tests {
             RULES.len(),
             "a rule for an RPC that does not exist"
         );
+    }
+
+    #[test]
+    fn the_join_call_is_left_to_its_token_on_a_configured_node_only() {
+        for role in [None, Some(Role::Reader), Some(Role::Admin)] {
+            assert_eq!(
+                authorize(&path("NodeCertificate"), Mode::Configured, role).unwrap(),
+                Caller::Joining
+            );
+            assert!(authorize(&path("NodeCertificate"), Mode::Recovery, role).is_err());
+        }
+        assert!(authorize(&path("NodeCertificate"), Mode::Maintenance, None).is_err());
+        // Without a certificate, nothing else.
+        for rule in RULES.iter().filter(|r| !JOIN.contains(&r.method)) {
+            let e = authorize(&path(rule.method), Mode::Configured, None).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{}", rule.method);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod console;
 pub mod error;
 pub mod identity;
 pub mod info;
+pub mod join;
 pub mod network;
 pub mod pi;
 pub mod runtime;

@@ -33,7 +33,7 @@ pub const DEFAULT_WIPE_DATA_MARKER: &str = "/system/state/wipe-data";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/bramble/init.sock";
 /// How long a configured node's server certificate is valid; it is issued
 /// anew at every start of the server.
-const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -60,6 +60,14 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long in-flight calls get after a shutdown request.
     pub shutdown_grace: Duration,
+    /// `host:port` of the control-plane node a worker (a configuration
+    /// without `machine.ca.key`) asks for its server certificate; `None`:
+    /// the host of `cluster.controlPlane.endpoint`, port 50000
+    /// ([`crate::join`]).
+    pub control_plane_api: Option<String>,
+    /// How long a worker that could not get its certificate waits before
+    /// asking again.
+    pub join_retry: Duration,
 }
 
 impl Config {
@@ -78,6 +86,8 @@ impl Config {
             info: NodeInfoSource::system(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            control_plane_api: None,
+            join_retry: Duration::from_secs(15),
         }
     }
 }
@@ -116,6 +126,14 @@ enum Tls {
         identity: ServerIdentity,
         client_ca: String,
     },
+    /// A worker (no CA key) that could not get its certificate from a
+    /// control-plane node yet ([`crate::join`]): the maintenance
+    /// certificate (clients pin it), client certificates from the cluster's
+    /// CA, every call by role; it asks again after `join_retry`.
+    Joining {
+        identity: ServerIdentity,
+        client_ca: String,
+    },
 }
 
 impl Tls {
@@ -123,21 +141,24 @@ impl Tls {
         match self {
             Self::Maintenance(id)
             | Self::Mutual { identity: id, .. }
-            | Self::Recovery { identity: id, .. } => id,
+            | Self::Recovery { identity: id, .. }
+            | Self::Joining { identity: id, .. } => id,
         }
     }
 
     fn client_ca(&self) -> Option<&str> {
         match self {
             Self::Maintenance(_) => None,
-            Self::Mutual { client_ca, .. } | Self::Recovery { client_ca, .. } => Some(client_ca),
+            Self::Mutual { client_ca, .. }
+            | Self::Recovery { client_ca, .. }
+            | Self::Joining { client_ca, .. } => Some(client_ca),
         }
     }
 
     fn mode(&self) -> Mode {
         match self {
             Self::Maintenance(_) => Mode::Maintenance,
-            Self::Mutual { .. } => Mode::Configured,
+            Self::Mutual { .. } | Self::Joining { .. } => Mode::Configured,
             Self::Recovery { .. } => Mode::Recovery,
         }
     }
@@ -186,7 +207,7 @@ async fn names_changed(mutual: bool, issued_for: SubjectNames) {
 /// anyone on its network. It then requires client certificates from that
 /// CA ([`Mode::Recovery`]). If the record cannot be read, the server does
 /// not start, and says why (the supervisor starts it again).
-fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Error> {
+async fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Error> {
     let Some(stored) = stored else {
         let (identity, origin) =
             ServerIdentity::load_or_generate(&config.state_dir, &subject_names())?;
@@ -242,16 +263,55 @@ fn tls_for(config: &Config, stored: Option<&Stored>) -> Result<(Tls, Origin), Er
         });
     };
     let machine = &stored.config.machine;
-    let ca_key = machine.ca.key.as_ref().map(|k| k.expose()).ok_or_else(|| {
-        Error::Pki("machine.ca.key is missing: the node issues its API certificate with it".into())
-    })?;
-    let ca = bramble_pki::CertificateAuthority::from_pem(&machine.ca.crt, ca_key)
-        .map_err(|e| Error::Pki(e.to_string()))?;
     let names = subject_names();
     let hostname = machine
         .hostname
         .clone()
         .unwrap_or_else(|| names.hostname.clone());
+    let Some(ca_key) = machine.ca.key.as_ref().map(|k| k.expose()) else {
+        // A worker: its certificate comes from a control-plane node.
+        let client_ca = machine.ca.crt.clone();
+        let asked =
+            match crate::join::control_plane_api(stored, config.control_plane_api.as_deref()) {
+                Ok(api) => crate::join::request_identity(&api, stored, &hostname, &names.addresses)
+                    .await
+                    .map(|identity| (identity, api)),
+                Err(e) => Err(e),
+            };
+        return match asked {
+            Ok((identity, api)) => {
+                tracing::info!(control_plane = %api, "API certificate issued by a control-plane node");
+                Ok((
+                    Tls::Mutual {
+                        identity,
+                        client_ca,
+                    },
+                    Origin::Generated,
+                ))
+            }
+            Err(e) => {
+                let (identity, origin) =
+                    ServerIdentity::load_or_generate(&config.state_dir, &names)?;
+                let message = format!(
+                    "no API certificate from a control-plane node yet ({e}); serving with this \
+                     node's own certificate ({}) to the cluster's clients, asking again in {}s",
+                    identity.fingerprint(),
+                    config.join_retry.as_secs_f64()
+                );
+                tracing::error!("{message}");
+                crate::console::print(&format!("bramble: ERROR {message}\n"));
+                Ok((
+                    Tls::Joining {
+                        identity,
+                        client_ca,
+                    },
+                    origin,
+                ))
+            }
+        };
+    };
+    let ca = bramble_pki::CertificateAuthority::from_pem(&machine.ca.crt, ca_key)
+        .map_err(|e| Error::Pki(e.to_string()))?;
     let issued = ca
         .issue_server(
             &hostname,
@@ -302,7 +362,7 @@ impl BoundServer {
             }
             Err(e) => return Err(e),
         };
-        let (tls, origin) = tls_for(&config, stored.as_ref())?;
+        let (tls, origin) = tls_for(&config, stored.as_ref()).await?;
         let node = Node::new(
             config.info.clone(),
             store,
@@ -398,7 +458,7 @@ impl BoundServer {
                 return Ok(());
             }
             let current = self.node.current().await;
-            let (tls, origin) = tls_for(&self.config, current.as_ref())?;
+            let (tls, origin) = tls_for(&self.config, current.as_ref()).await?;
             self.tls = tls;
             self.origin = origin;
         }
@@ -433,6 +493,13 @@ impl BoundServer {
         if let Some(client_ca) = self.tls.client_ca() {
             tls = tls.client_ca_root(Certificate::from_pem(client_ca));
         }
+        // A configured node lets a connection without a client certificate
+        // through the handshake, for the one call its join token
+        // authenticates (`auth::JOIN`): every other call needs a role, and a
+        // certificate that is presented must still chain to the CA.
+        if self.mode() == Mode::Configured {
+            tls = tls.client_auth_optional(true);
+        }
         let server = Server::builder()
             .tls_config(tls)
             .map_err(Error::Tls)?
@@ -460,6 +527,8 @@ impl BoundServer {
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let mut reload = false;
         let mutual = matches!(self.tls, Tls::Mutual { .. });
+        let joining = matches!(self.tls, Tls::Joining { .. });
+        let join_retry = self.config.join_retry;
         let issued_for = subject_names();
         let signal = async {
             tokio::select! {
@@ -470,6 +539,16 @@ impl BoundServer {
                 }
                 () = names_changed(mutual, issued_for) => {
                     tracing::info!("the node's names or addresses changed: issuing a new certificate");
+                    reload = true;
+                }
+                () = async {
+                    if joining {
+                        tokio::time::sleep(join_retry).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    tracing::info!("asking a control-plane node for the API certificate again");
                     reload = true;
                 }
             }

@@ -18,7 +18,9 @@
 //! * `network`: the network readers (Hostname, Links, Addresses, Routes,
 //!   Resolvers, Time);
 //! * `logs`: the streams that can be followed: Logs, Dmesg, Events;
-//! * `runtime`: the container calls, forwarded to runtimed.
+//! * `runtime`: the container calls, forwarded to runtimed;
+//! * `join`: NodeCertificate, a worker's server certificate from this
+//!   node's CA, for the join token.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -31,10 +33,11 @@ use bramble_api::machine::v1::{
     DmesgRequest, Event, EventsRequest, GetConfigRequest, GetConfigResponse, HostnameRequest,
     HostnameResponse, KernelLogLine, LinksRequest, LinksResponse, LoadAvgRequest, LoadAvgResponse,
     LogLine, LogsRequest, MemoryRequest, MemoryResponse, MountsRequest, MountsResponse,
-    ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse, ResetRequest,
-    ResetResponse, ResolversRequest, ResolversResponse, RoutesRequest, RoutesResponse,
-    ServiceListRequest, ServiceListResponse, ServiceRequest, ServiceResponse, ShutdownRequest,
-    ShutdownResponse, TimeRequest, TimeResponse, VersionRequest, VersionResponse,
+    NodeCertificateRequest, NodeCertificateResponse, ProcessesRequest, ProcessesResponse,
+    RebootRequest, RebootResponse, ResetRequest, ResetResponse, ResolversRequest,
+    ResolversResponse, RoutesRequest, RoutesResponse, ServiceListRequest, ServiceListResponse,
+    ServiceRequest, ServiceResponse, ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse,
+    VersionRequest, VersionResponse,
 };
 use bramble_api::runtime::v1 as rt;
 use bramble_supervisor::Shutdown;
@@ -50,6 +53,7 @@ use crate::store::{ConfigStore, Stored};
 use crate::system::SystemSource;
 
 mod config;
+mod join;
 mod logs;
 mod network;
 mod plan;
@@ -551,5 +555,12 @@ impl MachineService for MachineApi {
         request: Request<rt::ContainerRestartRequest>,
     ) -> Result<Response<rt::ContainerRestartResponse>, Status> {
         runtime::container_restart(self, request).await
+    }
+
+    async fn node_certificate(
+        &self,
+        request: Request<NodeCertificateRequest>,
+    ) -> Result<Response<NodeCertificateResponse>, Status> {
+        join::node_certificate(self, request).await
     }
 }
