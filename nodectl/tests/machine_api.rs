@@ -1307,6 +1307,26 @@ fn a_worker_gets_its_certificate_from_the_control_plane() {
         },
     );
     let worker_node = worker.node();
+    // Without the CA's key, the join token is required.
+    let tokenless = worker_state.path().join("tokenless.yaml");
+    std::fs::write(
+        &tokenless,
+        bramble_config::apply_patch(&worker_yaml, "machine: {token: {$patch: delete}}").unwrap(),
+    )
+    .unwrap();
+    let err = fails(&[
+        "apply-config",
+        "--insecure",
+        "-n",
+        &worker_node,
+        "-f",
+        tokenless.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("machine.token: required without machine.ca.key"),
+        "{err}"
+    );
+    assert!(!worker_state.path().join("config/config.yaml").exists());
     ok(&[
         "apply-config",
         "--insecure",

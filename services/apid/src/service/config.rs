@@ -91,6 +91,14 @@ impl MachineApi {
             .await
             .map_err(|e| Status::internal(format!("parsing the configuration failed: {e}")))?
             .map_err(|e| Status::invalid_argument(format!("the configuration is invalid:\n{e}")))?;
+        // A node without the CA's key (a worker) gets its API certificate
+        // from a control-plane node with the join token (`crate::join`).
+        if new.machine.ca.key.is_none() && new.machine.token.is_none() {
+            return Err(Status::invalid_argument(
+                "the configuration is invalid:\nmachine.token: required without machine.ca.key: \
+                 the node gets its API certificate from a control-plane node with the join token",
+            ));
+        }
         let unknown = crate::network::unknown_links(&new, &self.node.system.class_net);
         if !unknown.is_empty() {
             return Err(Status::invalid_argument(format!(
