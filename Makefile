@@ -27,7 +27,7 @@ IMAGE       := $(DIST)/bramble-arm64.img
 BIN_DIR     := target/$(TARGET)/release
 DEPS_STAMP  := .cache/deps.stamp
 
-.PHONY: deps build node-bins host-bins image qemu test test-host test-boot bench lint fmt clean
+.PHONY: deps build node-bins host-bins image qemu test test-host test-boot fuzz bench lint fmt clean
 
 deps:
 	bash boot/deps.sh
@@ -56,10 +56,21 @@ image: build
 qemu: image
 	target/debug/bramble-qemu --image $(IMAGE)
 
-# Every test: host unit/integration tests, then boot tests in QEMU.
+# Every test: host unit/integration tests, then boot tests in QEMU, then
+# each fuzz target for FUZZ_TEST_SECONDS.
+FUZZ_TEST_SECONDS ?= 10
 test: image
 	BRAMBLE_IMAGE=$(CURDIR)/$(IMAGE) BRAMBLE_BIN_DIR=$(CURDIR)/$(BIN_DIR) \
 	  $(CARGO) test --locked --workspace --no-fail-fast -- --test-threads=2
+	bash tests/fuzz/run.sh -t $(FUZZ_TEST_SECONDS)
+
+# The fuzz targets (tests/fuzz/: libFuzzer on stable Rust, built into
+# target/fuzz), each for FUZZ_SECONDS, or only FUZZ_TARGETS; prints the
+# inputs tried and the crashes per target. A crash fails.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: $(DEPS_STAMP)
+	bash tests/fuzz/run.sh -t $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # The crun comparison boots a bench image whose runtimed has `runtimed
 # compare` (the `compare` feature, left out of the node's image): built into
@@ -75,6 +86,7 @@ bench: image
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --locked -p bramble-runtimed --features compare --all-targets -- -D warnings
 	$(CARGO) clippy --locked --target $(TARGET) $(addprefix -p ,$(NODE_BINS)) -- -D warnings

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Bramble's build and tests need, idempotently:
-#   - Debian packages for the host (QEMU, clang/llvm for cross C code, protoc,
+#   - Debian packages for the host (QEMU, clang/llvm for cross C code, g++
+#     for libFuzzer (the fuzz targets' libfuzzer-sys builds it), protoc,
 #     docker-registry and busybox-static for the container runtime's tests,
 #     e2fsprogs, dnsmasq and chrony for network and time tests, and the
 #     reference tools the image builder's writers are compared with:
@@ -19,7 +20,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # The image's packages, and the tests' (container images are built from them).
 locks=("$root/boot/packages.lock" "$root/tests/packages.lock")
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools)
+host_packages=(qemu-system-arm clang llvm lld g++ protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {
