@@ -28,14 +28,11 @@ impl Platform {
             .map(|v| v.trim().to_ascii_lowercase())
             .filter(|v| !v.is_empty());
         let (architecture, variant) = match arch.as_str() {
-            "aarch64" | "arm64" => (
-                "arm64",
-                variant
-                    .filter(|v| v != "v8" && v != "8")
-                    .map(|v| with_v(&v)),
-            ),
+            // The default variant is dropped after the `v` is added, so `1`
+            // and `v1` both mean plain amd64.
+            "aarch64" | "arm64" => ("arm64", variant.map(|v| with_v(&v)).filter(|v| v != "v8")),
             "x86_64" | "x86-64" | "amd64" => {
-                ("amd64", variant.filter(|v| v != "v1").map(|v| with_v(&v)))
+                ("amd64", variant.map(|v| with_v(&v)).filter(|v| v != "v1"))
             }
             "i386" | "i686" | "386" => ("386", None),
             "armhf" => ("arm", Some("v7".to_owned())),
@@ -156,6 +153,25 @@ mod tests {
         let parsed: Platform = "linux/arm64/v8".parse().expect("parses");
         assert_eq!(parsed, Platform::linux_arm64());
         assert!("linux".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn default_variants_without_their_v_are_dropped() {
+        // Found by the oci_manifest fuzz target: "linux/amd64/1" became
+        // linux/amd64/v1, whose own text then parsed to plain linux/amd64.
+        assert_eq!(
+            Platform::new("linux", "amd64", Some("1")),
+            Platform::linux_amd64()
+        );
+        assert_eq!(
+            Platform::new("linux", "arm64", Some("8")),
+            Platform::linux_arm64()
+        );
+        let v2 = Platform::new("linux", "amd64", Some("2"));
+        assert_eq!(v2.variant.as_deref(), Some("v2"));
+        for p in [v2, Platform::new("linux", "arm", Some("6"))] {
+            assert_eq!(p.to_string().parse::<Platform>().ok(), Some(p));
+        }
     }
 
     #[test]
