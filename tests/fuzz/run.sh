@@ -57,6 +57,13 @@ cargo build --release --manifest-path "$fuzz_dir/Cargo.toml" \
 echo "==> built in $((SECONDS - build_start)) s"
 bin_dir="$target_dir/$host/release"
 
+# The targets' temporary directories, removed at the end whatever happened.
+scratch_parent=/dev/shm
+[[ -d $scratch_parent && -w $scratch_parent ]] || scratch_parent=${TMPDIR:-/tmp}
+BRAMBLE_FUZZ_SCRATCH=$(mktemp -d "$scratch_parent/bramble-fuzz.XXXXXX")
+export BRAMBLE_FUZZ_SCRATCH
+trap 'rm -rf "$BRAMBLE_FUZZ_SCRATCH"' EXIT
+
 summary=()
 failed=0
 for t in "${targets[@]}"; do
