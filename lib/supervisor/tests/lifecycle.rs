@@ -342,14 +342,27 @@ fn restart_request_restarts_only_that_service() {
 fn reload_sends_sighup_to_the_running_process_only() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("reloaded");
+    let child_pid = dir.path().join("child.pid");
     // The shell counts SIGHUPs in a file; `sleep` in the background keeps
-    // it waiting so the trap runs as soon as the signal arrives.
+    // it waiting so the trap runs as soon as the signal arrives. A child in
+    // its process group (as a container runtime's shims are) must not get
+    // the signal: SIGHUP would end it.
     let script = format!(
-        "trap 'echo hup >> {m}' HUP; while :; do sleep 0.05 & wait $!; done",
+        "sleep 1000 & echo $! > {c}; trap 'echo hup >> {m}' HUP; while :; do sleep 0.05 & wait $!; done",
+        c = child_pid.display(),
         m = marker.display()
     );
     let mut s = sup(vec![sh("net", &script)]);
     assert!(wait_for(&mut s, LONG, all_ready));
+    assert!(wait_for(&mut s, LONG, |_| std::fs::read_to_string(
+        &child_pid
+    )
+    .is_ok_and(|t| t.ends_with('\n'))));
+    let child: i32 = std::fs::read_to_string(&child_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let before = pid(&s, "net");
     s.reload("net").unwrap();
     assert!(wait_for(&mut s, LONG, |_| std::fs::read_to_string(&marker)
@@ -358,6 +371,11 @@ fn reload_sends_sighup_to_the_running_process_only() {
         pid(&s, "net"),
         before,
         "a reload must not restart the process"
+    );
+    assert!(
+        std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z ")),
+        "the service's child outlives its reload"
     );
     assert!(
         s.events_since(0)

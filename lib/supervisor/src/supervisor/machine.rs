@@ -9,7 +9,7 @@ use rustix::process::Signal;
 use tracing::{debug, info, warn};
 
 use super::log_pipe::LOG_READS_ON_EXIT;
-use super::spawn::{REAP_INTERVAL, signal_proc};
+use super::spawn::{REAP_INTERVAL, signal_leader, signal_proc};
 use super::{StopTimer, Supervisor};
 use crate::def::RestartPolicy;
 use crate::error::Error;
@@ -98,7 +98,7 @@ impl Supervisor {
             .as_ref()
             .filter(|_| self.services[idx].stop.is_none())
             .map(|proc| {
-                signal_proc(proc, Signal::HUP);
+                signal_leader(proc, Signal::HUP);
                 proc.pid.as_raw_nonzero().get()
             });
         match running {

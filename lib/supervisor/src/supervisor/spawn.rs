@@ -52,6 +52,18 @@ pub(super) fn signal_proc(proc: &Proc, sig: Signal) {
     }
 }
 
+/// Sends `sig` to the service's own process only (through its pidfd), not
+/// to its group: a reload is addressed to the daemon, and its children (a
+/// container runtime's shims, for one) must not get it.
+pub(super) fn signal_leader(proc: &Proc, sig: Signal) {
+    if let Err(e) = rustix::process::pidfd_send_signal(&proc.pidfd, sig) {
+        debug!(
+            pid = proc.pid.as_raw_nonzero().get(),
+            "pidfd_send_signal: {e}"
+        );
+    }
+}
+
 fn exit_status_from_waitid(st: &rustix::process::WaitIdStatus) -> ExitStatus {
     if let Some(code) = st.exit_status() {
         ExitStatus::Code(code)
