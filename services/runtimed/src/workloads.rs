@@ -40,6 +40,9 @@ const SHIM_EXTRA: Duration = Duration::from_secs(10);
 /// killed (the next shim removes what it left) and the start counts as
 /// failed.
 const START_LIMIT: Duration = Duration::from_secs(120);
+/// How long a container's output may stay open after its shim ended before
+/// its cgroup is killed (and again before the readers are dropped).
+const OUTPUT_END_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the runtime keeps things on the node.
 #[derive(Debug, Clone)]
@@ -585,7 +588,8 @@ async fn run_shim(
                     match tokio::time::timeout(limit, child.wait()).await {
                         Ok(status) => break status,
                         Err(_) => {
-                            tracing::warn!(container = %w.name, "the shim did not end {limit:?} after SIGTERM; killing it");
+                            tracing::warn!(container = %w.name, "the shim did not end {limit:?} after SIGTERM; killing it and its container");
+                            let _ = container::kill_all(&paths.cgroup_dir(&w.name));
                             let _ = child.start_kill();
                             break child.wait().await;
                         }
@@ -616,8 +620,20 @@ async fn run_shim(
             }
         }
     };
-    for r in readers.into_iter().flatten() {
-        let _ = r.await;
+    // The output ends when the last process holding the pipes does. The
+    // shim leaves none behind, but a shim that had to be killed may have:
+    // then the container's cgroup is killed, and the readers are bounded.
+    let cgroup = paths.cgroup_dir(&w.name);
+    for mut r in readers.into_iter().flatten() {
+        if tokio::time::timeout(OUTPUT_END_WAIT, &mut r).await.is_err() {
+            tracing::warn!(container = %w.name, "the container's output is still open after its shim ended; killing its cgroup");
+            if let Err(e) = container::kill_all(&cgroup) {
+                tracing::warn!(container = %w.name, "cannot kill {}: {e}", cgroup.display());
+            }
+            if tokio::time::timeout(OUTPUT_END_WAIT, &mut r).await.is_err() {
+                r.abort();
+            }
+        }
     }
     let status = status.map_err(|e| RuntimeError::Shim(format!("waiting for the shim: {e}")))?;
     match container::read_exit(&exit_file) {

@@ -133,6 +133,14 @@ pub(crate) fn disable_swap(cgroup_dir: &Path) -> Result<(), ContainerError> {
     fs::write(&path, "0").map_err(ContainerError::io("write", path))
 }
 
+/// SIGKILL to every process of the cgroup and its children at once, through
+/// `cgroup.kill` (Linux 5.14): no process can fork its way out, as one can
+/// from a kill that walks `cgroup.procs` (a fork bomb refills it as fast
+/// as it is read).
+pub fn kill_all(cgroup_dir: &Path) -> io::Result<()> {
+    fs::write(cgroup_dir.join("cgroup.kill"), "1")
+}
+
 /// Kills every process of a leftover cgroup and removes it (and its empty
 /// children), waiting at most `timeout`. Nothing to do when it is absent.
 pub(crate) fn remove_stale(cgroup_dir: &Path, timeout: Duration) -> Result<(), ContainerError> {
@@ -140,12 +148,8 @@ pub(crate) fn remove_stale(cgroup_dir: &Path, timeout: Duration) -> Result<(), C
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
-    // cgroup.kill (Linux 5.14) kills the whole subtree at once.
-    let kill = cgroup_dir.join("cgroup.kill");
-    if kill.exists()
-        && let Err(e) = fs::write(&kill, "1")
-    {
-        tracing::warn!(path = %kill.display(), error = %e, "cannot kill the leftover cgroup's processes");
+    if let Err(e) = kill_all(cgroup_dir) {
+        tracing::warn!(cgroup = %cgroup_dir.display(), error = %e, "cannot kill the leftover cgroup's processes");
     }
     loop {
         match remove_tree(cgroup_dir) {

@@ -20,7 +20,7 @@ pub mod spec;
 mod sys;
 
 pub use cgroup::{
-    CGROUP_ROOT, CgroupStats, cgroup_dir, oom_kills, prepare_cgroup_parent, read_stats,
+    CGROUP_ROOT, CgroupStats, cgroup_dir, kill_all, oom_kills, prepare_cgroup_parent, read_stats,
 };
 pub use error::ContainerError;
 pub use shim::{ExitReport, ShimArgs, StartedReport, read_exit, read_started};

@@ -348,7 +348,7 @@ fn supervise(args: &ShimArgs) -> ExitReport {
         .map_err(|e| format!("cannot write the start report: {e}"))
     });
     if let Err(e) = started {
-        hard_kill(&mut container, init);
+        hard_kill(&mut container, init, &cgroup_dir);
         let mut status = None;
         wait_for(init, &mut status, &signals, Instant::now() + KILL_WAIT);
         fill_status(&mut report, status);
@@ -357,8 +357,14 @@ fn supervise(args: &ShimArgs) -> ExitReport {
         return report;
     }
 
-    let (status, problem) =
-        wait_for_exit(&mut container, init, &signals, stop_signal, args.grace_secs);
+    let (status, problem) = wait_for_exit(
+        &mut container,
+        init,
+        &cgroup_dir,
+        &signals,
+        stop_signal,
+        args.grace_secs,
+    );
     fill_status(&mut report, status);
     match cgroup::oom_kills(&cgroup_dir) {
         Ok(n) => report.oom_killed = n > 0,
@@ -527,9 +533,16 @@ fn signal_container(container: &mut Container, init: Pid, sig: Signal, all: bool
     }
 }
 
-/// SIGKILL to every process of the container (its cgroup), or at least its init.
-fn hard_kill(container: &mut Container, init: Pid) {
-    signal_container(container, init, Signal::SIGKILL, true);
+/// SIGKILL to every process of the container: its cgroup at once
+/// (`cgroup.kill`), else through libcontainer (which freezes the cgroup and
+/// walks its processes), and its init in any case (the kernel then kills
+/// the rest of its PID namespace).
+fn hard_kill(container: &mut Container, init: Pid, cgroup_dir: &Path) {
+    if let Err(e) = cgroup::kill_all(cgroup_dir) {
+        tracing::warn!(cgroup = %cgroup_dir.display(), "cannot write cgroup.kill: {e}");
+        signal_container(container, init, Signal::SIGKILL, true);
+    }
+    let _ = kill(init, Signal::SIGKILL);
 }
 
 /// Waits for the init to exit, stopping it on SIGTERM/SIGINT.
@@ -537,6 +550,7 @@ fn hard_kill(container: &mut Container, init: Pid) {
 fn wait_for_exit(
     container: &mut Container,
     init: Pid,
+    cgroup_dir: &Path,
     signals: &SignalFd,
     stop_signal: Signal,
     grace_secs: u32,
@@ -561,7 +575,7 @@ fn wait_for_exit(
                     grace_secs,
                     "the container did not stop in time; SIGKILL"
                 );
-                hard_kill(container, init);
+                hard_kill(container, init, cgroup_dir);
                 phase = Phase::Killed {
                     give_up_at: now + KILL_WAIT,
                 };
