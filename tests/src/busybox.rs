@@ -16,7 +16,8 @@ const BINARY: &str = "bin/busybox";
 /// Applets the test images link to busybox.
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "tail", "head", "dd", "ls", "true", "false", "env", "id",
-    "touch", "mkdir", "rm", "date", "hostname", "wc", "mknod", "unshare",
+    "touch", "mkdir", "rm", "date", "hostname", "wc", "mknod", "unshare", "arping", "ping",
+    "httpd",
 ];
 
 /// `tests/packages.lock`.

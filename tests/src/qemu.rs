@@ -156,6 +156,9 @@ pub struct Options {
     /// for each connection, which connects to `127.0.0.1:PORT`. The
     /// network stays restricted: nothing else leaves the guest.
     pub guest_forwards: Vec<GuestForward>,
+    /// More host loopback ports forwarded to guest TCP ports (virt only),
+    /// as `(host port, guest port)`, beside the API's.
+    pub host_forwards: Vec<(u16, u16)>,
 }
 
 /// One guest address forwarded to a loopback port; see
@@ -182,6 +185,7 @@ impl Options {
             rtc_base: None,
             extra_nics: 0,
             guest_forwards: Vec::new(),
+            host_forwards: Vec::new(),
         }
     }
 
@@ -229,22 +233,25 @@ impl Options {
         cmd
     }
 
-    /// `,guestfwd=...` for each [`GuestForward`]: a chardev forward serves
-    /// only one connection, so each connection runs the relay instead.
+    /// `,guestfwd=...` for each [`GuestForward`] (a chardev forward serves
+    /// only one connection, so each connection runs the relay instead), then
+    /// `,hostfwd=...` for each of [`Options::host_forwards`].
     fn guest_forward_options(&self) -> String {
         let relay = crate::paths::relay();
-        self.guest_forwards
+        let guest = self.guest_forwards.iter().map(|f| {
+            format!(
+                ",guestfwd=tcp:{}:{}-cmd:{} 127.0.0.1:{}",
+                f.guest_ip,
+                f.guest_port,
+                relay.display(),
+                f.host_port
+            )
+        });
+        let host = self
+            .host_forwards
             .iter()
-            .map(|f| {
-                format!(
-                    ",guestfwd=tcp:{}:{}-cmd:{} 127.0.0.1:{}",
-                    f.guest_ip,
-                    f.guest_port,
-                    relay.display(),
-                    f.host_port
-                )
-            })
-            .collect()
+            .map(|(host, guest)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        guest.chain(host).collect()
     }
 
     /// The QEMU command line: the `virt` machine with U-Boot as its firmware,
