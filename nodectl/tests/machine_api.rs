@@ -1262,6 +1262,18 @@ fn readers_never_see_secret_values() {
     server.stop();
 }
 
+/// A server in a state directory of its own whose apid asks the control
+/// plane at `cp_node` for its certificate (retrying every 200 ms).
+fn joining_server(cp_node: &str) -> (tempfile::TempDir, TestServer) {
+    let state = tempfile::tempdir().unwrap();
+    let api = cp_node.to_owned();
+    let server = TestServer::start_with(state.path(), fixture_info(state.path()), move |config| {
+        config.control_plane_api = Some(api);
+        config.join_retry = Duration::from_millis(200);
+    });
+    (state, server)
+}
+
 /// Workers hold no private key of the OS CA: `worker.yaml` carries the
 /// CA's certificate and the join token, and a worker's apid gets its server
 /// certificate from a control-plane node's apid (`NodeCertificate`,
@@ -1296,16 +1308,7 @@ fn a_worker_gets_its_certificate_from_the_control_plane() {
     });
 
     // The worker's apid asks the control plane's (on its loopback port).
-    let worker_state = tempfile::tempdir().unwrap();
-    let api = cp_node.clone();
-    let worker = TestServer::start_with(
-        worker_state.path(),
-        fixture_info(worker_state.path()),
-        move |config| {
-            config.control_plane_api = Some(api);
-            config.join_retry = Duration::from_millis(200);
-        },
-    );
+    let (worker_state, worker) = joining_server(&cp_node);
     let worker_node = worker.node();
     // Without the CA's key, the join token is required.
     let tokenless = worker_state.path().join("tokenless.yaml");
@@ -1414,16 +1417,7 @@ fn a_worker_gets_its_certificate_from_the_control_plane() {
 
     // A worker whose token is not the cluster's gets no certificate: it
     // serves its own, which the cluster's clients do not trust.
-    let bad_state = tempfile::tempdir().unwrap();
-    let api = cp_node.clone();
-    let bad = TestServer::start_with(
-        bad_state.path(),
-        fixture_info(bad_state.path()),
-        move |config| {
-            config.control_plane_api = Some(api);
-            config.join_retry = Duration::from_millis(200);
-        },
-    );
+    let (bad_state, bad) = joining_server(&cp_node);
     let bad_node = bad.node();
     let bad_yaml = bad_state.path().join("worker.yaml");
     std::fs::write(

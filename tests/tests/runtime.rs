@@ -124,6 +124,25 @@ fn workloads() -> String {
     )
 }
 
+/// Applies the first configuration's workloads with `patch` on top, without
+/// a reboot; nodectl's output.
+fn apply_workloads(c: &Client, addr: &str, patch: &str) -> Result<String> {
+    c.ok(
+        addr,
+        &[
+            "apply-config",
+            "-f",
+            c.controlplane_str()?,
+            "--mode",
+            "no-reboot",
+            "--config-patch",
+            &workloads(),
+            "--config-patch",
+            patch,
+        ],
+    )
+}
+
 /// A plain HTTP GET of `/` on the host's `port`; the response's body.
 fn http_get(port: u16) -> Result<String> {
     use std::io::{Read, Write};
@@ -456,20 +475,7 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
       stopGracePeriodSeconds: 1
 "
     );
-    c.ok(
-        &addr,
-        &[
-            "apply-config",
-            "-f",
-            c.controlplane_str()?,
-            "--mode",
-            "no-reboot",
-            "--config-patch",
-            &workloads(),
-            "--config-patch",
-            &bomb,
-        ],
-    )?;
+    apply_workloads(&c, &addr, &bomb)?;
     // At the limit (or close: processes exit as others fork), and never
     // beyond it.
     let bomb_pids = || -> Result<Option<u64>> {
@@ -557,20 +563,7 @@ fn workloads_pulled_run_limited_restarted_imported_and_kept_across_a_reboot() ->
       image: bramble/imported:v1
       command: [/bin/sh, -c, 'cat /hello.txt; while true; do sleep 1; done']
 ";
-    let out = c.ok(
-        &addr,
-        &[
-            "apply-config",
-            "-f",
-            c.controlplane_str()?,
-            "--mode",
-            "no-reboot",
-            "--config-patch",
-            &workloads(),
-            "--config-patch",
-            second,
-        ],
-    )?;
+    let out = apply_workloads(&c, &addr, second)?;
     ensure!(out.contains("runtimed"), "{out}");
     eventually(
         "the bomb and the others removed, imported running",
