@@ -137,8 +137,14 @@ pub(crate) fn disable_swap(cgroup_dir: &Path) -> Result<(), ContainerError> {
 /// `cgroup.kill` (Linux 5.14): no process can fork its way out, as one can
 /// from a kill that walks `cgroup.procs` (a fork bomb refills it as fast
 /// as it is read).
+/// The file must exist (it is never created: a directory that is not a
+/// cgroup, or a kernel before 5.14, gives `NotFound`).
 pub fn kill_all(cgroup_dir: &Path) -> io::Result<()> {
-    fs::write(cgroup_dir.join("cgroup.kill"), "1")
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup_dir.join("cgroup.kill"))?
+        .write_all(b"1")
 }
 
 /// Kills every process of a leftover cgroup and removes it (and its empty
@@ -361,5 +367,19 @@ mod tests {
         remove_stale(&cg, Duration::from_millis(100)).unwrap();
         assert!(!cg.exists());
         remove_stale(&cg, Duration::from_millis(100)).unwrap();
+    }
+
+    #[test]
+    fn kill_all_writes_an_existing_cgroup_kill_and_creates_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = kill_all(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(!dir.path().join("cgroup.kill").exists());
+        write(dir.path(), "cgroup.kill", "0");
+        kill_all(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("cgroup.kill")).unwrap(),
+            "1"
+        );
     }
 }
