@@ -106,12 +106,14 @@ fn parse_entries(sector: &[u8; 512], lba: u64) -> io::Result<[RawEntry; 4]> {
     Ok(out)
 }
 
-/// One EBR of the chain: where it is and its logical partition (as stored:
-/// the LBA relative to the EBR).
+/// One EBR of the chain: where it is, its logical partition (as stored: the
+/// LBA relative to the EBR) and its link to the next EBR (as stored: the LBA
+/// relative to the extended partition's start).
 #[derive(Debug, Clone, Copy)]
 struct Ebr {
     lba: u64,
     logical: RawEntry,
+    link: RawEntry,
 }
 
 /// The MBR's four entries and, if one is extended, the EBR chain inside it.
@@ -140,7 +142,7 @@ where
                 )));
             }
             let [logical, link, ..] = parse_entries(&read_sector(lba)?, lba)?;
-            ebrs.push(Ebr { lba, logical });
+            ebrs.push(Ebr { lba, logical, link });
             if is_extended_type(link.kind) && link.lba != 0 {
                 lba = ext_start + u64::from(link.lba);
             } else {
@@ -414,6 +416,12 @@ impl Durable for std::fs::File {
     }
 }
 
+impl<D: Durable + ?Sized> Durable for &mut D {
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
+    }
+}
+
 /// An image in memory: nothing to wait for.
 impl<T> Durable for io::Cursor<T> {
     fn sync(&mut self) -> io::Result<()> {
@@ -442,9 +450,11 @@ fn write_sector<D: Write + Seek + Durable>(
 /// The MBR is written first (a bigger container is consistent on its own),
 /// then the last EBR, then the link entry of the EBR before it (which spans the
 /// last EBR through the end of its partition), each synced to the medium
-/// before the next is written, so a power cut leaves a table that a later
-/// boot reads and finishes growing. Lengths are capped at what a 32-bit MBR
-/// field holds (2 TiB).
+/// before the next is written. A power cut between two writes leaves a table
+/// the kernel reads (the old logical partition inside a bigger container) and
+/// whose extended partition already ends at the disk's aligned end: that is
+/// how a later call knows a growth was cut short, and it writes what is still
+/// missing. Lengths are capped at what a 32-bit MBR field holds (2 TiB).
 pub fn grow_last_logical<D: Read + Write + Seek + Durable>(
     disk: &mut D,
     disk_sectors: u64,
@@ -461,23 +471,36 @@ pub fn grow_last_logical<D: Read + Write + Seek + Durable>(
         return Ok(None);
     };
     let ebr = chain.ebrs[last];
+    let previous = last.checked_sub(1).map(|i| chain.ebrs[i]);
     let ext_start = u64::from(chain.primary[ext_slot].lba);
     let ext_end = ext_start + u64::from(chain.primary[ext_slot].sectors);
     let logical_start = ebr.lba + u64::from(ebr.logical.lba);
     let logical_end = logical_start + u64::from(ebr.logical.sectors);
+    // Where the link to the last EBR says that EBR's partition ends.
+    let link_end = previous.map(|p| ext_start + u64::from(p.link.lba) + u64::from(p.link.sectors));
     let limit = u64::from(u32::MAX);
     let new_end = (disk_sectors / ALIGN_SECTORS * ALIGN_SECTORS)
         .min(ext_start + limit)
         .min(logical_start + limit);
-    if logical_end != ext_end || new_end < logical_end + ALIGN_SECTORS {
+    let fresh = logical_end == ext_end && new_end >= logical_end + ALIGN_SECTORS;
+    let cut_short = ext_end == new_end
+        && logical_end <= new_end
+        && (logical_end < new_end || link_end.is_some_and(|end| end < new_end));
+    if !fresh && !cut_short {
         return Ok(None);
     }
-    set_sectors(&mut mbr, ext_slot, new_end - ext_start)?;
-    write_sector(disk, 0, &mbr)?;
-    let mut sector = read_sector(disk, ebr.lba)?;
-    set_sectors(&mut sector, 0, new_end - logical_start)?;
-    write_sector(disk, ebr.lba, &sector)?;
-    if let Some(previous) = last.checked_sub(1).map(|i| chain.ebrs[i]) {
+    if ext_end < new_end {
+        set_sectors(&mut mbr, ext_slot, new_end - ext_start)?;
+        write_sector(disk, 0, &mbr)?;
+    }
+    if logical_end < new_end {
+        let mut sector = read_sector(disk, ebr.lba)?;
+        set_sectors(&mut sector, 0, new_end - logical_start)?;
+        write_sector(disk, ebr.lba, &sector)?;
+    }
+    if let Some(previous) = previous
+        && link_end.is_some_and(|end| end < new_end)
+    {
         let mut sector = read_sector(disk, previous.lba)?;
         set_sectors(&mut sector, 1, new_end - ebr.lba)?;
         write_sector(disk, previous.lba, &sector)?;
@@ -708,6 +731,79 @@ mod tests {
                 "sync"
             ]
         );
+    }
+
+    /// A disk in memory whose power is cut after `writes` sector writes: the
+    /// writes before reach the medium, the rest fail.
+    struct CutAfter {
+        disk: Cursor<Vec<u8>>,
+        writes: usize,
+    }
+
+    impl Read for CutAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.disk.read(buf)
+        }
+    }
+
+    impl Seek for CutAfter {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.disk.seek(pos)
+        }
+    }
+
+    impl Write for CutAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.writes == 0 {
+                return Err(io::Error::other("power cut"));
+            }
+            self.writes -= 1;
+            self.disk.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Durable for CutAfter {
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_growth_cut_short_is_finished_by_the_next_boot() {
+        let total = 1_513_472 + 20 * ALIGN_SECTORS;
+        let mut whole = sample_disk(20 * ALIGN_SECTORS);
+        grow_last_logical(&mut whole, total).unwrap().unwrap();
+        let whole = whole.into_inner();
+        for writes in 0..3 {
+            let mut cut = CutAfter {
+                disk: sample_disk(20 * ALIGN_SECTORS),
+                writes,
+            };
+            let err = grow_last_logical(&mut cut, total).unwrap_err();
+            assert_eq!(err.to_string(), "power cut");
+            // What the cut left is a table the kernel reads: the partitions
+            // are where they were, the container holds them.
+            let mut disk = cut.disk;
+            let parts = read_partitions(&mut disk).unwrap();
+            assert_eq!(parts[5].start_lba, 1_382_400, "after {writes} writes");
+            assert!(
+                parts[5].end_lba() <= parts[3].end_lba(),
+                "after {writes} writes"
+            );
+            // The next boot finishes the growth: the same bytes as a growth
+            // that was never cut.
+            let grown = grow_last_logical(&mut disk, total).unwrap().unwrap();
+            assert_eq!(
+                grown.new_sectors,
+                total - 1_382_400,
+                "after {writes} writes"
+            );
+            assert!(disk.get_ref() == &whole, "after {writes} writes");
+            assert_eq!(grow_last_logical(&mut disk, total).unwrap(), None);
+        }
     }
 
     #[test]
