@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::test_fault::{HoldAfterSyncs, TestFault};
+use bramble_disk::mbr::grow_last_logical;
 
 pub use bramble_disk::ext4::Superblock as Ext4Info;
 pub use bramble_disk::mbr::Grown;
@@ -144,16 +146,22 @@ pub fn find_layout(devs: &[BlockDev]) -> Option<Layout> {
 
 /// Grows the data partition on the boot disk if the disk has room after it,
 /// then has the kernel re-read the partition table. Nothing on the disk may be
-/// mounted yet.
-pub fn grow_data_partition(layout: &Layout) -> Result<Option<Grown>> {
+/// mounted yet. A growth a power cut interrupted is finished here too. With
+/// the `cut-mid-grow` test fault, PID 1 holds after the first table write.
+pub fn grow_data_partition(layout: &Layout, fault: Option<TestFault>) -> Result<Option<Grown>> {
     let disk_path = layout.disk.dev_path();
     let mut disk = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&disk_path)
         .map_err(|e| Error::io("opening", &disk_path, e))?;
-    let grown = bramble_disk::mbr::grow_last_logical(&mut disk, layout.disk.size_sectors)
-        .map_err(|e| Error::io("growing the data partition on", &disk_path, e))?;
+    let sectors = layout.disk.size_sectors;
+    let grown = if fault == Some(TestFault::CutMidGrow) {
+        grow_last_logical(&mut HoldAfterSyncs::new(&mut disk, 1), sectors)
+    } else {
+        grow_last_logical(&mut disk, sectors)
+    }
+    .map_err(|e| Error::io("growing the data partition on", &disk_path, e))?;
     if grown.is_none() {
         return Ok(None);
     }

@@ -29,6 +29,7 @@ mod stage1;
 mod stage2;
 mod supervise;
 mod sys;
+mod test_fault;
 
 use std::path::Path;
 

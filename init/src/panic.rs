@@ -10,16 +10,12 @@
 //! the watchdog reboots it).
 //!
 //! `bramble.test_fault=panic-after-ready` on the kernel command line makes
-//! PID 1 panic once the API is ready: the boot tests prove this path with it.
+//! PID 1 panic once the API is ready ([`crate::test_fault`]): the boot tests
+//! prove this path with it.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::panic::PanicHookInfo;
-
-/// The kernel command-line switch that makes PID 1 panic after the API is
-/// ready. For tests only: it proves that a panic holds instead of taking the
-/// kernel down.
-pub const TEST_FAULT_ARG: &str = "bramble.test_fault=panic-after-ready";
 
 /// Installs the hook. Only PID 1 calls it (as `modprobe` the binary may die).
 pub fn install() {
@@ -48,29 +44,5 @@ fn emergency(line: &str) {
     if let Ok(mut kmsg) = OpenOptions::new().write(true).open("/dev/kmsg") {
         // Level 2 (critical): kept in the ring buffer, shown by `dmesg`.
         let _ = kmsg.write_all(format!("<2>bramble: {line}\n").as_bytes());
-    }
-}
-
-/// Whether `cmdline` carries [`TEST_FAULT_ARG`] (as a whole word).
-pub fn test_fault_requested(cmdline: &str) -> bool {
-    cmdline.split_whitespace().any(|arg| arg == TEST_FAULT_ARG)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_fault_switch_is_a_whole_word() {
-        assert!(test_fault_requested(
-            "console=ttyAMA0 bramble.test_fault=panic-after-ready quiet"
-        ));
-        assert!(!test_fault_requested("console=ttyAMA0 bramble.slot=A"));
-        assert!(!test_fault_requested(
-            "xbramble.test_fault=panic-after-ready"
-        ));
-        assert!(!test_fault_requested(
-            "bramble.test_fault=panic-after-ready-later"
-        ));
     }
 }

@@ -14,6 +14,7 @@ use crate::disk::{self, Layout};
 use crate::error::{Error, Result};
 use crate::modules::Database;
 use crate::mounts;
+use crate::test_fault::TestFault;
 
 const SYSROOT: &str = "/sysroot";
 
@@ -61,7 +62,7 @@ pub fn run() -> Result<Infallible> {
     );
 
     if layout.data.is_some() {
-        match disk::grow_data_partition(&layout) {
+        match disk::grow_data_partition(&layout, TestFault::requested(&cmdline)) {
             Ok(Some(grown)) => tracing::info!(
                 "first boot: data partition {} grown from {} MiB to {} MiB",
                 grown.partition,

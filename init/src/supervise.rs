@@ -15,6 +15,7 @@ use bramble_supervisor::{
 use crate::error::{Error, Result};
 use crate::shutdown::Kind;
 use crate::stage2::{CONTROL_SOCKET, LOG_DIR, SERVICES_DIR};
+use crate::test_fault::TestFault;
 
 /// The service whose readiness makes the node "ready".
 const API_SERVICE: &str = "apid";
@@ -133,14 +134,10 @@ pub fn run() -> Result<Kind> {
                 tracing::info!("{added} more input device(s) watched for the power key");
             }
             if report.ready_at.is_some()
-                && crate::panic::test_fault_requested(
-                    &fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-                )
+                && let Some(fault @ TestFault::PanicAfterReady) =
+                    TestFault::requested(&fs::read_to_string("/proc/cmdline").unwrap_or_default())
             {
-                panic!(
-                    "injected by {} on the kernel command line",
-                    crate::panic::TEST_FAULT_ARG
-                );
+                panic!("injected by {fault} on the kernel command line");
             }
         }
     }
