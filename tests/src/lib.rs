@@ -7,6 +7,8 @@
 //! [`qemu::Node`] is dropped.
 
 pub mod busybox;
+pub mod disk;
+pub mod fault;
 pub mod nodectl;
 pub mod paths;
 pub mod qemu;

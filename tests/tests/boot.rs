@@ -211,28 +211,7 @@ fn data_partition_grows_to_fill_a_bigger_disk() -> Result<()> {
         "the node did not power off in order"
     );
 
-    let mut disk = File::open(&b.disk)?;
-    let disk_len = disk.metadata()?.len();
-    let parts = mbr::read_partitions(&mut disk)?;
-    let data = parts
-        .iter()
-        .find(|p| p.index == bramble_disk::DATA_PARTITION)
-        .context("no partition 6")?;
-    let end = (data.start_lba + data.sectors) * 512;
-    ensure!(
-        disk_len - end < 1 << 20,
-        "partition 6 ends at {end}, the disk at {disk_len}: it did not grow to fill the disk"
-    );
-    let sb = bramble_disk::ext4::read(&mut disk, data.start_bytes())?;
-    assert_eq!(sb.label, bramble_disk::DATA_LABEL);
-    ensure!(
-        sb.size_bytes() == data.size_bytes(),
-        "the DATA filesystem ({} blocks of {}) does not fill its partition ({} sectors)",
-        sb.blocks,
-        sb.block_size,
-        data.sectors
-    );
-    Ok(())
+    bramble_tests::disk::data_fills_disk(&b.disk)
 }
 
 #[test]

@@ -6,9 +6,13 @@
 //! After the cut the node boots, answers over mutual TLS, holds no partial
 //! image, and the same pull completes.
 //!
-//! `STATE` unmountable is `recovery.rs`'s test. Not injected yet: a power
-//! cut while PID 1 grows `DATA` (it needs a fault switch in PID 1 between
-//! the table's writes).
+//! And the power cut while PID 1 grows `DATA` on a bigger card: with the
+//! test-only switch `bramble.test_fault=cut-mid-grow` PID 1 holds after the
+//! first write of the partition table reached the disk, and QEMU is killed
+//! there. The next boot (without the switch) finishes the growth and the
+//! node serves.
+//!
+//! `STATE` unmountable is `recovery.rs`'s test.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -21,7 +25,7 @@ use anyhow::{Context, Result, ensure};
 use bramble_oci_store::build::{Entry, ImageBuilder};
 use bramble_testkit::registry::Registry;
 use bramble_tests::nodectl::Client;
-use bramble_tests::{busybox, paths, qemu, wait};
+use bramble_tests::{busybox, fault, paths, qemu, wait};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,6 +94,9 @@ fn counting_relay(target: u16) -> Result<(u16, Arc<AtomicU64>)> {
     Ok((port, served))
 }
 
+/// The switch that stops PID 1 between the writes that grow `DATA`.
+const CUT_MID_GROW: &str = "bramble.test_fault=cut-mid-grow";
+
 fn start(dir: &Path, disk: &Path, api: u16, relay: u16, n: u32) -> Result<qemu::Node> {
     let mut opts = qemu::Options::logged(disk, api, dir, n);
     opts.guest_forwards = vec![qemu::GuestForward {
@@ -153,6 +160,7 @@ fn a_full_var_and_a_power_cut_mid_pull_leave_a_node_that_serves_and_pulls_again(
     // /var full: the pull is refused with the reason, nothing of it stays,
     // and the space it took is free again for the next pull.
     let big = format!("{REGISTRY}/bramble/big:1");
+    fault::injected("/var full during a pull");
     let out = c.run(&addr, &["image", "pull", &big])?;
     ensure!(
         !out.success,
@@ -169,6 +177,7 @@ fn a_full_var_and_a_power_cut_mid_pull_leave_a_node_that_serves_and_pulls_again(
     c.ok(&addr, &["image", "pull", &medium])
         .context("a pull after /var was full")?;
     ensure!(images(&c, &addr)? == std::slice::from_ref(&medium));
+    fault::survived("/var full during a pull");
     c.ok(&addr, &["image", "rm", &medium])?;
 
     // Power cut while the medium image's layer streams in: QEMU is killed
@@ -188,6 +197,7 @@ fn a_full_var_and_a_power_cut_mid_pull_leave_a_node_that_serves_and_pulls_again(
         Duration::from_millis(20),
         || Ok(served.load(Ordering::Relaxed) >= before + (4 << 20)),
     )?;
+    fault::injected("power cut while a layer streams in");
     node.kill();
     let cut = pull
         .join()
@@ -215,6 +225,69 @@ fn a_full_var_and_a_power_cut_mid_pull_leave_a_node_that_serves_and_pulls_again(
     c.ok(&addr, &["image", "pull", &medium])
         .context("the same pull after the power cut")?;
     ensure!(images(&c, &addr)? == [medium]);
+    fault::survived("power cut while a layer streams in");
     node.kill();
     Ok(())
+}
+
+#[test]
+fn a_power_cut_while_data_grows_is_finished_by_the_next_boot() -> Result<()> {
+    let dir = paths::test_dir("cut-mid-grow")?;
+    let disk = dir.path().join("disk.img");
+    let grow_by: u64 = 256 << 20;
+    qemu::prepare_disk(&paths::image()?, &disk, grow_by)?;
+    let before = bramble_tests::disk::data_partition(&disk)?;
+    bramble_tests::disk::add_kernel_arg(&disk, CUT_MID_GROW)?;
+
+    let api = qemu::free_port()?;
+    let mut node = qemu::Node::start(&qemu::Options::logged(&disk, api, dir.path(), 1))?;
+    node.wait_for("cut the power now", BOOT_TIMEOUT)?;
+    fault::injected("power cut while DATA grows");
+    node.kill();
+    // The cut came between two writes of the table: the extended partition
+    // reaches the disk's end, DATA is still the image's.
+    let mut file = std::fs::File::open(&disk)?;
+    let parts = bramble_disk::mbr::read_partitions(&mut file)?;
+    let extended = parts
+        .iter()
+        .find(|p| p.is_extended())
+        .context("no extended partition")?;
+    let disk_len = file.metadata()?.len();
+    ensure!(
+        disk_len - extended.end_lba() * 512 < 1 << 20,
+        "the first write (the MBR's extended partition) is not on the disk: {parts:?}"
+    );
+    let cut = bramble_tests::disk::data_partition(&disk)?;
+    ensure!(
+        cut.sectors == before.sectors,
+        "DATA grew before the cut: {cut:?}"
+    );
+
+    bramble_tests::disk::remove_kernel_arg(&disk, CUT_MID_GROW)?;
+    let mut node = qemu::Node::boot(
+        &qemu::Options::logged(&disk, api, dir.path(), 2),
+        BOOT_TIMEOUT,
+    )?;
+    ensure!(
+        node.console().contains("data partition 6 grown"),
+        "the next boot did not finish the growth:\n{}",
+        node.console_tail(40)
+    );
+    let c = Client::generate(&dir.path().join("cluster"), &[])?;
+    c.apply_first(&node.api_addr(), CALL_TIMEOUT)?;
+    wait::eventually(
+        "the runtime answering over mutual TLS",
+        CALL_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            Ok(c.run(&node.api_addr(), &["images"])
+                .is_ok_and(|o| o.success))
+        },
+    )?;
+    fault::survived("power cut while DATA grows");
+    // An orderly power-off, so the resized filesystem is cleanly on disk.
+    c.ok(&node.api_addr(), &["shutdown"])?;
+    node.wait_exit(BOOT_TIMEOUT)
+        .with_context(|| format!("the node did not power off:\n{}", node.console_tail(30)))?;
+    bramble_tests::disk::data_fills_disk(&disk)
 }

@@ -5,44 +5,21 @@
 //! filesystems are synced, the kernel does not panic and the API, whose
 //! process PID 1 no longer supervises, still answers.
 
-use std::fs::OpenOptions;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
-use bramble_tests::{nodectl, paths, qemu};
+use anyhow::{Result, ensure};
+use bramble_tests::{fault, nodectl, paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const FAULT: &str = "bramble.test_fault=panic-after-ready";
-
-/// Appends `arg` to the kernel command line U-Boot reads from `bramble.env`
-/// on the disk's boot partition.
-fn add_kernel_arg(disk: &std::path::Path, arg: &str) -> Result<()> {
-    let mut file = OpenOptions::new().read(true).write(true).open(disk)?;
-    let boot = bramble_bootfs::BootFs::open(&mut file)?;
-    let env = boot.read("bramble.env")?.context("no bramble.env")?;
-    let env = String::from_utf8(env)?;
-    ensure!(env.contains("bramble_cmdline="), "{env}");
-    let edited: String = env
-        .lines()
-        .map(|l| {
-            if l.starts_with("bramble_cmdline=") {
-                format!("{l} {arg}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    boot.replace("bramble.env", "bramble.new", edited.as_bytes())?;
-    boot.finish()?;
-    Ok(())
-}
 
 #[test]
 fn a_panic_in_pid1_holds_the_node_and_the_kernel_stays_up() -> Result<()> {
     let dir = paths::test_dir("pid1-panic")?;
     let disk = dir.path().join("disk.img");
     qemu::prepare_disk(&paths::image()?, &disk, 0)?;
-    add_kernel_arg(&disk, FAULT)?;
+    bramble_tests::disk::add_kernel_arg(&disk, FAULT)?;
+    fault::injected("PID 1 panics");
 
     let mut opts = qemu::Options::new(disk.clone(), qemu::free_port()?);
     opts.console_log = Some(dir.path().join("console.log"));
@@ -70,6 +47,7 @@ fn a_panic_in_pid1_holds_the_node_and_the_kernel_stays_up() -> Result<()> {
         "the kernel panicked:\n{}",
         node.console_tail(30)
     );
+    fault::survived("PID 1 panics");
     node.kill();
     Ok(())
 }

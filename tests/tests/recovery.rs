@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use bramble_tests::nodectl::{self, Client};
-use bramble_tests::{paths, qemu};
+use bramble_tests::{fault, paths, qemu};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,6 +56,7 @@ fn a_node_that_lost_its_state_admits_only_its_admins() -> Result<()> {
     node.wait_exit(Duration::from_secs(90))
         .with_context(|| format!("the node did not power off:\n{}", node.console_tail(30)))?;
 
+    fault::injected("STATE unmountable");
     destroy_state(&disk)?;
     let mut node = start(dir.path(), &disk, port, 2)?;
     let said = "but its STATE partition holds no usable configuration";
@@ -110,6 +111,7 @@ fn a_node_that_lost_its_state_admits_only_its_admins() -> Result<()> {
     c.wait_answer(&addr, CALL_TIMEOUT)?;
     let config = c.ok(&addr, &["get", "config"])?;
     ensure!(config.contains("machine:"), "{config}");
+    fault::survived("STATE unmountable");
     node.kill();
     Ok(())
 }
