@@ -2,15 +2,28 @@
 //! deletion with this runtime's shim and with another OCI runtime (crun) on
 //! the same node, the same bundle and the same cgroup, runs interleaved.
 //! `make bench` boots an image that carries crun and runs it once.
+//!
+//! Both do the same work: the shim installs Bramble's seccomp filter and
+//! device policy itself, and crun gets the same policy written the OCI way
+//! in its copy of the spec (`linux.seccomp`, which it compiles with
+//! libseccomp, and `linux.resources.devices`, which it turns into its own
+//! eBPF program).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bramble_config::Workload;
 
-use crate::container::{self, SpecInput};
+use oci_spec::runtime::{
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxSeccomp, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall,
+    LinuxSyscallBuilder, Spec,
+};
+
+use crate::container::devices::{self, Access, Kind};
+use crate::container::{self, SpecInput, seccomp};
 
 /// What to compare.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,8 +80,10 @@ fn timed(what: &str, cmd: &mut Command) -> anyhow::Result<f64> {
 }
 
 /// A bundle whose container runs `/bin/true`: busybox in a fresh root on
-/// tmpfs, the spec this runtime gives every workload.
-fn bundle(args: &CompareArgs) -> anyhow::Result<PathBuf> {
+/// tmpfs, the spec this runtime gives every workload. Returns the shim's
+/// bundle and the other runtime's (the same root and spec, with the
+/// policy as OCI fields, see [`with_oci_policy`]).
+fn bundles(args: &CompareArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     let bundle = args.work.join("bundle");
     let rootfs = bundle.join("rootfs");
     let _ = std::fs::remove_dir_all(&bundle);
@@ -96,7 +111,96 @@ fn bundle(args: &CompareArgs) -> anyhow::Result<PathBuf> {
         default_pids: None,
     })?;
     container::write_config(&bundle, &spec)?;
-    Ok(bundle)
+    let other = args.work.join("other-bundle");
+    let _ = std::fs::remove_dir_all(&other);
+    std::fs::create_dir_all(&other)?;
+    container::write_config(&other, &with_oci_policy(spec, &rootfs)?)?;
+    Ok((bundle, other))
+}
+
+/// `spec` with its root at `rootfs` and with the policy the shim applies on
+/// its own (the runtime's default seccomp filter, the device allowlist) as
+/// the OCI fields another runtime applies.
+fn with_oci_policy(mut spec: Spec, rootfs: &Path) -> anyhow::Result<Spec> {
+    if let Some(root) = spec.root_mut() {
+        root.set_path(rootfs.to_owned());
+    }
+    let mut rules = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?,
+    ];
+    for rule in devices::ALLOWED {
+        let access: String = [
+            (Access::READ, 'r'),
+            (Access::WRITE, 'w'),
+            (Access::MKNOD, 'm'),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| rule.access.contains(*bit))
+        .map(|(_, c)| c)
+        .collect();
+        let mut device = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(match rule.kind {
+                Kind::Block => LinuxDeviceType::B,
+                Kind::Char => LinuxDeviceType::C,
+            })
+            .access(access);
+        if let Some(major) = rule.major {
+            device = device.major(i64::from(major));
+        }
+        if let Some(minor) = rule.minor {
+            device = device.minor(i64::from(minor));
+        }
+        rules.push(device.build()?);
+    }
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .context("the spec has no linux section")?;
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    resources.set_devices(Some(rules));
+    linux.set_resources(Some(resources));
+    linux.set_seccomp(Some(oci_seccomp()?));
+    Ok(spec)
+}
+
+/// The runtime's default seccomp filter for a container without
+/// `CAP_SYS_ADMIN` ([`seccomp::filters`]) as an OCI profile.
+fn oci_seccomp() -> anyhow::Result<LinuxSeccomp> {
+    let errno = |names: Vec<String>, errno: i32| -> anyhow::Result<LinuxSyscall> {
+        Ok(LinuxSyscallBuilder::default()
+            .names(names)
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(errno.unsigned_abs())
+            .build()?)
+    };
+    let refused = seccomp::ALWAYS_REFUSED
+        .iter()
+        .chain(seccomp::NEEDS_SYS_ADMIN)
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    let mut syscalls = vec![errno(refused, libc::EPERM)?];
+    for flag in seccomp::CLONE_NEW_FLAGS {
+        let flag = u64::from(flag.unsigned_abs());
+        let mut rule = errno(vec!["clone".to_owned()], libc::EPERM)?;
+        rule.set_args(Some(vec![
+            LinuxSeccompArgBuilder::default()
+                .index(0usize)
+                .value(flag)
+                .value_two(flag)
+                .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                .build()?,
+        ]));
+        syscalls.push(rule);
+    }
+    syscalls.push(errno(vec!["clone3".to_owned()], libc::ENOSYS)?);
+    Ok(LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(syscalls)
+        .build()?)
 }
 
 fn true_workload() -> Workload {
@@ -124,7 +228,7 @@ fn true_workload() -> Workload {
 /// ratio.
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe().context("cannot find this binary")?;
-    let bundle = bundle(args)?;
+    let (bundle, other_bundle) = bundles(args)?;
     let state = args.work.join("state");
     let other_state = args.work.join("other-state");
     std::fs::create_dir_all(&state)?;
@@ -162,7 +266,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 .arg(&other_state)
                 .arg("run")
                 .arg("--bundle")
-                .arg(&bundle)
+                .arg(&other_bundle)
                 .arg(format!("compare-other-{i}")),
         )
     };
@@ -186,4 +290,46 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     );
     let _ = std::fs::remove_dir_all(&args.work);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_other_runtime_gets_the_same_policy_as_oci_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let busybox = dir.path().join("busybox");
+        std::fs::write(&busybox, b"").unwrap();
+        let args = CompareArgs {
+            other: PathBuf::from("/bin/false"),
+            busybox,
+            runs: 1,
+            work: dir.path().join("work"),
+        };
+        let (_, other) = bundles(&args).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(other.join("config.json")).unwrap()).unwrap();
+        let root = json["root"]["path"].as_str().unwrap();
+        assert_eq!(root, args.work.join("bundle/rootfs").to_str().unwrap());
+        let devices = json["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 1 + devices::ALLOWED.len());
+        assert_eq!(devices[0]["allow"], false);
+        assert_eq!(devices[1]["access"], "rwm");
+        assert_eq!(
+            devices[8],
+            serde_json::json!({"allow": true, "type": "c", "major": 136, "access": "rwm"})
+        );
+        let seccomp = &json["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
+        let calls = seccomp["syscalls"].as_array().unwrap();
+        let names = calls[0]["names"].as_array().unwrap();
+        assert!(names.contains(&serde_json::json!("bpf")));
+        assert!(names.contains(&serde_json::json!("mount")));
+        assert_eq!(calls[0]["errnoRet"], libc::EPERM);
+        assert_eq!(calls.len(), 1 + seccomp::CLONE_NEW_FLAGS.len() + 1);
+        assert_eq!(calls[1]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(calls.last().unwrap()["names"][0], "clone3");
+        assert_eq!(calls.last().unwrap()["errnoRet"], libc::ENOSYS);
+    }
 }

@@ -36,6 +36,11 @@ impl Access {
     pub const WRITE: Access = Access(4);
     /// All three (`rwm`).
     pub const ALL: Access = Access(7);
+
+    /// Whether every right in `other` is in `self`.
+    pub fn contains(self, other: Access) -> bool {
+        self.0 & other.0 == other.0
+    }
 }
 
 /// Block or character device (`BPF_DEVCG_DEV_*`).

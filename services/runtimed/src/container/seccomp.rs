@@ -43,47 +43,48 @@ const SYS_KEXEC_FILE_LOAD: i64 = 294;
 #[cfg(not(target_arch = "aarch64"))]
 const SYS_KEXEC_FILE_LOAD: i64 = libc::SYS_kexec_file_load;
 
-/// Refused whatever the capabilities.
-const ALWAYS_REFUSED: &[i64] = &[
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_keyctl,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_kexec_load,
-    SYS_KEXEC_FILE_LOAD,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_lookup_dcookie,
-    libc::SYS_quotactl,
-    libc::SYS_nfsservctl,
+/// Refused whatever the capabilities (name, number).
+pub(crate) const ALWAYS_REFUSED: &[(&str, i64)] = &[
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("keyctl", libc::SYS_keyctl),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", SYS_KEXEC_FILE_LOAD),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("lookup_dcookie", libc::SYS_lookup_dcookie),
+    ("quotactl", libc::SYS_quotactl),
+    ("nfsservctl", libc::SYS_nfsservctl),
 ];
 
-/// Refused unless the workload has `CAP_SYS_ADMIN`: namespaces and mounts.
-const NEEDS_SYS_ADMIN: &[i64] = &[
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_open_tree,
-    libc::SYS_move_mount,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_mount_setattr,
+/// Refused unless the workload has `CAP_SYS_ADMIN`: namespaces and mounts
+/// (name, number).
+pub(crate) const NEEDS_SYS_ADMIN: &[(&str, i64)] = &[
+    ("unshare", libc::SYS_unshare),
+    ("setns", libc::SYS_setns),
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("open_tree", libc::SYS_open_tree),
+    ("move_mount", libc::SYS_move_mount),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("mount_setattr", libc::SYS_mount_setattr),
 ];
 
 /// The `clone` flags that make a new namespace.
-const CLONE_NEW_FLAGS: [libc::c_int; 7] = [
+pub(crate) const CLONE_NEW_FLAGS: [libc::c_int; 7] = [
     libc::CLONE_NEWNS,
     libc::CLONE_NEWUTS,
     libc::CLONE_NEWIPC,
@@ -103,10 +104,12 @@ fn arch() -> Result<TargetArch, String> {
 /// and `clone3` (`ENOSYS`).
 pub fn filters(sys_admin: bool) -> Result<Vec<BpfProgram>, String> {
     let arch = arch()?;
-    let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
-        ALWAYS_REFUSED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = ALWAYS_REFUSED
+        .iter()
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
     if !sys_admin {
-        refused.extend(NEEDS_SYS_ADMIN.iter().map(|&nr| (nr, Vec::new())));
+        refused.extend(NEEDS_SYS_ADMIN.iter().map(|&(_, nr)| (nr, Vec::new())));
         // clone's flags are its first argument on both architectures.
         let rules = CLONE_NEW_FLAGS
             .iter()
