@@ -83,6 +83,7 @@ bench: image
 	cp $(addprefix $(BIN_DIR)/,$(NODE_BINS)) $(BENCH_BIN_DIR)/
 	$(MAKE) node-bins
 	target/debug/bramble-bench --image $(IMAGE) --bin-dir $(BIN_DIR) --compare-bin-dir $(BENCH_BIN_DIR) --dist $(DIST)
+	BRAMBLE_IMAGE=$(CURDIR)/$(IMAGE) BRAMBLE_BIN_DIR=$(CURDIR)/$(BIN_DIR) CARGO=$(CARGO) bash tests/fault-summary.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
