@@ -674,10 +674,23 @@ mod tests {
         assert_eq!(grow_last_logical(&mut disk, 1 << 30).unwrap(), None);
     }
 
-    /// A disk in memory that logs each sector written and each sync.
+    /// A disk in memory that logs each sector written and each sync, and
+    /// whose power is cut after `writes_left` writes: the writes before
+    /// reach the medium, the rest fail.
     struct Journal {
         disk: Cursor<Vec<u8>>,
         log: Vec<String>,
+        writes_left: usize,
+    }
+
+    impl Journal {
+        fn new(disk: Cursor<Vec<u8>>, writes_left: usize) -> Self {
+            Journal {
+                disk,
+                log: Vec::new(),
+                writes_left,
+            }
+        }
     }
 
     impl Read for Journal {
@@ -694,6 +707,10 @@ mod tests {
 
     impl Write for Journal {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.writes_left == 0 {
+                return Err(io::Error::other("power cut"));
+            }
+            self.writes_left -= 1;
             let lba = self.disk.position() / SECTOR_SIZE;
             self.log.push(format!("write {lba}"));
             self.disk.write(buf)
@@ -712,10 +729,7 @@ mod tests {
 
     #[test]
     fn each_write_of_the_growth_is_synced_before_the_next() {
-        let mut disk = Journal {
-            disk: sample_disk(4 * ALIGN_SECTORS),
-            log: Vec::new(),
-        };
+        let mut disk = Journal::new(sample_disk(4 * ALIGN_SECTORS), usize::MAX);
         grow_last_logical(&mut disk, 1_513_472 + 4 * ALIGN_SECTORS)
             .unwrap()
             .unwrap();
@@ -733,44 +747,6 @@ mod tests {
         );
     }
 
-    /// A disk in memory whose power is cut after `writes` sector writes: the
-    /// writes before reach the medium, the rest fail.
-    struct CutAfter {
-        disk: Cursor<Vec<u8>>,
-        writes: usize,
-    }
-
-    impl Read for CutAfter {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.disk.read(buf)
-        }
-    }
-
-    impl Seek for CutAfter {
-        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-            self.disk.seek(pos)
-        }
-    }
-
-    impl Write for CutAfter {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.writes == 0 {
-                return Err(io::Error::other("power cut"));
-            }
-            self.writes -= 1;
-            self.disk.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Durable for CutAfter {
-        fn sync(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_growth_cut_short_is_finished_by_the_next_boot() {
         let total = 1_513_472 + 20 * ALIGN_SECTORS;
@@ -778,10 +754,7 @@ mod tests {
         grow_last_logical(&mut whole, total).unwrap().unwrap();
         let whole = whole.into_inner();
         for writes in 0..3 {
-            let mut cut = CutAfter {
-                disk: sample_disk(20 * ALIGN_SECTORS),
-                writes,
-            };
+            let mut cut = Journal::new(sample_disk(20 * ALIGN_SECTORS), writes);
             let err = grow_last_logical(&mut cut, total).unwrap_err();
             assert_eq!(err.to_string(), "power cut");
             // What the cut left is a table the kernel reads: the partitions
