@@ -76,3 +76,19 @@ pub fn push(registry: &Registry, repo_tag: &str, parts: &ImageParts) -> Result<(
     runtime.block_on(bramble_oci_store::push::Pusher::new(true).image(&reference, parts))?;
     Ok(())
 }
+
+/// `len` bytes no compressor shrinks (xorshift64 from `seed`), so a layer of
+/// them is as large on the wire and on disk as it is unpacked. The same
+/// seed gives the same bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -34,27 +34,12 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the guest finds the registry (through the relay below).
 const REGISTRY: &str = "10.0.2.100:5000";
 
-/// `len` bytes no compressor shrinks (xorshift), so a layer of them is as
-/// large on the wire and on disk as it is unpacked.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// busybox with one more layer holding `mib` MiB of noise.
 fn noisy_image(busybox: &[u8], mib: usize, seed: u64) -> ImageBuilder {
     busybox::image(busybox).layer(vec![Entry::file(
         "noise.bin",
         0o644,
-        &noise(mib << 20, seed),
+        &busybox::noise(mib << 20, seed),
     )])
 }
 

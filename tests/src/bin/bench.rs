@@ -629,20 +629,6 @@ const PAYLOAD_BYTES: usize = 32 << 20;
 /// `true` runs measured.
 const TRUE_RUNS: usize = 7;
 
-/// Deterministic incompressible bytes (xorshift64).
-fn payload(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn runtime_figures(dir: &tempfile::TempDir, image: &Path) -> Result<RuntimeFigures> {
     use bramble_oci_store::build::Entry;
     use bramble_tests::busybox;
@@ -657,7 +643,7 @@ fn runtime_figures(dir: &tempfile::TempDir, image: &Path) -> Result<RuntimeFigur
         .layer(vec![Entry::file(
             "payload.bin",
             0o644,
-            &payload(PAYLOAD_BYTES),
+            &busybox::noise(PAYLOAD_BYTES, 0x9e37_79b9_7f4a_7c15),
         )])
         .parts()?;
     busybox::push(&registry, "bench/payload:1", &big)?;
