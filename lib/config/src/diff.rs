@@ -390,6 +390,13 @@ fn cluster(c: &mut Changes, old: &Cluster, new: &Cluster) {
         &key(&new.etcd),
         Restart(Service::Etcd),
     );
+    let tuning = |e: &Option<crate::Etcd>| e.as_ref().map(crate::Etcd::tuning);
+    c.field(
+        "cluster.etcd",
+        &tuning(etcd),
+        &tuning(&new.etcd),
+        Restart(Service::Etcd),
+    );
     c.field(
         "cluster.secretboxEncryptionSecret",
         secretbox_encryption_secret,

@@ -59,10 +59,11 @@ pub use diff::{Diff, DiffKind, DiffLine, Service, diff};
 pub use error::{ConfigError, FieldError};
 pub use patch::apply_patch;
 pub use schema::{
-    Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, ExtraHost,
-    Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi, REDACTED, Registries,
-    RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS, SeccompProfile, Secret,
-    Time, Version, Vlan, Workload, WorkloadMount, WorkloadPort, parse_cpu, parse_memory,
+    Bond, Bridge, CertificateAuthority, Cluster, ControlPlane, DeviceSelector, Etcd, EtcdDefaults,
+    EtcdTuning, ExtraHost, Interface, Kubelet, Machine, MachineConfig, MachineType, Network, Pi,
+    REDACTED, Registries, RegistryAuth, Resources, RestartPolicy, Route, SUPPORTED_VERSIONS,
+    SeccompProfile, Secret, Time, Version, Vlan, Workload, WorkloadMount, WorkloadPort, parse_cpu,
+    parse_memory,
 };
 pub use validate::RESERVED_HOST_PORTS;
 

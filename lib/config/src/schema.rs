@@ -660,6 +660,89 @@ pub struct ControlPlane {
 pub struct Etcd {
     /// The CA etcd's peer and client certificates are issued from.
     pub ca: CertificateAuthority,
+    /// Raft heartbeat interval in milliseconds (default
+    /// [`EtcdTuning::DEFAULT`]'s, five times etcd's own: an SD card's fsync
+    /// can take a hundred milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// Raft election timeout in milliseconds: at least five heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_timeout_ms: Option<u32>,
+    /// Applied entries between two snapshots of the raft log; fewer keep
+    /// less log in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<u64>,
+    /// The backend database's size limit in bytes; past it etcd raises its
+    /// `NOSPACE` alarm and refuses writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<u64>,
+    /// How much history periodic auto-compaction keeps: a whole number of
+    /// minutes or hours, `30m`, `1h`; `0` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_retention: Option<String>,
+}
+
+impl Etcd {
+    /// The tuning in force: each setting given, or its default.
+    pub fn tuning(&self) -> EtcdTuning {
+        let d = EtcdTuning::DEFAULT;
+        EtcdTuning {
+            heartbeat_interval_ms: self
+                .heartbeat_interval_ms
+                .unwrap_or(d.heartbeat_interval_ms),
+            election_timeout_ms: self.election_timeout_ms.unwrap_or(d.election_timeout_ms),
+            snapshot_count: self.snapshot_count.unwrap_or(d.snapshot_count),
+            quota_backend_bytes: self.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
+            auto_compaction_retention: self
+                .auto_compaction_retention
+                .clone()
+                .unwrap_or_else(|| d.auto_compaction_retention.to_owned()),
+        }
+    }
+}
+
+/// etcd's settings with every default filled in (see [`Etcd::tuning`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTuning {
+    /// `--heartbeat-interval`, milliseconds.
+    pub heartbeat_interval_ms: u32,
+    /// `--election-timeout`, milliseconds.
+    pub election_timeout_ms: u32,
+    /// `--snapshot-count`.
+    pub snapshot_count: u64,
+    /// `--quota-backend-bytes`.
+    pub quota_backend_bytes: u64,
+    /// `--auto-compaction-retention` (mode `periodic`).
+    pub auto_compaction_retention: String,
+}
+
+/// The defaults, for SD cards and 1 GiB of memory.
+#[derive(Debug, Clone, Copy)]
+pub struct EtcdDefaults {
+    /// See [`EtcdTuning::heartbeat_interval_ms`].
+    pub heartbeat_interval_ms: u32,
+    /// See [`EtcdTuning::election_timeout_ms`].
+    pub election_timeout_ms: u32,
+    /// See [`EtcdTuning::snapshot_count`].
+    pub snapshot_count: u64,
+    /// See [`EtcdTuning::quota_backend_bytes`].
+    pub quota_backend_bytes: u64,
+    /// See [`EtcdTuning::auto_compaction_retention`].
+    pub auto_compaction_retention: &'static str,
+}
+
+impl EtcdTuning {
+    /// Slow fsync: heartbeats every 500 ms (etcd's 100 ms would lose
+    /// leaders to one slow write) and elections after 5 s; small memory: a
+    /// snapshot every 10 000 entries (etcd 3.4's 100 000 keeps ten times the
+    /// log in memory) and a 1 GiB backend; history compacted hourly.
+    pub const DEFAULT: EtcdDefaults = EtcdDefaults {
+        heartbeat_interval_ms: 500,
+        election_timeout_ms: 5000,
+        snapshot_count: 10_000,
+        quota_backend_bytes: 1 << 30,
+        auto_compaction_retention: "1h",
+    };
 }
 
 // serde's `skip_serializing_if` passes a reference.

@@ -830,6 +830,7 @@ fn cluster(c: &mut Checker, cl: &Cluster) {
     );
     if let Some(etcd) = &cl.etcd {
         certificate_authority(c, "cluster.etcd.ca", &etcd.ca);
+        etcd_tuning(c, etcd);
     }
     if let Some(secret) = &cl.secretbox_encryption_secret {
         c.check(
@@ -847,6 +848,97 @@ fn cluster(c: &mut Checker, cl: &Cluster) {
                 Some(_) => Ok(()),
             },
         );
+    }
+}
+
+/// etcd's own bounds: a heartbeat of at least 10 ms, an election timeout of
+/// at most 50 s (etcd refuses more) and at least five heartbeats (etcd's
+/// guidance; fewer lose leaders to one late heartbeat).
+const ETCD_HEARTBEAT_MS: std::ops::RangeInclusive<u32> = 10..=10_000;
+const ETCD_ELECTION_MAX_MS: u32 = 50_000;
+const ETCD_SNAPSHOT_COUNT: std::ops::RangeInclusive<u64> = 100..=10_000_000;
+/// 16 MiB to etcd's recommended maximum, 8 GiB.
+const ETCD_QUOTA_BYTES: std::ops::RangeInclusive<u64> = (16 << 20)..=(8 << 30);
+
+fn etcd_tuning(c: &mut Checker, etcd: &crate::Etcd) {
+    let t = etcd.tuning();
+    if etcd.heartbeat_interval_ms.is_some() && !ETCD_HEARTBEAT_MS.contains(&t.heartbeat_interval_ms)
+    {
+        c.error(
+            "cluster.etcd.heartbeatIntervalMs",
+            format!(
+                "{} is not between {} and {} ms",
+                t.heartbeat_interval_ms,
+                ETCD_HEARTBEAT_MS.start(),
+                ETCD_HEARTBEAT_MS.end()
+            ),
+        );
+    }
+    let min_election = t.heartbeat_interval_ms.saturating_mul(5);
+    if (etcd.election_timeout_ms.is_some() || etcd.heartbeat_interval_ms.is_some())
+        && !(min_election..=ETCD_ELECTION_MAX_MS).contains(&t.election_timeout_ms)
+    {
+        c.error(
+            "cluster.etcd.electionTimeoutMs",
+            format!(
+                "{} ms must be at least five heartbeats ({min_election} ms with \
+                 heartbeatIntervalMs {}) and at most {ETCD_ELECTION_MAX_MS} ms",
+                t.election_timeout_ms, t.heartbeat_interval_ms
+            ),
+        );
+    }
+    if let Some(n) = etcd.snapshot_count
+        && !ETCD_SNAPSHOT_COUNT.contains(&n)
+    {
+        c.error(
+            "cluster.etcd.snapshotCount",
+            format!(
+                "{n} is not between {} and {}",
+                ETCD_SNAPSHOT_COUNT.start(),
+                ETCD_SNAPSHOT_COUNT.end()
+            ),
+        );
+    }
+    if let Some(n) = etcd.quota_backend_bytes
+        && !ETCD_QUOTA_BYTES.contains(&n)
+    {
+        c.error(
+            "cluster.etcd.quotaBackendBytes",
+            format!(
+                "{n} is not between {} (16 MiB) and {} (8 GiB)",
+                ETCD_QUOTA_BYTES.start(),
+                ETCD_QUOTA_BYTES.end()
+            ),
+        );
+    }
+    if let Some(r) = &etcd.auto_compaction_retention {
+        c.check("cluster.etcd.autoCompactionRetention", check_retention(r));
+    }
+}
+
+/// `0`, or a whole number of minutes or hours (`30m`, `1h`) up to a year.
+fn check_retention(r: &str) -> Result<(), String> {
+    if r == "0" {
+        return Ok(());
+    }
+    let bad =
+        || format!("{r:?} is not a retention: give `0` (off) or minutes or hours, `30m`, `1h`");
+    let (digits, unit) = r.split_at(r.len().saturating_sub(1));
+    let minutes_per = match unit {
+        "m" => 1,
+        "h" => 60,
+        _ => return Err(bad()),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 6 {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    match n * minutes_per {
+        0 => Err(format!(
+            "{r:?} is zero: write `0` to turn auto-compaction off"
+        )),
+        m if m > 366 * 24 * 60 => Err(format!("{r:?} is more than a year")),
+        _ => Ok(()),
     }
 }
 

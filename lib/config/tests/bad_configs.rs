@@ -25,6 +25,55 @@ const DUP_IFACE_TO: &str = "      - interface: eth0\n        dhcp: true\n    nam
 /// (case name, edit from, edit to, expected path, expected message fragment)
 const CASES: &[(&str, &str, &str, &str, &str)] = &[
     (
+        "etcd heartbeat too short",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    heartbeatIntervalMs: 5\n  secretboxEncryptionSecret",
+        "cluster.etcd.heartbeatIntervalMs",
+        "is not between 10 and 10000 ms",
+    ),
+    (
+        "etcd election shorter than five heartbeats",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    electionTimeoutMs: 1000\n  secretboxEncryptionSecret",
+        "cluster.etcd.electionTimeoutMs",
+        "at least five heartbeats (2500 ms",
+    ),
+    (
+        "etcd election past etcd's maximum",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    electionTimeoutMs: 60000\n  secretboxEncryptionSecret",
+        "cluster.etcd.electionTimeoutMs",
+        "at most 50000 ms",
+    ),
+    (
+        "etcd snapshot count zero",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    snapshotCount: 0\n  secretboxEncryptionSecret",
+        "cluster.etcd.snapshotCount",
+        "is not between 100",
+    ),
+    (
+        "etcd quota too small",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    quotaBackendBytes: 1024\n  secretboxEncryptionSecret",
+        "cluster.etcd.quotaBackendBytes",
+        "16 MiB",
+    ),
+    (
+        "etcd retention without a unit",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    autoCompactionRetention: \"12\"\n  secretboxEncryptionSecret",
+        "cluster.etcd.autoCompactionRetention",
+        "is not a retention",
+    ),
+    (
+        "etcd retention of zero hours",
+        "        -----END EC PRIVATE KEY-----\n  secretboxEncryptionSecret",
+        "        -----END EC PRIVATE KEY-----\n    autoCompactionRetention: 0h\n  secretboxEncryptionSecret",
+        "cluster.etcd.autoCompactionRetention",
+        "write `0`",
+    ),
+    (
         "ports published by a workload on the host's network",
         "        LOG_LEVEL: info\n",
         "        LOG_LEVEL: info\n      hostNetwork: true\n      ports: [{containerPort: 9100}]\n",

@@ -106,6 +106,11 @@ fn each_section_maps_to_its_service() {
             Some(Service::Etcd),
             false,
         ),
+        (
+            "cluster: {etcd: {snapshotCount: 5000}}",
+            Some(Service::Etcd),
+            false,
+        ),
     ] {
         let d = diff(&base(), &patched(patch));
         assert_eq!(d.restart.iter().next().copied(), service, "{patch}");
