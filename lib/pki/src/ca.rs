@@ -206,6 +206,37 @@ impl CertificateAuthority {
         Ok(params.signed_by(&csr.public_key, &self.issuer()?)?.pem())
     }
 
+    /// Issues one of an etcd member's certificates for the node `hostname`
+    /// with `addresses` (see [`EtcdCert`]). A new ECDSA P-256 key each time.
+    pub fn issue_etcd(
+        &self,
+        kind: EtcdCert,
+        hostname: &str,
+        addresses: &[IpAddr],
+        validity: Validity,
+    ) -> Result<IssuedCert, Error> {
+        let mut params = match kind {
+            EtcdCert::Peer | EtcdCert::Server => server_params(hostname, addresses, &[], validity)?,
+            EtcdCert::Client => {
+                check_common_name(hostname)?;
+                let mut params = leaf_params(validity)?;
+                params.distinguished_name = subject(hostname, &[]);
+                params
+            }
+        };
+        params.extended_key_usages = match kind {
+            // Peers dial each other with the same certificate they serve
+            // with; etcd 3.4's gRPC gateway dials its own client port with
+            // the server certificate.
+            EtcdCert::Peer | EtcdCert::Server => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            EtcdCert::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        self.sign(&params)
+    }
+
     /// Issues a certificate from caller-made parameters, for certificates
     /// this crate has no dedicated constructor for (and for tests of how
     /// odd certificates are treated). A new ECDSA P-256 key is generated; the
@@ -238,6 +269,19 @@ impl CertificateAuthority {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The certificates an etcd member holds, all from the cluster's etcd CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdCert {
+    /// Raft traffic between members (port 2380): serverAuth and clientAuth,
+    /// the node's names and addresses.
+    Peer,
+    /// The client API (port 2379): serverAuth (and clientAuth, which etcd's
+    /// own gateway needs), the node's names, addresses and loopback.
+    Server,
+    /// A client of the API: clientAuth, the common name given.
+    Client,
 }
 
 /// A certificate issued by a [`CertificateAuthority`] and its private key,
@@ -739,6 +783,39 @@ mod tests {
             .collect();
         assert_eq!(names.ip_addresses, ips);
         assert_eq!(crate::role_of(&cert.cert_der().unwrap()), None);
+    }
+
+    #[test]
+    fn etcd_certificates_carry_the_usages_etcd_checks() {
+        use x509_parser::extensions::ParsedExtension;
+        let ca = ca();
+        let addr: IpAddr = "10.77.0.11".parse().unwrap();
+        let usages = |cert: &IssuedCert| {
+            let der = cert.cert_der().unwrap();
+            let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+            x509.extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::ExtendedKeyUsage(u) => Some((u.server_auth, u.client_auth)),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let validity = || Validity::from_now(Duration::from_secs(60));
+        for kind in [EtcdCert::Peer, EtcdCert::Server] {
+            let cert = ca.issue_etcd(kind, "cp1", &[addr], validity()).unwrap();
+            assert_eq!(usages(&cert), (true, true), "{kind:?}");
+            let names = subject_names(&cert.cert_der().unwrap()).unwrap();
+            assert!(names.ip_addresses.contains(&addr), "{kind:?}");
+            assert!(names.dns_names.contains(&"cp1".to_owned()), "{kind:?}");
+        }
+        let client = ca
+            .issue_etcd(EtcdCert::Client, "cp1", &[addr], validity())
+            .unwrap();
+        assert_eq!(usages(&client), (false, true));
+        let names = subject_names(&client.cert_der().unwrap()).unwrap();
+        assert_eq!(names.common_name.as_deref(), Some("cp1"));
+        assert!(names.ip_addresses.is_empty());
     }
 
     #[test]

@@ -25,7 +25,8 @@ mod tls;
 mod validity;
 
 pub use ca::{
-    CertificateAuthority, IssuedCert, ServerRequest, fingerprint, is_dns_name, server_request,
+    CertificateAuthority, EtcdCert, IssuedCert, ServerRequest, fingerprint, is_dns_name,
+    server_request,
 };
 pub use error::Error;
 pub use fingerprint::Fingerprint;
