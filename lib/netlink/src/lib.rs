@@ -23,6 +23,9 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 pub use rtnetlink;
 
+mod addrs;
+pub use addrs::{is_link_local, local_addresses};
+
 /// `IFA_PROTO` of the static addresses the network daemon adds from the
 /// machine configuration. Values 0–3 are the kernel's.
 pub const ADDRESS_PROTOCOL_STATIC: u8 = 0x62;

@@ -161,7 +161,7 @@ pub async fn watch_addresses(mut status: Status) {
     let mut reprint = Reprint::new(status.addresses.clone(), Instant::now());
     loop {
         tokio::time::sleep(CHECK).await;
-        let seen = crate::addrs::local_addresses();
+        let seen = bramble_netlink::local_addresses();
         if reprint.check(seen.clone(), Instant::now()) {
             status.addresses = seen;
             print(&render(&status));

@@ -10,7 +10,6 @@
 //! `main.rs` wraps it in a command line, a current-thread tokio runtime,
 //! readiness notification and SIGTERM handling.
 
-pub mod addrs;
 pub mod auth;
 pub mod console;
 pub mod error;

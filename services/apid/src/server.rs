@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Server, ServerTlsConfig};
 
-use crate::addrs;
 use crate::auth::{AuthLayer, Mode};
 use crate::error::Error;
 use crate::identity::{Fingerprint, Origin, ServerIdentity, SubjectNames};
@@ -167,7 +166,7 @@ impl Tls {
 fn subject_names() -> SubjectNames {
     SubjectNames {
         hostname: Uname::get().nodename,
-        addresses: addrs::local_addresses(),
+        addresses: bramble_netlink::local_addresses(),
     }
 }
 
@@ -427,7 +426,7 @@ impl BoundServer {
             revision: v.git_revision,
             maintenance: self.maintenance(),
             listen: self.local_addr,
-            addresses: addrs::local_addresses(),
+            addresses: bramble_netlink::local_addresses(),
             fingerprint: self.fingerprint().to_string(),
         }
     }

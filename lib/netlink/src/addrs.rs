@@ -1,4 +1,5 @@
-//! The node's current addresses, for the certificate's subject names.
+//! The node's current addresses: the machine API's and etcd's certificate
+//! subject names, the address etcd advertises.
 
 use std::net::IpAddr;
 
@@ -15,10 +16,8 @@ pub fn local_addresses() -> Vec<IpAddr> {
     use nix::net::if_::InterfaceFlags;
     let iter = match nix::ifaddrs::getifaddrs() {
         Ok(iter) => iter,
-        Err(e) => {
-            tracing::debug!(error = %e, "getifaddrs failed; certificate without interface addresses");
-            return Vec::new();
-        }
+        // Nothing to name: callers cover the host name and loopback.
+        Err(_) => return Vec::new(),
     };
     let mut out = Vec::new();
     for ifa in iter {
@@ -46,7 +45,7 @@ pub fn local_addresses() -> Vec<IpAddr> {
 
 /// Link-local addresses (169.254/16, fe80::/10) name no node from elsewhere,
 /// and come and go as links do: they stay out of the certificate.
-fn is_link_local(ip: IpAddr) -> bool {
+pub fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
