@@ -20,7 +20,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # The image's packages, and the tests' (container images are built from them).
 locks=("$root/boot/packages.lock" "$root/tests/packages.lock")
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld g++ protobuf-compiler e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools)
+host_packages=(qemu-system-arm clang llvm lld g++ protobuf-compiler libprotobuf-dev e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {
