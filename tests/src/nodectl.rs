@@ -16,8 +16,18 @@ pub struct Output {
 /// Runs `nodectl ARGS...`, bounded by `timeout` (nodectl's own `--timeout`
 /// bounds each call; this bounds the process).
 pub fn run(args: &[&str], timeout: Duration) -> Result<Output> {
+    run_in(None, args, timeout)
+}
+
+/// [`run`], inside the network namespace `netns` when given (`ip netns
+/// exec`: nodes on a [`crate::cluster::Lan`] are reached only from there).
+pub fn run_in(netns: Option<&str>, args: &[&str], timeout: Duration) -> Result<Output> {
     let bin = crate::paths::nodectl()?;
-    let mut child = Command::new(&bin)
+    let mut cmd = match netns {
+        Some(ns) => crate::cluster::netns_command(ns, &bin),
+        None => Command::new(&bin),
+    };
+    let mut child = cmd
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -122,6 +132,11 @@ impl Client {
 
     /// `nodectl --nodeconfig ... -n ADDR --timeout 20s ARGS`.
     pub fn run(&self, addr: &str, args: &[&str]) -> Result<Output> {
+        self.run_in(None, addr, args)
+    }
+
+    /// [`Client::run`], inside the network namespace `netns` when given.
+    fn run_in(&self, netns: Option<&str>, addr: &str, args: &[&str]) -> Result<Output> {
         let mut all = vec![
             "--nodeconfig",
             self.nodeconfig.to_str().context("non-UTF-8 path")?,
@@ -131,16 +146,29 @@ impl Client {
             "20s",
         ];
         all.extend_from_slice(args);
-        run(&all, CLIENT_CALL_TIMEOUT)
+        run_in(netns, &all, CLIENT_CALL_TIMEOUT)
     }
 
     /// [`Client::run`], failing unless nodectl succeeds; its standard output.
     pub fn ok(&self, addr: &str, args: &[&str]) -> Result<String> {
-        let out = self.run(addr, args)?;
+        self.ok_in(None, addr, args)
+    }
+
+    fn ok_in(&self, netns: Option<&str>, addr: &str, args: &[&str]) -> Result<String> {
+        let out = self.run_in(netns, addr, args)?;
         if !out.success {
             bail!("nodectl {args:?} failed: {}{}", out.stdout, out.stderr);
         }
         Ok(out.stdout)
+    }
+
+    /// This client with every call made from inside the network namespace
+    /// `netns` (where the nodes of a [`crate::cluster::Lan`] are reached).
+    pub fn in_netns<'a>(&'a self, netns: &'a str) -> InNetns<'a> {
+        InNetns {
+            client: self,
+            netns,
+        }
     }
 
     /// The first `apply-config --insecure` of the control-plane
@@ -169,9 +197,13 @@ impl Client {
     /// most `timeout` (the listener restarts after the first configuration;
     /// after a boot the port forward may lag). The last answer.
     pub fn wait_answer(&self, addr: &str, timeout: Duration) -> Result<String> {
+        self.wait_answer_in(None, addr, timeout)
+    }
+
+    fn wait_answer_in(&self, netns: Option<&str>, addr: &str, timeout: Duration) -> Result<String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let out = self.run(addr, &["version", "-o", "json"])?;
+            let out = self.run_in(netns, addr, &["version", "-o", "json"])?;
             if out.success {
                 return Ok(out.stdout);
             }
@@ -183,5 +215,30 @@ impl Client {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+/// A [`Client`] whose calls run inside a network namespace
+/// ([`Client::in_netns`]).
+#[derive(Debug, Clone, Copy)]
+pub struct InNetns<'a> {
+    client: &'a Client,
+    netns: &'a str,
+}
+
+impl InNetns<'_> {
+    /// [`Client::run`] from inside the namespace.
+    pub fn run(&self, addr: &str, args: &[&str]) -> Result<Output> {
+        self.client.run_in(Some(self.netns), addr, args)
+    }
+
+    /// [`Client::ok`] from inside the namespace.
+    pub fn ok(&self, addr: &str, args: &[&str]) -> Result<String> {
+        self.client.ok_in(Some(self.netns), addr, args)
+    }
+
+    /// [`Client::wait_answer`] from inside the namespace.
+    pub fn wait_answer(&self, addr: &str, timeout: Duration) -> Result<String> {
+        self.client.wait_answer_in(Some(self.netns), addr, timeout)
     }
 }

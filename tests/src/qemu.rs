@@ -58,6 +58,26 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// What a `virt` node's first network card is attached to.
+#[derive(Debug, Clone, Default)]
+pub enum Network {
+    /// QEMU's restricted user network (10.0.2.0/24, DHCP from QEMU), with the
+    /// API port forwarded to [`Options::api_port`] on loopback.
+    #[default]
+    User,
+    /// A tap device on a bridge in a network namespace
+    /// ([`crate::cluster::Lan`]): QEMU runs inside `netns` (`ip netns exec`)
+    /// so it finds `tap` there; the card has the hardware address `mac`. No
+    /// port is forwarded: the API is reached at the node's own address on the
+    /// bridge, from inside the namespace. Guest and host forwards do not
+    /// apply.
+    Lan {
+        netns: String,
+        tap: String,
+        mac: String,
+    },
+}
+
 /// The emulated board.
 #[derive(Debug, Clone, Default)]
 pub enum Machine {
@@ -159,6 +179,8 @@ pub struct Options {
     /// More host loopback ports forwarded to guest TCP ports (virt only),
     /// as `(host port, guest port)`, beside the API's.
     pub host_forwards: Vec<(u16, u16)>,
+    /// What the first network card is attached to (virt only).
+    pub network: Network,
 }
 
 /// One guest address forwarded to a loopback port; see
@@ -186,6 +208,7 @@ impl Options {
             extra_nics: 0,
             guest_forwards: Vec::new(),
             host_forwards: Vec::new(),
+            network: Network::User,
         }
     }
 
@@ -257,7 +280,12 @@ impl Options {
     /// The QEMU command line: the `virt` machine with U-Boot as its firmware,
     /// so the image boots through the same boot script as on a Pi.
     pub fn command(&self, uboot: &Path) -> Command {
-        let mut cmd = Command::new("qemu-system-aarch64");
+        let mut cmd = match &self.network {
+            Network::User => Command::new("qemu-system-aarch64"),
+            Network::Lan { netns, .. } => {
+                crate::cluster::netns_command(netns, "qemu-system-aarch64")
+            }
+        };
         // acpi=off: U-Boot hands Linux a device tree, and only without ACPI
         // does QEMU put its power button (gpio-keys) in it.
         cmd.args(["-M", "virt,acpi=off", "-cpu", "cortex-a72"])
@@ -275,17 +303,23 @@ impl Options {
                 self.disk.display()
             ))
             .args(["-device", "virtio-blk-pci,drive=disk0"])
-            .arg("-netdev")
+            .arg("-netdev");
+        match &self.network {
             // restrict=on: the guest reaches nothing beyond QEMU's own DHCP
             // and the forwarded port (tests stay on loopback).
-            .arg(format!(
-                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:50000{}",
-                self.api_port,
-                self.guest_forward_options()
-            ))
-            .args(["-device", "virtio-net-pci,netdev=net0,romfile="])
-            .args(["-device", "virtio-rng-pci"])
-            .arg("-no-reboot");
+            Network::User => cmd
+                .arg(format!(
+                    "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:50000{}",
+                    self.api_port,
+                    self.guest_forward_options()
+                ))
+                .args(["-device", "virtio-net-pci,netdev=net0,romfile="]),
+            Network::Lan { tap, mac, .. } => cmd
+                .arg(format!("tap,id=net0,ifname={tap},script=no,downscript=no"))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=net0,mac={mac},romfile=")),
+        };
+        cmd.args(["-device", "virtio-rng-pci"]).arg("-no-reboot");
         for n in 1..=self.extra_nics {
             cmd.arg("-netdev")
                 // Its own subnet, so the guest never has two routes to 10.0.2.0/24.
@@ -323,6 +357,10 @@ impl Node {
                 cmd
             }
             Machine::Raspi3b(fw) => {
+                ensure!(
+                    matches!(opts.network, Network::User),
+                    "a raspi3b node has only the user network"
+                );
                 let mut cmd = opts.raspi3b_command(fw);
                 // The console a Pi user sees is the UART on the GPIO header,
                 // the mini UART: QEMU's second serial port (the first is the
@@ -450,6 +488,8 @@ impl Node {
         self.wait_for(READY_MARKER, timeout)
     }
 
+    /// The API's forwarded loopback address (a [`Network::User`] node; a
+    /// [`Network::Lan`] node is reached at its own address on the bridge).
     pub fn api_addr(&self) -> String {
         format!("127.0.0.1:{}", self.api_port)
     }
