@@ -12,6 +12,8 @@ use crate::Error;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a membership change is retried while the cluster settles.
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
 /// One member, as the members API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -130,12 +132,27 @@ impl Cluster {
 
     /// Adds a learner that peers reach at `peer_url`; returns its ID and
     /// the members after the addition (the learner among them, nameless).
+    /// etcd refuses a change while a member it has is not connected
+    /// ("unhealthy cluster", for a few seconds after one started): retried
+    /// for at most [`SETTLE_WITHIN`].
     pub async fn add_learner(&mut self, peer_url: &str) -> Result<(u64, Vec<MemberInfo>), Error> {
-        let resp = self
-            .client
-            .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
-            .await
-            .map_err(Error::etcd(format!("adding {peer_url} as a learner")))?;
+        let deadline = Instant::now() + SETTLE_WITHIN;
+        let mut delay = Duration::from_millis(500);
+        let resp = loop {
+            match self
+                .client
+                .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
+                .await
+            {
+                Ok(resp) => break resp,
+                Err(e) if transient(&e) && Instant::now() + delay < deadline => {
+                    tracing::info!(error = %e, "the cluster is settling; adding the learner again shortly");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(Error::etcd(format!("adding {peer_url} as a learner"))(e)),
+            }
+        };
         let id = resp
             .member()
             .map(|m| m.id())
@@ -152,7 +169,7 @@ impl Cluster {
         loop {
             match self.client.member_promote(id).await {
                 Ok(_) => return Ok(()),
-                Err(e) if not_caught_up(&e) && Instant::now() + delay < deadline => {
+                Err(e) if transient(&e) && Instant::now() + delay < deadline => {
                     tracing::info!(member = %format_id(id), "learner not caught up yet; promoting again shortly");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -195,7 +212,7 @@ fn member_info(m: &etcd_client::Member) -> MemberInfo {
 /// ("can only promote a learner member which is in sync with leader"), and
 /// answers "etcdserver: unhealthy cluster"/"too many requests" while it
 /// settles: all worth a retry.
-fn not_caught_up(e: &etcd_client::Error) -> bool {
+fn transient(e: &etcd_client::Error) -> bool {
     let text = e.to_string();
     [
         "in sync with leader",
