@@ -476,6 +476,7 @@ impl Lan {
                 .collect()
         };
         let mut nodes = start_all(1)?;
+        let mut second = None;
         if REBOOT_AFTER_ADOPTION {
             for (index, node) in indexes.iter().zip(nodes.iter_mut()) {
                 node.wait_for(ADOPTED, left())
@@ -488,12 +489,27 @@ impl Lan {
                 node.wait_exit(left().min(POWER_OFF_TIMEOUT))
                     .with_context(|| format!("node {index} did not power off"))?;
             }
+            eprintln!(
+                "{} node(s) adopted their configurations and powered off in {:.1?}",
+                nodes.len(),
+                started.elapsed()
+            );
+            second = Some(Instant::now());
             nodes = start_all(2)?;
         }
         for (index, node) in indexes.iter().zip(nodes.iter_mut()) {
             node.wait_ready(left())
                 .with_context(|| format!("node {index} did not boot"))?;
         }
+        eprintln!(
+            "{} node(s) ready in {:.1?}{}",
+            nodes.len(),
+            started.elapsed(),
+            second.map_or_else(String::new, |s| format!(
+                " (the last boot: {:.1?})",
+                s.elapsed()
+            ))
+        );
         Ok(nodes)
     }
 
