@@ -19,6 +19,19 @@ pub enum Kind {
     Other,
 }
 
+/// One member of the package's data tarball, as [`for_each_member`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The path without its leading `./` (`usr/lib/x`).
+    pub path: String,
+    /// What the member is.
+    pub kind: Kind,
+    /// Permission bits as the package stores them (`0o755`).
+    pub mode: u32,
+    /// A symbolic link's target as stored; `None` for other kinds.
+    pub link_target: Option<String>,
+}
+
 /// Calls `visit(path, kind, contents)` for every member of the package's data
 /// tarball, in archive order. `path` has the leading `./` removed (`usr/lib/x`);
 /// `contents` is a reader over a regular file's bytes (empty for other kinds).
@@ -26,6 +39,14 @@ pub enum Kind {
 pub fn for_each_file<F>(deb_path: &Path, deb: &[u8], mut visit: F) -> Result<()>
 where
     F: FnMut(&str, Kind, &mut dyn Read) -> Result<()>,
+{
+    for_each_member(deb_path, deb, |m, r| visit(&m.path, m.kind, r))
+}
+
+/// Like [`for_each_file`], with each member's mode and symlink target.
+pub fn for_each_member<F>(deb_path: &Path, deb: &[u8], mut visit: F) -> Result<()>
+where
+    F: FnMut(&Member, &mut dyn Read) -> Result<()>,
 {
     let bad = |reason: String| Error::BadDeb {
         path: deb_path.to_path_buf(),
@@ -59,10 +80,30 @@ where
                 tar::EntryType::Symlink => Kind::Symlink,
                 _ => Kind::Other,
             };
-            let path = path.to_string();
-            visit(&path, kind, &mut entry).map_err(|e| match e {
+            let mode = entry
+                .header()
+                .mode()
+                .map_err(|e| bad(format!("{id}: `{path}`: bad mode: {e}")))?
+                & 0o7777;
+            let link_target = if kind == Kind::Symlink {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(format!("{id}: `{path}`: bad link target: {e}")))?
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .ok_or_else(|| bad(format!("{id}: `{path}`: symlink without a target")))?;
+                Some(target)
+            } else {
+                None
+            };
+            let member = Member {
+                path: path.to_string(),
+                kind,
+                mode,
+                link_target,
+            };
+            visit(&member, &mut entry).map_err(|e| match e {
                 Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound => {
-                    bad(format!("{id}: reading `{path}`: {source}"))
+                    bad(format!("{id}: reading `{}`: {source}", member.path))
                 }
                 other => other,
             })?;
@@ -91,42 +132,14 @@ fn data_decoder<'a, R: Read + 'a>(
 /// Every symbolic link in the package's data tarball, as `(path, target)`
 /// (`path` without its leading `./`, the target as stored).
 pub fn symlinks(deb_path: &Path, deb: &[u8]) -> Result<Vec<(String, String)>> {
-    let bad = |reason: String| Error::BadDeb {
-        path: deb_path.to_path_buf(),
-        reason,
-    };
     let mut links = Vec::new();
-    let mut archive = ar::Archive::new(Cursor::new(deb));
-    while let Some(member) = archive.next_entry() {
-        let member = member.map_err(|e| bad(format!("ar archive: {e}")))?;
-        let id = String::from_utf8_lossy(member.header().identifier()).into_owned();
-        let id = id.trim_end_matches('/').to_owned();
-        if !id.starts_with("data.tar") {
-            continue;
+    for_each_member(deb_path, deb, |m, _| {
+        if let Some(target) = &m.link_target {
+            links.push((m.path.clone(), target.clone()));
         }
-        let decoder = data_decoder(member, &id).map_err(bad)?;
-        let mut tar = tar::Archive::new(decoder);
-        for entry in tar.entries().map_err(|e| bad(format!("{id}: {e}")))? {
-            let entry = entry.map_err(|e| bad(format!("{id}: {e}")))?;
-            if entry.header().entry_type() != tar::EntryType::Symlink {
-                continue;
-            }
-            let path = entry
-                .path()
-                .map_err(|e| bad(format!("{id}: bad member path: {e}")))?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_owned();
-            let target = entry
-                .link_name()
-                .map_err(|e| bad(format!("{id}: `{path}`: bad link target: {e}")))?
-                .map(|t| t.to_string_lossy().into_owned())
-                .ok_or_else(|| bad(format!("{id}: `{path}`: symlink without a target")))?;
-            links.push((path, target));
-        }
-        return Ok(links);
-    }
-    Err(bad("no data.tar.* member".into()))
+        Ok(())
+    })?;
+    Ok(links)
 }
 
 /// Reads a regular file's contents from the visitor's reader.
@@ -137,18 +150,55 @@ pub fn read_all(path: &str, r: &mut dyn Read) -> Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A member of a test package.
+    pub(crate) enum TestMember<'a> {
+        /// A regular file: path, mode, contents.
+        File(&'a str, u32, &'a [u8]),
+        /// A symbolic link: path, target.
+        Symlink(&'a str, &'a str),
+        /// A directory.
+        Dir(&'a str),
+    }
 
     /// Builds a tiny .deb (ar: debian-binary, control.tar.gz, data.tar.<ext>).
     pub(crate) fn make_deb(files: &[(&str, &[u8])], xz: bool) -> Vec<u8> {
+        let members: Vec<TestMember<'_>> = files
+            .iter()
+            .map(|(path, data)| TestMember::File(path, 0o644, data))
+            .collect();
+        make_deb_members(&members, xz)
+    }
+
+    /// Builds a tiny .deb holding these members, in this order.
+    pub(crate) fn make_deb_members(members: &[TestMember<'_>], xz: bool) -> Vec<u8> {
         let mut tar = tar::Builder::new(Vec::new());
-        for (path, data) in files {
+        for member in members {
             let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut h, format!("./{path}"), *data).unwrap();
+            match member {
+                TestMember::File(path, mode, data) => {
+                    h.set_size(data.len() as u64);
+                    h.set_mode(*mode);
+                    h.set_entry_type(tar::EntryType::Regular);
+                    tar.append_data(&mut h, format!("./{path}"), *data).unwrap();
+                }
+                TestMember::Symlink(path, target) => {
+                    h.set_size(0);
+                    h.set_mode(0o777);
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    tar.append_link(&mut h, format!("./{path}"), target)
+                        .unwrap();
+                }
+                TestMember::Dir(path) => {
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_entry_type(tar::EntryType::Directory);
+                    tar.append_data(&mut h, format!("./{path}/"), &[][..])
+                        .unwrap();
+                }
+            }
         }
         let tar = tar.into_inner().unwrap();
         let (name, data): (&str, Vec<u8>) = if xz {
@@ -174,6 +224,42 @@ mod tests {
         )
         .unwrap();
         ar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn members_carry_modes_and_link_targets() {
+        let deb = make_deb_members(
+            &[
+                TestMember::Dir("usr/bin"),
+                TestMember::File("usr/bin/x", 0o755, b"#!"),
+                TestMember::Symlink("usr/bin/y", "x"),
+            ],
+            true,
+        );
+        let mut seen = Vec::new();
+        for_each_member(Path::new("t.deb"), &deb, |m, _| {
+            seen.push(m.clone());
+            Ok(())
+        })
+        .unwrap();
+        let member = |path: &str, kind, mode, link: Option<&str>| Member {
+            path: path.into(),
+            kind,
+            mode,
+            link_target: link.map(str::to_owned),
+        };
+        assert_eq!(
+            seen,
+            vec![
+                member("usr/bin", Kind::Dir, 0o755, None),
+                member("usr/bin/x", Kind::File, 0o755, None),
+                member("usr/bin/y", Kind::Symlink, 0o777, Some("x")),
+            ]
+        );
+        assert_eq!(
+            symlinks(Path::new("t.deb"), &deb).unwrap(),
+            vec![("usr/bin/y".to_owned(), "x".to_owned())]
+        );
     }
 
     #[test]

@@ -82,6 +82,60 @@ pub enum Error {
         member: String,
     },
 
+    /// A line of a file list (`boot/rootfs-packages.txt`) that cannot be used.
+    #[error("{}:{line}: {reason}", path.display())]
+    FileList {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A path wanted from a package is there, but as a directory or another
+    /// kind of entry that cannot be copied as a file.
+    #[error("package `{package}`: `{member}` is {what}, not a file or a symbolic link")]
+    NotAFile {
+        /// Package name.
+        package: String,
+        /// The path in the package.
+        member: String,
+        /// What it is (`a directory`).
+        what: &'static str,
+    },
+
+    /// A symbolic link wanted from a package points to a path the package
+    /// does not contain.
+    #[error(
+        "package `{package}`: `{link}` is a symbolic link to `{target}`, which the package does not contain"
+    )]
+    DanglingSymlink {
+        /// Package name.
+        package: String,
+        /// The link's path in the package.
+        link: String,
+        /// Its target as stored.
+        target: String,
+    },
+
+    /// A dynamically linked program (or a library it loads) needs a file the
+    /// root file system does not carry.
+    #[error(
+        "{program}: needs the {what} `{name}`, which {looked}; add the package file that provides it to boot/rootfs-packages.txt"
+    )]
+    MissingDependency {
+        /// The ELF file that needs it (`/usr/bin/etcd`, or a library with the
+        /// program it is loaded for).
+        program: String,
+        /// `shared library` or `program interpreter`.
+        what: &'static str,
+        /// The DT_NEEDED name or PT_INTERP path.
+        name: String,
+        /// Where it was looked for.
+        looked: String,
+    },
+
     /// A kernel module problem (unknown name, missing dependency, bad ELF).
     #[error("kernel modules: {0}")]
     Modules(String),

@@ -40,6 +40,8 @@ pub mod mkext4;
 #[cfg(feature = "builder")]
 pub mod modules;
 #[cfg(feature = "builder")]
+pub mod packages;
+#[cfg(feature = "builder")]
 pub mod squashfs;
 #[cfg(feature = "builder")]
 pub mod time;

@@ -233,6 +233,52 @@ impl Tree {
         clean(path).ok().and_then(|p| self.nodes.get(&p))
     }
 
+    /// Follows symbolic links (absolute targets from the tree's root, relative
+    /// ones from the link's directory, in any component of `path`) and returns
+    /// the entry `path` leads to with its link-free path; `None` when it leads
+    /// nowhere, or through more than 40 links.
+    pub fn resolve(&self, path: &str) -> Option<(String, &Node)> {
+        let mut pending: std::collections::VecDeque<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut resolved: Vec<String> = Vec::new();
+        let mut found: Option<&Node> = None;
+        let mut links = 0;
+        while let Some(component) = pending.pop_front() {
+            match component.as_str() {
+                "." => continue,
+                ".." => {
+                    resolved.pop();
+                    found = self.nodes.get(Path::new(&resolved.join("/")));
+                    continue;
+                }
+                _ => {}
+            }
+            resolved.push(component);
+            let node = self.nodes.get(Path::new(&resolved.join("/")))?;
+            if let Kind::Symlink(target) = &node.kind {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                resolved.pop();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                for c in target.split('/').rev().filter(|c| !c.is_empty()) {
+                    pending.push_front(c.to_owned());
+                }
+                found = None;
+            } else {
+                found = Some(node);
+            }
+        }
+        let node = found?;
+        Some((resolved.join("/"), node))
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -302,6 +348,38 @@ mod tests {
         assert!(t.file("a/b/c", 0o644, b"z".to_vec()).is_err());
         assert!(t.file("a.b/x", 0o644, b"z".to_vec()).is_err());
         assert!(t.file("../x", 0o644, b"z".to_vec()).is_err());
+    }
+
+    #[test]
+    fn resolves_symlinks() {
+        let mut t = Tree::new();
+        t.file("lib/aarch64-linux-gnu/ld.so", 0o755, b"x".to_vec())
+            .unwrap();
+        t.symlink("lib/ld.so", "aarch64-linux-gnu/ld.so").unwrap();
+        t.symlink("usr/lib64", "/lib").unwrap();
+        t.symlink("etc/loop", "loop").unwrap();
+        t.symlink("etc/up", "../lib/./aarch64-linux-gnu/ld.so")
+            .unwrap();
+        for path in [
+            "lib/ld.so",
+            "/lib/ld.so",
+            "usr/lib64/ld.so",
+            "usr/lib64/aarch64-linux-gnu/ld.so",
+            "etc/up",
+        ] {
+            let (real, node) = t.resolve(path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(real, "lib/aarch64-linux-gnu/ld.so", "{path}");
+            assert_eq!(node.mode, 0o755);
+        }
+        assert_eq!(t.resolve("usr/lib64").unwrap().0, "lib");
+        assert_eq!(
+            t.resolve("usr/lib64/aarch64-linux-gnu/..").unwrap().0,
+            "lib"
+        );
+        assert!(t.resolve("etc/loop").is_none());
+        assert!(t.resolve("lib/missing.so").is_none());
+        assert!(t.resolve("lib/aarch64-linux-gnu/ld.so/x").is_none());
+        assert!(t.resolve("/").is_none());
     }
 
     #[test]
