@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::lock::{self, Lock};
 use crate::mkext4::{self, Ext4Spec};
 use crate::modules::{self, ModuleSet};
+use crate::packages::{self, Content, FileList};
 use crate::{fat, squashfs, uimage};
 
 /// File name of the raw image.
@@ -81,7 +82,7 @@ pub struct BuildConfig {
     /// Directory of cached `.deb`s.
     pub cache: PathBuf,
     /// `boot/`: `boot.cmd`, `config.txt`, `bramble-extra.txt`, `cmdline.txt`, `modules.txt`,
-    /// `modules-rootfs.txt`.
+    /// `modules-rootfs.txt`, `rootfs-packages.txt`.
     pub boot_dir: PathBuf,
     /// Directory with `bramble-init`, `bramble-apid`, `bramble-networkd`, `timed`.
     pub bin_dir: PathBuf,
@@ -109,6 +110,9 @@ pub struct Report {
     pub modules: usize,
     /// Requested modules that are built in (skipped).
     pub builtin_requested: Vec<String>,
+    /// Files and links from pinned packages in the root file system
+    /// (`rootfs-packages.txt`), and the bytes of those files.
+    pub package_files: (usize, u64),
     /// `(what, used bytes, partition bytes)`.
     pub partitions: Vec<(String, u64, u64)>,
     /// `(path, bytes)` of every output.
@@ -127,6 +131,11 @@ impl Report {
         s.push_str(&format!(
             "Bramble image: kernel {}, {} modules\n",
             self.kver, self.modules
+        ));
+        s.push_str(&format!(
+            "Root filesystem: {} files and links from pinned packages ({:.2} MiB)\n",
+            self.package_files.0,
+            mib(self.package_files.1)
         ));
         s.push_str("Partitions (used / size):\n");
         for (what, used, size) in &self.partitions {
@@ -379,6 +388,8 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         lock.get(name)?;
     }
     tracing::info!(packages = lock.entries.len(), cache = %cfg.cache.display(), "checking pinned packages");
+    let rootfs_list = FileList::load(&cfg.boot_dir.join(packages::ROOTFS_PACKAGES))?;
+    rootfs_list.check_pinned(&lock)?;
     let mut debs = lock::verify_all(&lock, &cfg.cache)?;
     timer.step("verify");
 
@@ -443,7 +454,19 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
             member: format!("{CA_DIR}*.crt"),
         });
     }
+    tracing::info!(list = %rootfs_list.path.display(), "reading files from pinned packages");
+    let package_files = rootfs_list.extract(&lock, &cfg.cache, &debs)?;
     drop(debs);
+    report.package_files = (
+        package_files.len(),
+        package_files
+            .iter()
+            .map(|f| match &f.content {
+                Content::File { data, .. } => data.len() as u64,
+                Content::Symlink(_) => 0,
+            })
+            .sum(),
+    );
     let ca_bundle = content::ca_bundle(&certs);
     timer.step("unpack");
 
@@ -477,8 +500,17 @@ pub fn build(cfg: &BuildConfig) -> Result<Report> {
         os_release: &release,
         ca_bundle: &ca_bundle,
         modules: &module_files,
+        package_files: &package_files,
         overlay: &cfg.rootfs_overlay,
     })?;
+    // What the list adds must run on the node: aarch64, with its loader and
+    // libraries in the tree.
+    let listed_files: Vec<String> = package_files
+        .iter()
+        .filter(|f| matches!(f.content, Content::File { .. }))
+        .map(|f| f.path.clone())
+        .collect();
+    crate::elf::check_loadable(&rootfs_tree, &listed_files)?;
     let initrd_tree = content::initrd(&binaries[0], &release, &initrd_module_files)?;
     let mut cpio = Vec::new();
     initrd_tree.write_cpio(&mut cpio, sde32)?;

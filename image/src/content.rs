@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::modules::Selection;
+use crate::packages::{self, Extracted};
 use crate::tree::Tree;
 
 /// The node binaries, as `(file name in --bin-dir, path in the rootfs)`.
@@ -114,6 +115,8 @@ pub struct RootfsInputs<'a> {
     pub ca_bundle: &'a [u8],
     /// Modules.
     pub modules: &'a ModuleFiles,
+    /// Files from pinned packages (`boot/rootfs-packages.txt`).
+    pub package_files: &'a [Extracted],
     /// `--rootfs-overlay`.
     pub overlay: &'a Path,
 }
@@ -153,6 +156,7 @@ pub fn rootfs(inp: &RootfsInputs<'_>) -> Result<Tree> {
         b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
     )?;
     inp.modules.add_to(&mut t)?;
+    packages::add_to(&mut t, inp.package_files)?;
     if !inp.overlay.is_dir() {
         return Err(Error::Invalid {
             field: format!("--rootfs-overlay {}", inp.overlay.display()),

@@ -44,7 +44,8 @@ struct BuildArgs {
     /// Directory of cached .debs (.cache/debs).
     #[arg(long)]
     cache: PathBuf,
-    /// Boot assets: boot.cmd, config.txt, cmdline.txt, modules.txt, modules-rootfs.txt.
+    /// Boot assets: boot.cmd, config.txt, cmdline.txt, modules.txt, modules-rootfs.txt,
+    /// rootfs-packages.txt.
     #[arg(long)]
     boot_dir: PathBuf,
     /// Cross-built bramble-init, bramble-apid, bramble-networkd, bramble-timed.
