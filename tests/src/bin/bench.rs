@@ -778,9 +778,10 @@ fn print_compare((line, ratio): &(String, f64)) {
 }
 
 /// The packages (in `tests/packages.lock`) that put crun on the bench image.
+/// glibc's loader and `libc.so.6`, which crun and these libraries also need,
+/// are in every image (`boot/rootfs-packages.txt`).
 const CRUN_PACKAGES: &[&str] = &[
     "crun",
-    "libc6",
     "libcap2",
     "libseccomp2",
     "libsystemd0",
@@ -804,10 +805,9 @@ log_console = true
 "#;
 
 /// Whether a file from a crun package belongs on the bench image: the
-/// program, the dynamic loader and the shared libraries.
+/// program and the shared libraries (with their links).
 fn crun_file(path: &str) -> bool {
     path == "usr/bin/crun"
-        || path == "lib/ld-linux-aarch64.so.1"
         || ["lib/aarch64-linux-gnu/", "usr/lib/aarch64-linux-gnu/"]
             .iter()
             .any(|dir| {
@@ -833,7 +833,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Builds the bench image: the image's own inputs plus crun, its libraries,
 /// busybox and the comparison service, in a root file system overlay.
 fn compare_image(dir: &tempfile::TempDir, bin_dir: &Path) -> Result<PathBuf> {
-    use bramble_image::{deb, lock as pins};
+    use bramble_image::lock as pins;
+    use bramble_image::packages::{self, Content, Select, Wanted};
     use std::os::unix::fs::PermissionsExt;
     let root = paths::workspace_root();
     let overlay = dir.path().join("compare-overlay");
@@ -847,42 +848,29 @@ fn compare_image(dir: &tempfile::TempDir, bin_dir: &Path) -> Result<PathBuf> {
     std::fs::write(bench_dir.join("busybox"), bramble_tests::busybox::arm64()?)?;
     let cache = paths::deb_cache()?;
     let lock = pins::Lock::load(&bramble_tests::busybox::lock())?;
-    for name in CRUN_PACKAGES {
-        let entry = lock.get(name)?;
-        let deb_path = cache.join(&entry.file);
-        let data = pins::read_verified(&cache, entry)
-            .with_context(|| format!("{} (run `make deps`)", deb_path.display()))?;
-        let mut files = Vec::new();
-        deb::for_each_file(&deb_path, &data, |path, kind, r| {
-            if kind == deb::Kind::File && crun_file(path) {
-                files.push((path.to_owned(), deb::read_all(path, r)?));
-            }
-            Ok(())
-        })?;
-        for (path, bytes) in files {
-            let dest = overlay.join(&path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&dest, bytes)?;
-            // The loader and crun are executed; the image keeps only whether
-            // a file is executable.
-            let mode = if path.ends_with("/crun") || path.contains("ld-linux") {
-                0o755
-            } else {
-                0o644
-            };
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+    // The same extraction as the image's own files from packages: verified
+    // against the lock, links followed, modes set for the node (crun 0755,
+    // libraries 0644); the overlay keeps them.
+    let wanted: Vec<Wanted<'_>> = CRUN_PACKAGES
+        .iter()
+        .map(|package| Wanted {
+            package,
+            select: Select::Matching(&crun_file),
+        })
+        .collect();
+    let files = packages::extract_files(&lock, &cache, &wanted)
+        .with_context(|| format!("crun's packages from {} (run `make deps`)", cache.display()))?;
+    for file in files {
+        let dest = overlay.join(&file.path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-        for (path, target) in deb::symlinks(&deb_path, &data)? {
-            if crun_file(&path) {
-                let dest = overlay.join(&path);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                let _ = std::fs::remove_file(&dest);
-                std::os::unix::fs::symlink(&target, &dest)?;
+        match &file.content {
+            Content::File { data, mode } => {
+                std::fs::write(&dest, data)?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(u32::from(*mode)))?;
             }
+            Content::Symlink(target) => std::os::unix::fs::symlink(target, &dest)?,
         }
     }
     let out = dir.path().join("compare-dist");
