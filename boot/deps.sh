@@ -5,9 +5,14 @@
 #     docker-registry and busybox-static for the container runtime's tests,
 #     e2fsprogs, dnsmasq and chrony for network and time tests, and the
 #     reference tools the image builder's writers are compared with:
-#     bmap-tools, u-boot-tools (mkimage) and dosfstools (fsck.fat)), the arm64
-#     dpkg architecture and Debian's non-free-firmware component (for
-#     raspi-firmware);
+#     bmap-tools, u-boot-tools (mkimage) and dosfstools (fsck.fat), and
+#     Debian's etcd for the host (etcd-server's etcd and etcd-client's etcdctl)
+#     for host tests of the etcd client code), the arm64 dpkg architecture and
+#     Debian's non-free-firmware component (for raspi-firmware);
+#   - no host service started by those packages: installs run under a
+#     policy-rc.d that refuses service starts, and Debian's etcd service is
+#     kept disabled and stopped (a system etcd on 2379/2380 would collide with
+#     the etcd the tests start);
 #   - the Rust target aarch64-unknown-linux-musl (rustup), with Debian's
 #     rustc-web as the fallback when rustup cannot fetch it;
 #   - the pinned Debian packages the image is built from (boot/packages.lock)
@@ -20,7 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # The image's packages, and the tests' (container images are built from them).
 locks=("$root/boot/packages.lock" "$root/tests/packages.lock")
 cache="${BRAMBLE_CACHE:-$root/.cache}/debs"
-host_packages=(qemu-system-arm clang llvm lld g++ protobuf-compiler libprotobuf-dev e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools)
+host_packages=(qemu-system-arm clang llvm lld g++ protobuf-compiler libprotobuf-dev e2fsprogs dnsmasq-base chrony iproute2 ca-certificates xz-utils docker-registry busybox-static bmap-tools u-boot-tools dosfstools etcd-server etcd-client)
 
 say() { printf '==> %s\n' "$*"; }
 need_root() {
@@ -70,7 +75,41 @@ done
 if ((${#missing[@]})); then
     apt_update
     say "installing ${missing[*]}"
+    # Packages start their services when installed (etcd-server's would listen
+    # on 2379/2380) unless a policy-rc.d refuses: put one in place for the
+    # install if the machine has none (containers often do).
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# bramble deps.sh: no service starts while it installs packages\nexit 101\n' |
+            need_root tee "$policy" >/dev/null
+        need_root chmod 0755 "$policy"
+        own_policy=1
+        trap 'need_root rm -f "$policy"' EXIT
+    fi
     need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if ((own_policy)); then
+        need_root rm -f "$policy"
+        trap - EXIT
+    fi
+fi
+
+# Debian's etcd service stays disabled and stopped: the host's etcd is only
+# for tests, which start their own.
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    if systemctl is-enabled --quiet etcd.service 2>/dev/null || systemctl is-active --quiet etcd.service 2>/dev/null; then
+        say "disabling and stopping Debian's etcd service"
+        need_root systemctl disable --now etcd.service
+    fi
+else
+    if [[ -f /run/etcd.pid ]] && start-stop-daemon --status --pidfile /run/etcd.pid --exec /usr/bin/etcd 2>/dev/null; then
+        say "stopping Debian's etcd service"
+        need_root start-stop-daemon --stop --quiet --oknodo --retry 10 --pidfile /run/etcd.pid --exec /usr/bin/etcd
+    fi
+    if compgen -G '/etc/rc[2-5].d/S*etcd' >/dev/null && command -v update-rc.d >/dev/null; then
+        say "disabling Debian's etcd service at boot"
+        need_root update-rc.d etcd disable >/dev/null
+    fi
 fi
 
 # 3. The Rust cross target.
