@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := image
 
 TARGET      := aarch64-unknown-linux-musl
-NODE_BINS   := bramble-init bramble-apid bramble-networkd bramble-timed bramble-runtimed
+NODE_BINS   := bramble-init bramble-apid bramble-networkd bramble-timed bramble-runtimed bramble-etcdd
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 GIT_REV     := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 # Reproducible builds: timestamps come from the last commit, not the clock.

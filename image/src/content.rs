@@ -9,12 +9,13 @@ use crate::packages::{self, Extracted};
 use crate::tree::Tree;
 
 /// The node binaries, as `(file name in --bin-dir, path in the rootfs)`.
-pub const BINARIES: [(&str, &str); 5] = [
+pub const BINARIES: [(&str, &str); 6] = [
     ("bramble-init", "sbin/init"),
     ("bramble-apid", "usr/bin/apid"),
     ("bramble-networkd", "usr/bin/networkd"),
     ("bramble-timed", "usr/bin/timed"),
     ("bramble-runtimed", "usr/bin/runtimed"),
+    ("bramble-etcdd", "usr/bin/etcdd"),
 ];
 
 /// Empty directories of the rootfs (mount points and writable places).

@@ -45,13 +45,7 @@ fn bin_dir(scratch: &Path) -> PathBuf {
     }
     let d = scratch.join("bin");
     std::fs::create_dir_all(&d).unwrap();
-    for name in [
-        "bramble-init",
-        "bramble-apid",
-        "bramble-networkd",
-        "bramble-timed",
-        "bramble-runtimed",
-    ] {
+    for (name, _) in bramble_image::content::BINARIES {
         std::fs::write(d.join(name), bramble_image::elf::dummy_aarch64_executable()).unwrap();
     }
     d

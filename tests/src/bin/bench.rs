@@ -233,13 +233,7 @@ fn main() -> Result<()> {
         "  initramfs          {}",
         size(&args.dist.join("parts/initrd.img"))
     );
-    for bin in [
-        "bramble-init",
-        "bramble-apid",
-        "bramble-networkd",
-        "bramble-timed",
-        "bramble-runtimed",
-    ] {
+    for (bin, _) in bramble_image::content::BINARIES {
         println!("  {bin:<18} {}", size(&args.bin_dir.join(bin)));
     }
     Ok(())
