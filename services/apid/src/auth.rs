@@ -64,6 +64,9 @@ pub const RULES: &[Rule] = &[
     rule("Routes", Role::Reader, false),
     rule("Resolvers", Role::Reader, false),
     rule("Time", Role::Reader, false),
+    rule("EtcdMembers", Role::Reader, false),
+    rule("EtcdStatus", Role::Reader, false),
+    rule("EtcdAlarmList", Role::Reader, false),
     rule("Images", Role::Reader, false),
     rule("Containers", Role::Reader, false),
     rule("ContainerLogs", Role::Reader, false),
@@ -77,7 +80,14 @@ pub const RULES: &[Rule] = &[
     rule("ServiceRestart", Role::Operator, false),
     rule("Reboot", Role::Operator, false),
     rule("Shutdown", Role::Operator, false),
+    rule("EtcdDefragment", Role::Operator, false),
+    rule("EtcdAlarmDisarm", Role::Operator, false),
     rule("Reset", Role::Admin, false),
+    rule("Bootstrap", Role::Admin, false),
+    rule("EtcdLeave", Role::Admin, false),
+    rule("EtcdRemoveMember", Role::Admin, false),
+    // A snapshot holds every key of the cluster, secrets included.
+    rule("EtcdSnapshot", Role::Admin, false),
     // Authenticated by the join token, whatever the certificate: see JOIN.
     rule("NodeCertificate", Role::Admin, false),
 ];
@@ -287,14 +297,19 @@ mod tests {
             (
                 Role::Reader,
                 "Version GetConfig ServiceList Logs Dmesg Events Memory LoadAvg Processes Mounts Hostname \
-                 Links Addresses Routes Resolvers Time Images Containers ContainerLogs ContainerStats",
+                 Links Addresses Routes Resolvers Time Images Containers ContainerLogs ContainerStats \
+                 EtcdMembers EtcdStatus EtcdAlarmList",
             ),
             (
                 Role::Operator,
                 "ServiceStart ServiceStop ServiceRestart Reboot Shutdown ImagePull ImageImport \
-                 ImageRemove ContainerRestart",
+                 ImageRemove ContainerRestart EtcdDefragment EtcdAlarmDisarm",
             ),
-            (Role::Admin, "ApplyConfiguration Reset NodeCertificate"),
+            (
+                Role::Admin,
+                "ApplyConfiguration Reset NodeCertificate Bootstrap EtcdLeave EtcdRemoveMember \
+                 EtcdSnapshot",
+            ),
         ];
         let mut listed = 0;
         for (role, methods) in expected {

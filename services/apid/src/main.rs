@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use bramble_apid::server::{
-    DEFAULT_CONFIG_DIR, DEFAULT_CONTROL_SOCKET, DEFAULT_LISTEN, DEFAULT_STATE_DIR,
-    DEFAULT_WIPE_DATA_MARKER,
+    DEFAULT_CONFIG_DIR, DEFAULT_CONTROL_SOCKET, DEFAULT_ETCD_ROOT, DEFAULT_LISTEN,
+    DEFAULT_STATE_DIR, DEFAULT_WIPE_DATA_MARKER,
 };
 use bramble_apid::{BoundServer, Config};
 use clap::Parser;
@@ -33,6 +33,11 @@ struct Args {
     /// PID 1's control socket (services, logs, reboot, shutdown).
     #[arg(long, default_value = DEFAULT_CONTROL_SOCKET, value_name = "PATH")]
     control_socket: PathBuf,
+
+    /// The root under which etcd's state is: its data (`var/lib/etcd`) and
+    /// the bootstrap request (`var/lib/bramble/etcd-bootstrap.json`).
+    #[arg(long, default_value = DEFAULT_ETCD_ROOT, value_name = "DIR")]
+    etcd_root: PathBuf,
 
     /// Log level: error, warn, info, debug or trace (default: `RUST_LOG`,
     /// else info).
@@ -61,6 +66,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::new(args.listen, &args.state_dir);
     config.config_dir = args.config_dir;
     config.control_socket = args.control_socket;
+    config.etcd_root = args.etcd_root;
     config.wipe_data_marker = DEFAULT_WIPE_DATA_MARKER.into();
     config.boot_device_file = Some(bramble_apid::pi::DEFAULT_BOOT_DEVICE_FILE.into());
     let server = BoundServer::bind(config).await?;

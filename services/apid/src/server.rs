@@ -28,6 +28,8 @@ pub const DEFAULT_STATE_DIR: &str = "/system/state/apid";
 pub const DEFAULT_CONFIG_DIR: &str = "/system/state/config";
 /// Tells PID 1 to empty /var at the next boot (see `init/src/stage1.rs`).
 pub const DEFAULT_WIPE_DATA_MARKER: &str = "/system/state/wipe-data";
+/// Under which etcd's state lives (`bramble_etcd::Layout::under`).
+pub const DEFAULT_ETCD_ROOT: &str = "/";
 /// PID 1's control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/bramble/init.sock";
 /// How long a configured node's server certificate is valid; it is issued
@@ -67,6 +69,9 @@ pub struct Config {
     /// How long a worker that could not get its certificate waits before
     /// asking again.
     pub join_retry: Duration,
+    /// The root under which etcd's state is (`bramble_etcd::Layout::under`:
+    /// its data, the bootstrap request); `/` on a node.
+    pub etcd_root: PathBuf,
 }
 
 impl Config {
@@ -87,6 +92,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             control_plane_api: None,
             join_retry: Duration::from_secs(15),
+            etcd_root: DEFAULT_ETCD_ROOT.into(),
         }
     }
 }
@@ -369,6 +375,7 @@ impl BoundServer {
             config.wipe_data_marker.clone(),
             config.boot_device_file.clone(),
             stored,
+            &config.etcd_root,
         );
         // The configuration in force may have changed above (a promotion, a
         // reverted trial, the first boot's adoption) or been stored by an

@@ -20,7 +20,9 @@
 //! * `logs`: the streams that can be followed: Logs, Dmesg, Events;
 //! * `runtime`: the container calls, forwarded to runtimed;
 //! * `join`: NodeCertificate, a worker's server certificate from this
-//!   node's CA, for the join token.
+//!   node's CA, for the join token;
+//! * `etcd`: Bootstrap and the Etcd* calls, to the node's own etcd member
+//!   on control-plane nodes.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -30,14 +32,18 @@ use std::time::Duration;
 use bramble_api::machine::v1::machine_service_server::MachineService;
 use bramble_api::machine::v1::{
     AddressesRequest, AddressesResponse, ApplyConfigurationRequest, ApplyConfigurationResponse,
-    DmesgRequest, Event, EventsRequest, GetConfigRequest, GetConfigResponse, HostnameRequest,
-    HostnameResponse, KernelLogLine, LinksRequest, LinksResponse, LoadAvgRequest, LoadAvgResponse,
-    LogLine, LogsRequest, MemoryRequest, MemoryResponse, MountsRequest, MountsResponse,
-    NodeCertificateRequest, NodeCertificateResponse, ProcessesRequest, ProcessesResponse,
-    RebootRequest, RebootResponse, ResetRequest, ResetResponse, ResolversRequest,
-    ResolversResponse, RoutesRequest, RoutesResponse, ServiceListRequest, ServiceListResponse,
-    ServiceRequest, ServiceResponse, ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse,
-    VersionRequest, VersionResponse,
+    BootstrapRequest, BootstrapResponse, DmesgRequest, EtcdAlarmDisarmRequest,
+    EtcdAlarmDisarmResponse, EtcdAlarmListRequest, EtcdAlarmListResponse, EtcdDefragmentRequest,
+    EtcdDefragmentResponse, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMembersRequest,
+    EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk,
+    EtcdSnapshotRequest, EtcdStatusRequest, EtcdStatusResponse, Event, EventsRequest,
+    GetConfigRequest, GetConfigResponse, HostnameRequest, HostnameResponse, KernelLogLine,
+    LinksRequest, LinksResponse, LoadAvgRequest, LoadAvgResponse, LogLine, LogsRequest,
+    MemoryRequest, MemoryResponse, MountsRequest, MountsResponse, NodeCertificateRequest,
+    NodeCertificateResponse, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
+    ResetRequest, ResetResponse, ResolversRequest, ResolversResponse, RoutesRequest,
+    RoutesResponse, ServiceListRequest, ServiceListResponse, ServiceRequest, ServiceResponse,
+    ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse, VersionRequest, VersionResponse,
 };
 use bramble_api::runtime::v1 as rt;
 use bramble_supervisor::Shutdown;
@@ -53,6 +59,7 @@ use crate::store::{ConfigStore, Stored};
 use crate::system::SystemSource;
 
 mod config;
+mod etcd;
 mod join;
 mod logs;
 mod network;
@@ -107,10 +114,13 @@ pub struct Node {
     /// (`None`: not known yet), so that an apply that keeps the CA does not
     /// open the boot partition.
     ca_on_card: std::sync::Mutex<Option<Option<String>>>,
+    /// Where etcd's state is (its data, the bootstrap request).
+    etcd: etcd::EtcdSite,
 }
 
 impl Node {
-    /// Shared state over `store`, with `current` as the configuration in force.
+    /// Shared state over `store`, with `current` as the configuration in
+    /// force and etcd's state under `etcd_root` (`/` on a node).
     pub fn new(
         info: NodeInfoSource,
         store: ConfigStore,
@@ -118,6 +128,7 @@ impl Node {
         wipe_data_marker: PathBuf,
         boot_device_file: Option<PathBuf>,
         current: Option<Stored>,
+        etcd_root: &std::path::Path,
     ) -> Arc<Self> {
         Arc::new(Self {
             info,
@@ -132,6 +143,7 @@ impl Node {
             boot_device_file,
             pi_lock: Mutex::new(None),
             ca_on_card: std::sync::Mutex::new(None),
+            etcd: etcd::EtcdSite::under(etcd_root),
         })
     }
 
@@ -562,5 +574,70 @@ impl MachineService for MachineApi {
         request: Request<NodeCertificateRequest>,
     ) -> Result<Response<NodeCertificateResponse>, Status> {
         join::node_certificate(self, request).await
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<BootstrapRequest>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        etcd::bootstrap(self, request).await
+    }
+
+    async fn etcd_members(
+        &self,
+        request: Request<EtcdMembersRequest>,
+    ) -> Result<Response<EtcdMembersResponse>, Status> {
+        etcd::etcd_members(self, request).await
+    }
+
+    async fn etcd_status(
+        &self,
+        request: Request<EtcdStatusRequest>,
+    ) -> Result<Response<EtcdStatusResponse>, Status> {
+        etcd::etcd_status(self, request).await
+    }
+
+    async fn etcd_leave(
+        &self,
+        request: Request<EtcdLeaveRequest>,
+    ) -> Result<Response<EtcdLeaveResponse>, Status> {
+        etcd::etcd_leave(self, request).await
+    }
+
+    async fn etcd_remove_member(
+        &self,
+        request: Request<EtcdRemoveMemberRequest>,
+    ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
+        etcd::etcd_remove_member(self, request).await
+    }
+
+    type EtcdSnapshotStream = ResponseStream<EtcdSnapshotChunk>;
+
+    async fn etcd_snapshot(
+        &self,
+        request: Request<EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        etcd::etcd_snapshot(self, request).await
+    }
+
+    async fn etcd_defragment(
+        &self,
+        request: Request<EtcdDefragmentRequest>,
+    ) -> Result<Response<EtcdDefragmentResponse>, Status> {
+        etcd::etcd_defragment(self, request).await
+    }
+
+    async fn etcd_alarm_list(
+        &self,
+        request: Request<EtcdAlarmListRequest>,
+    ) -> Result<Response<EtcdAlarmListResponse>, Status> {
+        etcd::etcd_alarm_list(self, request).await
+    }
+
+    async fn etcd_alarm_disarm(
+        &self,
+        request: Request<EtcdAlarmDisarmRequest>,
+    ) -> Result<Response<EtcdAlarmDisarmResponse>, Status> {
+        etcd::etcd_alarm_disarm(self, request).await
     }
 }

@@ -13,11 +13,13 @@ use super::SELF_SERVICE;
 /// Longest `try` window.
 const MAX_TRY: Duration = Duration::from_secs(24 * 3600);
 /// Services that run on defaults in maintenance mode and re-read the first
-/// configuration when it arrives.
+/// configuration when it arrives (etcd's daemon waits for it: a
+/// control-plane node's starts etcd, a worker's stays idle).
 const FIRST_CONFIG_RELOADS: &[bramble_config::Service] = &[
     bramble_config::Service::Networkd,
     bramble_config::Service::Timed,
     bramble_config::Service::Runtimed,
+    bramble_config::Service::Etcd,
 ];
 
 /// What an apply will do, decided before anything is written.
