@@ -235,6 +235,21 @@ pub enum Command {
     /// Power the nodes off in order.
     Shutdown,
 
+    /// Form a new etcd cluster on one control-plane node, its first member
+    /// (once per cluster; every other control-plane node joins by itself).
+    /// Refused on a worker, on a node that holds etcd data or already has a
+    /// request waiting, and when an etcd cluster answers at the
+    /// control-plane endpoint's host.
+    Bootstrap,
+
+    /// etcd on the control-plane nodes: members, status, membership,
+    /// snapshots and maintenance.
+    Etcd {
+        /// What to do.
+        #[command(subcommand)]
+        what: EtcdCommand,
+    },
+
     /// Manage the client configuration file.
     Config {
         /// What to do.
@@ -297,6 +312,62 @@ pub enum ImageCommand {
         /// The image reference.
         reference: String,
     },
+}
+
+/// `nodectl etcd ...`
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// List the cluster's members, as each node's member sees them.
+    Members,
+    /// Show each node's member: its cluster, the leader it knows, raft term
+    /// and indexes, database size.
+    Status,
+    /// Remove this node's member from the cluster (one node). Refused when
+    /// the cluster would keep fewer voting members than its quorum (a
+    /// cluster of one or two).
+    Leave {
+        /// Leave even so.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove another member (a node gone for good), by ID or name, through
+    /// one node. The same quorum rule as `leave`.
+    RemoveMember {
+        /// The member's ID (as `etcd members` prints it) or its name.
+        #[arg(value_name = "ID|NAME")]
+        member: String,
+        /// Remove it even so.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Save a snapshot of one node's member into FILE (mode 0600: it holds
+    /// every secret of the cluster), written whole or not at all.
+    Snapshot {
+        /// Where to write it.
+        file: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Defragment each node's member, one node after the other (a member
+    /// answers nothing else meanwhile).
+    Defrag,
+    /// List the cluster's alarms (NOSPACE, CORRUPT), or disarm them.
+    Alarm {
+        /// What to do [default: list].
+        #[command(subcommand)]
+        what: Option<AlarmCommand>,
+    },
+}
+
+/// `nodectl etcd alarm ...`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum AlarmCommand {
+    /// List the raised alarms.
+    List,
+    /// Clear every raised alarm (once space was freed: compaction and
+    /// `etcd defrag`).
+    Disarm,
 }
 
 /// `nodectl container NAME ...`

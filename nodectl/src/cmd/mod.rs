@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod etcd;
 pub mod flash;
 pub mod generate;
 pub mod network;

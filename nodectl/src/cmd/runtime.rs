@@ -31,7 +31,8 @@ fn dash(s: &str) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
+/// `1.5 MiB`, `12 KiB`, `300 B`.
+pub(crate) fn bytes(n: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let f = n as f64;
     if n >= 1 << 30 {
