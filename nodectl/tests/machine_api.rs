@@ -1352,6 +1352,53 @@ fn a_worker_gets_its_certificate_from_the_control_plane() {
     assert!(success, "{err}");
     assert!(!config.contains("PRIVATE KEY"), "{config}");
 
+    // etcd is the control plane's: a worker refuses Bootstrap, saying why,
+    // and writes nothing; every etcd call says the same.
+    let (success, _, err) = as_role(&c, "admin", &worker_node, &["bootstrap"]);
+    assert!(!success, "a worker took a bootstrap");
+    assert!(
+        err.contains("bootstrap a control-plane node: this one is a worker"),
+        "{err}"
+    );
+    assert!(
+        !worker_state.path().join("var").exists(),
+        "a refused bootstrap wrote under {}",
+        worker_state.path().display()
+    );
+    let err = as_role(&c, "reader", &worker_node, &["etcd", "members"]).2;
+    assert!(
+        err.contains("etcd runs on control-plane nodes; this node is a worker"),
+        "{err}"
+    );
+    // On the control plane, the first bootstrap leaves the request etcd's
+    // daemon reads; a second is refused, naming the request waiting.
+    let port = etcd_port();
+    let cp_layout = bramble_etcd::Layout::under(cp_state.path());
+    let (success, out, err) = as_role(&c, "admin", &cp_node, &["bootstrap"]);
+    assert!(success, "{out}{err}");
+    assert!(out.contains("bootstrap requested"), "{out}");
+    let request = cp_layout.bootstrap_request().unwrap().unwrap();
+    assert_eq!(request.cluster, "test");
+    let first = std::fs::read(&cp_layout.bootstrap_request).unwrap();
+    let (success, _, err) = as_role(&c, "admin", &cp_node, &["bootstrap"]);
+    assert!(!success, "a second bootstrap was taken");
+    assert!(
+        err.contains("a bootstrap request is already waiting") && err.contains("\"test\""),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&cp_layout.bootstrap_request).unwrap(), first);
+    drop(port);
+    // Bootstrapping through two nodes at once would form two clusters.
+    let cfg = c.file("admin", "nodeconfig");
+    let err = fails(&[
+        "--nodeconfig",
+        &cfg,
+        "-n",
+        &format!("{cp_node},{worker_node}"),
+        "bootstrap",
+    ]);
+    assert!(err.contains("exactly one"), "{err}");
+
     // Straight to the control plane, without a client certificate: the
     // join call with a wrong token gets nothing, every other call is refused.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1450,4 +1497,315 @@ fn a_worker_gets_its_certificate_from_the_control_plane() {
 /// maintenance mode: it wants a client certificate for every call).
 fn fails_insecure_version(node: &str) -> bool {
     !run(&["version", "--insecure", "-n", node]).0
+}
+
+/// Held by the tests whose apid calls etcd on 127.0.0.1:2379, where the
+/// real-etcd test runs one of another cluster (its CA trusts none of
+/// theirs: their calls would wait out their timeouts there).
+static ETCD_PORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn etcd_port() -> std::sync::MutexGuard<'static, ()> {
+    ETCD_PORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every etcd call against every role: an allowed one reaches its handler
+/// (no etcd runs for this node, so it answers that etcd does not, or, for
+/// Bootstrap, takes the request), a refused one names the role it needs.
+#[test]
+fn etcd_calls_need_their_roles() {
+    let _port = etcd_port();
+    let c = Cluster::generate();
+    let state = tempfile::tempdir().unwrap();
+    let server = configured(&c.file("admin", "controlplane.yaml"), state.path());
+    let node = server.node();
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "reader", &node, &["version"]).0.then_some(())
+    });
+    let snapshot = state.path().join("snapshot.db");
+    let snapshot = snapshot.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["etcd", "members"], "reader"),
+        (&["etcd", "status"], "reader"),
+        (&["etcd", "alarm"], "reader"),
+        (&["etcd", "alarm", "list"], "reader"),
+        (&["etcd", "defrag"], "operator"),
+        (&["etcd", "alarm", "disarm"], "operator"),
+        (&["bootstrap"], "admin"),
+        (&["etcd", "leave"], "admin"),
+        (&["etcd", "remove-member", "cp9"], "admin"),
+        (&["etcd", "snapshot", snapshot, "--force"], "admin"),
+    ];
+    let rank = |r: &str| {
+        ["reader", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (args, needs) in cases {
+        for role in ["reader", "operator", "admin"] {
+            let (success, out, err) = as_role(&c, role, &node, args);
+            if rank(role) >= rank(needs) {
+                assert!(
+                    !err.contains("does not have permission") && !err.contains("needs the"),
+                    "{args:?} as {role} was refused: {err}"
+                );
+                assert!(
+                    success || err.contains("etcd"),
+                    "{args:?} as {role} did not reach its handler: {out}{err}"
+                );
+            } else {
+                assert!(!success, "{args:?} as {role} was allowed: {out}");
+                assert!(
+                    err.contains("does not have permission"),
+                    "{args:?} as {role}: {err}"
+                );
+                assert!(err.contains(&format!("needs the {needs} role")), "{err}");
+            }
+        }
+    }
+    assert!(
+        !Path::new(snapshot).exists(),
+        "a refused snapshot wrote a file"
+    );
+    server.stop();
+}
+
+/// A real etcd, killed (and reaped) on drop.
+struct EtcdProcess(std::process::Child);
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Parses nodectl's `-o json` output.
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// The etcd calls against a real member: Debian's etcd (`etcd-server`) on
+/// 127.0.0.1, where apid calls it, with this control plane's certificates
+/// (`MemberCerts`) and command line (`Launch`), its data in the node's
+/// etcd layout under the test's directory. Members, status with a leader,
+/// a snapshot `etcdctl` accepts, alarms, defragmentation, the quorum rule
+/// keeping the last member, and Bootstrap refused both because the node
+/// holds data and (through a second node of the same cluster) because a
+/// cluster answers at the control-plane endpoint.
+#[test]
+fn etcd_through_the_machine_api_against_a_real_member() {
+    bramble_testkit::skip_unless!(available: bramble_testkit::skip_reason(&[
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+    ]));
+    let _port = etcd_port();
+    for port in [bramble_etcd::CLIENT_PORT, bramble_etcd::PEER_PORT] {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!(
+                "127.0.0.1:{port} is not free ({e}): apid calls etcd there, so this test runs \
+                 one; stop whatever listens (another etcd?)"
+            );
+        }
+    }
+    let c = Cluster::generate();
+    let cp = c.file("admin", "controlplane.yaml");
+    let config =
+        bramble_config::MachineConfig::parse(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    let etcd = config.cluster.etcd.as_ref().unwrap();
+    let ca = bramble_pki::CertificateAuthority::from_pem(
+        &etcd.ca.crt,
+        etcd.ca.key.as_ref().unwrap().expose(),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = configured(&cp, state.path());
+    let node = server.node();
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "reader", &node, &["version"]).0.then_some(())
+    });
+
+    // One member on 127.0.0.1, its state where this node's apid looks.
+    let layout = bramble_etcd::Layout::under(state.path());
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let certs = bramble_etcd::MemberCerts::issue(&ca, "cp1", &[ip]).unwrap();
+    let files = certs.write(&layout.pki_dir, None).unwrap();
+    let tuning = bramble_config::EtcdTuning {
+        // Loopback is fast: etcd's own timing keeps the test short.
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 1000,
+        ..etcd.tuning()
+    };
+    let args = bramble_etcd::Launch {
+        name: "cp1",
+        advertise: ip,
+        cluster: "test",
+        layout: &layout,
+        certs: &files,
+        tuning: &tuning,
+        initial: bramble_etcd::Initial::New,
+    }
+    .args();
+    let log_path = state.path().join("etcd.log");
+    let member = EtcdProcess(
+        std::process::Command::new("etcd")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = bramble_testkit::wait_for(
+        "etcd to answer with a leader through the machine API",
+        Duration::from_secs(30),
+        || {
+            let (success, out, _) = as_role(&c, "reader", &node, &["etcd", "status", "-o", "json"]);
+            let status = success.then(|| json(&out))?;
+            (status[0]["leader"].as_str() != Some("")).then_some(status)
+        },
+    );
+    let status = &status[0];
+    assert_eq!(status["is_leader"], true, "{status}\n{}", log());
+    assert_eq!(status["leader"], status["member_id"], "{status}");
+    assert!(status["raft_index"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["raft_term"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["db_size_bytes"].as_i64().unwrap() > 0, "{status}");
+    let member_id = status["member_id"].as_str().unwrap().to_owned();
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_owned();
+    assert_eq!(member_id.len(), 16, "{member_id}");
+    let table = as_role(&c, "reader", &node, &["etcd", "status"]).1;
+    assert!(
+        table.contains("(this)") && table.contains("RAFT INDEX"),
+        "{table}"
+    );
+
+    // One voting member, named as the node.
+    let members = json(&as_role(&c, "reader", &node, &["etcd", "members", "-o", "json"]).1);
+    let members = members.as_array().unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0]["name"], "cp1");
+    assert_eq!(members[0]["id"], member_id.as_str());
+    assert_eq!(members[0]["learner"], false);
+    assert_eq!(members[0]["client_urls"][0], "https://127.0.0.1:2379");
+
+    // A snapshot etcdctl accepts, private, never over a file without --force.
+    let snapshot = state.path().join("backup").join("etcd.db");
+    std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+    let path = snapshot.to_str().unwrap();
+    let (success, out, err) = as_role(&c, "admin", &node, &["etcd", "snapshot", path]);
+    assert!(success, "{out}{err}\n{}", log());
+    let written = std::fs::read(&snapshot).unwrap();
+    assert!(out.contains(&format!("{} bytes", written.len())), "{out}");
+    let sha256: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&written)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert!(out.contains(&format!("sha256 {sha256}")), "{out}");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&snapshot).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the snapshot holds every secret");
+    }
+    let checked = std::process::Command::new("etcdctl")
+        .args(["snapshot", "status", path, "-w", "json"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "etcdctl snapshot status: {}",
+        stderr(&checked)
+    );
+    assert!(
+        stdout(&checked).contains("\"totalKey\""),
+        "{}",
+        stdout(&checked)
+    );
+    let (success, _, err) = as_role(&c, "admin", &node, &["etcd", "snapshot", path]);
+    assert!(!success && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&snapshot).unwrap(), written);
+    let leftovers: Vec<_> = std::fs::read_dir(snapshot.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["etcd.db"], "temporary files left behind");
+    let (success, out, err) = as_role(&c, "admin", &node, &["etcd", "snapshot", path, "--force"]);
+    assert!(success, "{out}{err}");
+
+    // Alarms and defragmentation.
+    let out = as_role(&c, "reader", &node, &["etcd", "alarm"]).1;
+    assert!(out.contains("no alarms raised"), "{out}");
+    let out = as_role(&c, "operator", &node, &["etcd", "alarm", "disarm"]).1;
+    assert!(out.contains("no alarms raised"), "{out}");
+    let (success, out, err) = as_role(&c, "operator", &node, &["etcd", "defrag"]);
+    assert!(success, "{out}{err}");
+    assert!(
+        out.contains(&format!("member {member_id} defragmented")),
+        "{out}"
+    );
+
+    // The last voting member does not leave, nor remove itself by name;
+    // an unknown member is named as such.
+    let (success, _, err) = as_role(&c, "admin", &node, &["etcd", "leave"]);
+    assert!(!success, "the last member left");
+    assert!(
+        err.contains("last voting member") && err.contains("--force"),
+        "{err}"
+    );
+    let err = as_role(&c, "admin", &node, &["etcd", "remove-member", "cp1"]).2;
+    assert!(
+        err.contains("this node's own") && err.contains("etcd leave"),
+        "{err}"
+    );
+    let err = as_role(&c, "admin", &node, &["etcd", "remove-member", "cp9"]).2;
+    assert!(
+        err.contains("no etcd member has the ID or name \"cp9\"") && err.contains("cp1"),
+        "{err}"
+    );
+    let members = json(&as_role(&c, "reader", &node, &["etcd", "members", "-o", "json"]).1);
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+
+    // Bootstrap: this node holds the member's data.
+    assert!(layout.has_data());
+    let (success, _, err) = as_role(&c, "admin", &node, &["bootstrap"]);
+    assert!(!success, "a node with data took a bootstrap");
+    assert!(
+        err.contains("already holds etcd data")
+            && err.contains(&format!("cluster {cluster_id}"))
+            && err.contains("cp1"),
+        "{err}"
+    );
+    assert!(!layout.bootstrap_request.exists());
+    // A second control-plane node without data: the cluster answers at the
+    // control-plane endpoint's host (127.0.0.1), which it joins by itself.
+    let other_state = tempfile::tempdir().unwrap();
+    let other = configured(&cp, other_state.path());
+    let other_node = other.node();
+    bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
+        as_role(&c, "reader", &other_node, &["version"])
+            .0
+            .then_some(())
+    });
+    let (success, _, err) = as_role(&c, "admin", &other_node, &["bootstrap"]);
+    assert!(!success, "a second cluster was asked for");
+    assert!(
+        err.contains(&format!(
+            "an etcd cluster already exists (cluster {cluster_id}, members cp1"
+        )) && err.contains("this node joins it by itself"),
+        "{err}"
+    );
+    assert!(!other_state.path().join("var").exists());
+    other.stop();
+
+    // Once etcd is gone, the calls say so.
+    drop(member);
+    let err = as_role(&c, "reader", &node, &["etcd", "members"]).2;
+    assert!(err.contains("etcd does not answer on this node"), "{err}");
+    server.stop();
 }

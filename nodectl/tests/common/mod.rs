@@ -58,6 +58,9 @@ impl TestServer {
         // A runtime, if the test runs one ([`TestRuntime`]), listens here.
         config.runtime_socket = state_dir.join("runtimed.sock");
         config.shutdown_grace = Duration::from_secs(2);
+        // etcd's state (its data, a bootstrap request) under the state
+        // directory, never the host's /var/lib.
+        config.etcd_root = state_dir.to_path_buf();
         tweak(&mut config);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
