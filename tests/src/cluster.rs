@@ -12,7 +12,7 @@
 //! flash --config` places it, the host name `cp<i>` and the static address
 //! [`node_addr`]`(i)` (10.77.0.1<i>/24): no DHCP (there is no DHCP server on
 //! the bridge) and no `apply-config --insecure`. [`Lan::boot_nodes`] boots
-//! them all at once (see [`REBOOT_AFTER_ADOPTION`]). Programs that talk to
+//! them all at once. Programs that talk to
 //! the nodes (`nodectl`, `etcdctl`...) run inside the namespace too
 //! ([`Lan::command`], [`Lan::run`], [`crate::nodectl::Client::in_netns`]).
 //!
@@ -70,23 +70,6 @@ pub const NODE_MEMORY_MIB: u32 = 512;
 pub const NODE_CPUS: u32 = 1;
 /// The cluster's name in generated configurations.
 pub const CLUSTER_NAME: &str = "lan";
-/// Whether [`Lan::boot_nodes`] boots each node twice: once to adopt the
-/// configuration placed on its boot partition, then again.
-///
-/// A work-around: `apid` adopts that file at its start
-/// (`services/apid/src/store.rs`, `adopt_from_boot`) while `networkd` and
-/// `timed`, started beside it, may already have read the configuration's
-/// path and found nothing; nothing tells them to read it again, so such a
-/// node keeps DHCP on `eth0` and `pool.ntp.org` until its next boot (with no
-/// DHCP server on the bridge it has no IPv4 address at all). Seen on 3 of 10
-/// first boots here, on a busy two-core host. Set this to `false` once they
-/// are reloaded after the adoption (or start after `apid`).
-pub const REBOOT_AFTER_ADOPTION: bool = true;
-/// What `apid` logs once it adopted the configuration from the boot partition.
-const ADOPTED: &str =
-    "the configuration placed on the boot partition at flash time is now in force";
-/// How long an orderly power-off may take.
-const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(90);
 /// Prefix of every namespace a [`Lan`] creates.
 const NETNS_PREFIX: &str = "bramble-t";
 /// How long a command of the harness (`ip`, `kill`) may take.
@@ -452,9 +435,9 @@ impl Lan {
     /// Boots every node of `configs` at once, each from its own copy of
     /// `image` with its configuration on the boot partition, and returns
     /// them (node `i` at index `i - 1`) once every console says the API is
-    /// ready, within `timeout` of the start. With [`REBOOT_AFTER_ADOPTION`],
-    /// each node first boots once to adopt its configuration and is powered
-    /// off (its power button) before the boot that is returned.
+    /// ready, within `timeout` of the start. apid adopts the configuration
+    /// at its start and has the services that started beside it read it
+    /// again, so one boot is enough.
     pub fn boot_nodes(
         &self,
         configs: &Configs,
@@ -469,48 +452,16 @@ impl Lan {
         for &index in &indexes {
             disks.push(self.prepare_node(index, image, dir, configs.machine_config(index)?)?);
         }
-        let start_all = |boot: u32| -> Result<Vec<qemu::Node>> {
-            indexes
-                .iter()
-                .zip(&disks)
-                .map(|(&index, disk)| qemu::Node::start(&self.node_options(index, disk, dir, boot)))
-                .collect()
-        };
-        let mut nodes = start_all(1)?;
-        let mut second = None;
-        if REBOOT_AFTER_ADOPTION {
-            for (index, node) in indexes.iter().zip(nodes.iter_mut()) {
-                node.wait_for(ADOPTED, left())
-                    .with_context(|| format!("node {index} did not adopt its configuration"))?;
-                node.wait_ready(left())
-                    .with_context(|| format!("node {index} did not boot"))?;
-                node.press_power_button()?;
-            }
-            for (index, node) in indexes.iter().zip(nodes.iter_mut()) {
-                node.wait_exit(left().min(POWER_OFF_TIMEOUT))
-                    .with_context(|| format!("node {index} did not power off"))?;
-            }
-            eprintln!(
-                "{} node(s) adopted their configurations and powered off in {:.1?}",
-                nodes.len(),
-                started.elapsed()
-            );
-            second = Some(Instant::now());
-            nodes = start_all(2)?;
-        }
+        let mut nodes = indexes
+            .iter()
+            .zip(&disks)
+            .map(|(&index, disk)| qemu::Node::start(&self.node_options(index, disk, dir, 1)))
+            .collect::<Result<Vec<_>>>()?;
         for (index, node) in indexes.iter().zip(nodes.iter_mut()) {
             node.wait_ready(left())
                 .with_context(|| format!("node {index} did not boot"))?;
         }
-        eprintln!(
-            "{} node(s) ready in {:.1?}{}",
-            nodes.len(),
-            started.elapsed(),
-            second.map_or_else(String::new, |s| format!(
-                " (the last boot: {:.1?})",
-                s.elapsed()
-            ))
-        );
+        eprintln!("{} node(s) ready in {:.1?}", nodes.len(), started.elapsed());
         Ok(nodes)
     }
 

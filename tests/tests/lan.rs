@@ -24,9 +24,8 @@ use bramble_testkit::{skip_reason, skip_unless};
 use bramble_tests::cluster::{self, Configs, Lan, Role};
 use bramble_tests::{paths, qemu, wait};
 
-/// From the first QEMU's start to every console's ready line (two boots
-/// each, see `cluster::REBOOT_AFTER_ADOPTION`), all the nodes booting at
-/// once on two host cores.
+/// From the first QEMU's start to every console's ready line, all the
+/// nodes booting at once on two host cores.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 /// From the ready line to an answer over mutual TLS (a worker asks the
 /// control plane for its certificate every 15 s until it answers).
@@ -95,24 +94,6 @@ fn two_nodes_reach_each_other_on_a_private_lan() -> Result<()> {
     let (nodes, _) = boot_all(&lan, &configs, &roles, &image, dir.path())?;
     let c = configs.client.in_netns(&netns);
     let (api1, api2) = (cluster::node_api(1), cluster::node_api(2));
-    // Not a check: whether the first boot, which adopted the configuration,
-    // had networkd or timed start without it (the race the second boot of
-    // `cluster::REBOOT_AFTER_ADOPTION` works around).
-    for index in [1, 2] {
-        let first = std::fs::read_to_string(dir.path().join(format!("console-node{index}-1.log")))
-            .unwrap_or_default();
-        for (symptom, service) in [
-            ("managing link (DHCPv4) link=eth0", "networkd"),
-            ("(built-in default)", "timed"),
-        ] {
-            if first.contains(symptom) {
-                eprintln!(
-                    "note: on its first boot node {index}'s {service} started before apid adopted the configuration"
-                );
-            }
-        }
-    }
-
     // Configured from the boot partition: no maintenance mode, and each
     // node's own static address (no DHCP: there is no server on the bridge).
     for (index, api) in [(1, &api1), (2, &api2)] {

@@ -340,18 +340,26 @@ impl BoundServer {
     /// Must run inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Self, Error> {
         let store = ConfigStore::new(&config.config_dir);
+        // Whether the configuration in force changes here, before any
+        // service that started beside apid could be told.
+        let mut changed = false;
         if store.end_unfinished_trial()? {
             tracing::warn!("a tried configuration was never confirmed: the previous one is back");
+            changed = true;
         }
         if store.promote_staged()? {
             tracing::info!("the staged configuration is now in force");
+            changed = true;
         }
         // A failure here must not keep the API down: the node then stays in
         // maintenance mode, reachable for an apply-config.
         match store.adopt_from_boot() {
-            Ok(true) => tracing::info!(
-                "the configuration placed on the boot partition at flash time is now in force"
-            ),
+            Ok(true) => {
+                tracing::info!(
+                    "the configuration placed on the boot partition at flash time is now in force"
+                );
+                changed = true;
+            }
             Ok(false) => {}
             Err(e) => tracing::error!(
                 "the configuration placed on the boot partition could not be adopted: {e}"
@@ -384,6 +392,12 @@ impl BoundServer {
         {
             let node = Arc::clone(&node);
             tokio::spawn(async move { node.sync_pi_in_force().await });
+        }
+        // networkd, timed and the others start with apid and may have read
+        // the configuration before it changed above: they read it again.
+        if changed {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move { node.reload_for_config_in_force().await });
         }
         let listener = listen(config.listen)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {

@@ -289,6 +289,28 @@ impl Node {
         });
     }
 
+    /// Asks `services` to re-read the configuration (SIGHUP through the
+    /// supervisor). A service this node does not have is skipped.
+    async fn reload_services(&self, services: &[String]) {
+        for service in services {
+            let name = service.clone();
+            match self.control("reload", move |c| c.reload(&name)).await {
+                Ok(()) => tracing::info!(%service, "asked to re-read the configuration"),
+                // Not every service exists on every node (or yet).
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => tracing::warn!(%service, error = %e.message(), "not reloaded"),
+            }
+        }
+    }
+
+    /// After the configuration in force changed at apid's start (the first
+    /// boot's adoption of the boot partition's file, a staged promotion, a
+    /// trial ended by a restart), the services PID 1 started beside apid
+    /// may have read the previous one: they re-read it.
+    pub async fn reload_for_config_in_force(&self) {
+        self.reload_services(&plan::first_config_reloads()).await;
+    }
+
     fn request_reload(&self) {
         self.reload.send_modify(|n| *n += 1);
     }

@@ -188,15 +188,7 @@ impl MachineApi {
 
     /// Makes the running services take up a stored configuration.
     async fn take_up(&self, restarts: Vec<String>, reloads: Vec<String>, reload_self: bool) {
-        for service in &reloads {
-            let name = service.clone();
-            match self.node.control("reload", move |c| c.reload(&name)).await {
-                Ok(()) => tracing::info!(%service, "asked to re-read the configuration"),
-                // Not every service exists on every node (or yet).
-                Err(e) if e.code() == tonic::Code::NotFound => {}
-                Err(e) => tracing::warn!(%service, error = %e.message(), "not reloaded"),
-            }
-        }
+        self.node.reload_services(&reloads).await;
         for service in &restarts {
             let name = service.clone();
             match self

@@ -14,13 +14,21 @@ use super::SELF_SERVICE;
 const MAX_TRY: Duration = Duration::from_secs(24 * 3600);
 /// Services that run on defaults in maintenance mode and re-read the first
 /// configuration when it arrives (etcd's daemon waits for it: a
-/// control-plane node's starts etcd, a worker's stays idle).
+/// control-plane node's starts etcd, a worker's exits).
 const FIRST_CONFIG_RELOADS: &[bramble_config::Service] = &[
     bramble_config::Service::Networkd,
     bramble_config::Service::Timed,
     bramble_config::Service::Runtimed,
     bramble_config::Service::Etcd,
 ];
+
+/// The names of [`FIRST_CONFIG_RELOADS`].
+pub(super) fn first_config_reloads() -> Vec<String> {
+    FIRST_CONFIG_RELOADS
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect()
+}
 
 /// What an apply will do, decided before anything is written.
 #[derive(Debug)]
@@ -58,10 +66,7 @@ pub(super) fn plan(
                 .map(|l| format!("+{l}\n"))
                 .collect(),
             vec![SELF_SERVICE.to_owned()],
-            FIRST_CONFIG_RELOADS
-                .iter()
-                .map(|s| s.name().to_owned())
-                .collect(),
+            first_config_reloads(),
             false,
         ),
     };
