@@ -208,6 +208,13 @@ impl Daemon {
         }
         let mut report = reconcile::reconcile(&self.nl, &self.effective).await;
         report.problems.splice(0..0, unresolved);
+        // A static address in place makes the node as reachable as a lease.
+        match bramble_netlink::addresses(&self.nl.handle).await {
+            Ok(addresses) => self.status.set_static_address(addresses.iter().any(|a| {
+                a.protocol == bramble_netlink::ADDRESS_PROTOCOL_STATIC && a.scope == "global"
+            })),
+            Err(e) => error!("{e}"),
+        }
         for problem in &report.problems {
             warn!("{problem}");
         }

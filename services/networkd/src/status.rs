@@ -169,6 +169,8 @@ pub struct Status {
     written_hosts: Option<String>,
     desired: Desired,
     applied: Option<AppliedDoc>,
+    /// A configured static address is in place.
+    static_address: bool,
 }
 
 impl Status {
@@ -184,6 +186,7 @@ impl Status {
             written_hosts: None,
             desired: Desired::default(),
             applied: None,
+            static_address: false,
         }
     }
 
@@ -297,9 +300,16 @@ impl Status {
         self.links.remove(&index);
     }
 
-    /// Whether any link holds a lease.
+    /// Records whether a configured static address (global scope) is in
+    /// place, as the last reconciliation found it.
+    pub fn set_static_address(&mut self, present: bool) {
+        self.static_address = present;
+    }
+
+    /// Whether the node has an address others can reach it at: a lease on
+    /// some link, or a configured static address.
     pub fn online(&self) -> bool {
-        self.links.values().any(|l| l.lease.is_some())
+        self.static_address || self.links.values().any(|l| l.lease.is_some())
     }
 
     /// The document written to `state.json`.

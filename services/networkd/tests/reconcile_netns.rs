@@ -368,6 +368,10 @@ fn configured_network_is_applied_and_only_differences_change() {
     assert!(hosts.contains("10.77.0.9\tregistry.lab\n"), "{hosts}");
     // The veth end is not a physical port and is configured without DHCP.
     assert_eq!(lab.state()["links"], serde_json::json!([]));
+    // Its static address makes the node reachable: online without a lease
+    // (etcd's service waits for this marker).
+    assert_eq!(lab.state()["online"], true, "{}", lab.state());
+    assert!(lab.path("run/network/online").exists());
 
     // 2. One address and one route change; nothing else is touched.
     lab.start_monitor();
