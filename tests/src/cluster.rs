@@ -68,6 +68,11 @@ pub const NODE_MEMORY_MIB: u32 = 512;
 /// vCPU each boot as fast as or faster than with two each (see
 /// `docs/architecture.md`, "Tests").
 pub const NODE_CPUS: u32 = 1;
+/// How much bigger than the image a LAN node's disk is (a sparse file):
+/// `DATA` grows into it at the first boot, as on a real card. The image's
+/// own 64 MiB `DATA` cannot hold etcd, whose write-ahead log preallocates
+/// 64 MB segments.
+pub const NODE_DISK_GROWTH: u64 = 1 << 30;
 /// The cluster's name in generated configurations.
 pub const CLUSTER_NAME: &str = "lan";
 /// Prefix of every namespace a [`Lan`] creates.
@@ -416,7 +421,7 @@ impl Lan {
     }
 
     /// Node `index`'s disk: copies `image` (a private copy of the built
-    /// image) to `dir/node<index>.img`, places `config` on its boot partition
+    /// image) to `dir/node<index>.img`, [`NODE_DISK_GROWTH`] bigger, places `config` on its boot partition
     /// ([`place_config`]), and adds the node's tap. Its path.
     pub fn prepare_node(
         &self,
@@ -426,7 +431,7 @@ impl Lan {
         config: &Path,
     ) -> Result<PathBuf> {
         let disk = dir.join(format!("node{index}.img"));
-        qemu::prepare_disk(image, &disk, 0)?;
+        qemu::prepare_disk(image, &disk, NODE_DISK_GROWTH)?;
         place_config(&disk, config)?;
         self.add_tap(index)?;
         Ok(disk)

@@ -304,10 +304,27 @@ fn advertised(addresses: &[IpAddr]) -> anyhow::Result<IpAddr> {
         .context("the node has no address to advertise to etcd's peers")
 }
 
+/// The least free space etcd starts with: its write-ahead log
+/// preallocates 64 MB segments, and its database grows beside it.
+const MIN_FREE_BYTES: u64 = 128 << 20;
+
 fn prepare_data_dir(layout: &Layout, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = &layout.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !layout.has_data() {
+        let fs = nix::sys::statvfs::statvfs(dir)
+            .with_context(|| format!("reading the free space of {}", dir.display()))?;
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        if free < MIN_FREE_BYTES {
+            bail!(
+                "{} has {} MiB free; etcd needs at least {} MiB (its write-ahead log preallocates 64 MB segments): use a bigger card (DATA grows to fill it)",
+                dir.display(),
+                free >> 20,
+                MIN_FREE_BYTES >> 20
+            );
+        }
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", dir.display()))?;
     if let Some((uid, gid)) = owner {
