@@ -195,11 +195,19 @@ pub enum Command {
         follow: bool,
     },
 
-    /// Wipe the machine configuration and reboot into maintenance mode.
+    /// Wipe the machine configuration and reboot into maintenance mode. On
+    /// a control-plane node whose etcd answers, its member leaves the
+    /// cluster first; refused (nothing changed) when that would cost the
+    /// cluster its quorum (a cluster of one or two), or the member could
+    /// not leave.
     Reset {
         /// Also empty the data partition (/var) at the next boot.
         #[arg(long)]
         wipe_data: bool,
+        /// Reset even when the node's etcd member cannot leave, or leaving
+        /// costs the cluster its quorum.
+        #[arg(long)]
+        force: bool,
     },
 
     /// Show memory use.

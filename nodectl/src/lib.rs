@@ -676,12 +676,30 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
             )
             .await
         }
-        cli::Command::Reset { wipe_data } => {
-            let call = move |mut c: MachineClient| async move {
-                c.reset(ResetRequest { wipe_data }).await
-            };
-            let done = "configuration wiped; rebooting into maintenance mode";
-            each(&cli.global, out, err, done, call).await
+        cli::Command::Reset { wipe_data, force } => {
+            let (targets, tls) = session(&cli.global)?;
+            let results = cmd::fan_out(
+                &targets,
+                &tls,
+                cli.global.timeout.max(cmd::etcd::CHANGE_TIMEOUT),
+                move |mut c| async move {
+                    c.reset(ResetRequest { wipe_data, force })
+                        .await
+                        .map(tonic::Response::into_inner)
+                },
+            )
+            .await;
+            let (answers, ok) = report(err, results)?;
+            for (node, r) in answers {
+                if !r.etcd.is_empty() {
+                    writeln!(out, "{node}: {}", r.etcd)?;
+                }
+                writeln!(
+                    out,
+                    "{node}: configuration wiped; rebooting into maintenance mode"
+                )?;
+            }
+            Ok(ok)
         }
         cli::Command::Memory => {
             let call = |mut c: MachineClient| async move { c.memory(MemoryRequest {}).await };

@@ -30,7 +30,7 @@ use crate::{describe_failure, output, report, rows, session};
 
 /// How long a membership change may take (the node asks etcd several
 /// things, each bounded there).
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(40);
+pub(crate) const CHANGE_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long one defragmentation may take (the node allows five minutes).
 const DEFRAG_TIMEOUT: Duration = Duration::from_secs(330);
 /// How long a snapshot may go without a piece arriving.

@@ -74,6 +74,8 @@ impl NodeInfoSource {
             // is in force.
             maintenance: false,
             hostname: uts.nodename,
+            // Filled in by the server too.
+            machine_type: String::new(),
         }
     }
 

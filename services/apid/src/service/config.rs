@@ -268,7 +268,7 @@ pub(super) async fn get_config(
     }))
 }
 
-#[tracing::instrument(skip_all, fields(wipe_data = request.get_ref().wipe_data))]
+#[tracing::instrument(skip_all, fields(wipe_data = request.get_ref().wipe_data, force = request.get_ref().force))]
 pub(super) async fn reset(
     api: &MachineApi,
     request: Request<ResetRequest>,
@@ -276,6 +276,10 @@ pub(super) async fn reset(
     let req = request.into_inner();
     // Nothing is wiped unless the reboot that follows can be asked for.
     api.node.control("reset", |_| Ok(())).await?;
+    // A control-plane node's etcd member leaves its cluster first (refused,
+    // changing nothing, when that would cost the cluster its quorum, unless
+    // forced).
+    let etcd = super::etcd::leave_before_reset(api, req.force).await?;
     let mut current = api.node.current.lock().await;
     if req.wipe_data {
         bramble_atomic::write(&api.node.wipe_data_marker, b"", 0o600).map_err(|e| {
@@ -294,7 +298,8 @@ pub(super) async fn reset(
     api.node.sync_configured(None).await;
     drop(current);
     api.node.note(format!(
-        "reset: configuration wiped{}; rebooting into maintenance mode",
+        "reset: {}configuration wiped{}; rebooting into maintenance mode",
+        etcd.as_ref().map(|e| format!("{e}; ")).unwrap_or_default(),
         if req.wipe_data {
             ", /var is emptied at the next boot"
         } else {
@@ -303,5 +308,7 @@ pub(super) async fn reset(
     ));
     api.node
         .schedule_shutdown(Shutdown::Reboot, "rebooting after the reset");
-    Ok(Response::new(ResetResponse {}))
+    Ok(Response::new(ResetResponse {
+        etcd: etcd.unwrap_or_default(),
+    }))
 }

@@ -13,7 +13,8 @@
 //!
 //! Removing a voting member is refused when the cluster would keep fewer
 //! voters than its quorum ([`removal_refusal`]) unless the caller forces
-//! it.
+//! it. Reset on a control-plane node makes its member leave first
+//! ([`leave_before_reset`]), through the same code as EtcdLeave.
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::Arc;
@@ -414,6 +415,35 @@ async fn remove_checked(
         .await
 }
 
+/// What asking this node's member to leave came to.
+enum Leave {
+    /// It left its cluster.
+    Left(MemberInfo),
+    /// It is not among the cluster's members (any more): why, in a
+    /// sentence.
+    NotAMember(String),
+}
+
+/// Makes this node's own member (the one that answered `status`) leave the
+/// cluster of `members`, after the quorum check unless `force`: the one
+/// code path of EtcdLeave and of Reset on a control-plane node.
+async fn leave_cluster(
+    access: &Access,
+    status: &StatusInfo,
+    members: &[MemberInfo],
+    force: bool,
+) -> Result<Leave, Status> {
+    let Some(me) = members.iter().find(|m| m.id == status.member_id) else {
+        return Ok(Leave::NotAMember(format!(
+            "this node's member {} is not among the cluster's members ({}): it has left already",
+            format_id(status.member_id),
+            names(members)
+        )));
+    };
+    remove_checked(access, members, me, force).await?;
+    Ok(Leave::Left(me.clone()))
+}
+
 #[tracing::instrument(skip_all, fields(force = request.get_ref().force))]
 pub(super) async fn etcd_leave(
     api: &MachineApi,
@@ -422,31 +452,104 @@ pub(super) async fn etcd_leave(
     let force = request.into_inner().force;
     let access = api.local_etcd().await?;
     let (status, members) = status_and_members(&access, CALL_TIMEOUT).await?;
-    let me = members
-        .iter()
-        .find(|m| m.id == status.member_id)
-        .ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "this node's member {} is not among the cluster's members ({}): it has left \
-                 already",
-                format_id(status.member_id),
-                names(&members)
-            ))
-        })?;
-    remove_checked(&access, &members, me, force).await?;
+    let me = match leave_cluster(&access, &status, &members, force).await? {
+        Leave::Left(me) => me,
+        Leave::NotAMember(why) => return Err(Status::failed_precondition(why)),
+    };
     let summary = format!(
         "member {} ({}) left etcd cluster {}: etcd on this node stops by itself once it sees \
          its removal; its data stays in {} until the node is reset with --wipe-data",
-        label(me),
+        label(&me),
         format_id(me.id),
         format_id(status.cluster_id),
         api.node.etcd.layout.data_dir.display()
     );
     api.node.note(summary.clone());
     Ok(Response::new(EtcdLeaveResponse {
-        member: Some(member(me)),
+        member: Some(member(&me)),
         summary,
     }))
+}
+
+/// Reset's first step: on a control-plane node whose etcd member answers,
+/// the member leaves its cluster ([`leave_cluster`], as EtcdLeave does).
+/// `Ok(None)` when the node runs no etcd (a worker, no configuration);
+/// `Ok(Some(sentence))` saying what happened (the member left, had left
+/// already, etcd did not answer, or, with `force`, could not leave) for the
+/// node's events and the answer; `Err` when the reset must not go on
+/// (nothing changed): leaving would cost the cluster its quorum, or the
+/// member answered but could not leave, and `force` was not given.
+pub(super) async fn leave_before_reset(
+    api: &MachineApi,
+    force: bool,
+) -> Result<Option<String>, Status> {
+    let Some(stored) = api.node.current().await else {
+        return Ok(None);
+    };
+    if stored.config.machine.machine_type == MachineType::Worker {
+        return Ok(None);
+    }
+    let refuse = |e: Status| {
+        Status::new(
+            e.code(),
+            format!(
+                "the node was not reset (nothing changed): its etcd member leaves the cluster \
+                 first, and {}; nodectl reset --force resets the node anyway",
+                e.message()
+            ),
+        )
+    };
+    let access = match api.local_etcd().await {
+        Ok(access) => access,
+        Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+            return Ok(Some(format!("etcd was not asked: {}", e.message())));
+        }
+        Err(e) if e.code() == tonic::Code::Unavailable => {
+            return Ok(Some(format!(
+                "{}; no member left an etcd cluster",
+                e.message()
+            )));
+        }
+        Err(e) if force => {
+            return Ok(Some(format!(
+                "etcd was not asked ({}); reset anyway (forced)",
+                e.message()
+            )));
+        }
+        Err(e) => return Err(refuse(e)),
+    };
+    let (status, members) = match status_and_members(&access, CALL_TIMEOUT).await {
+        Ok(known) => known,
+        Err(e) if e.code() == tonic::Code::Unavailable => {
+            return Ok(Some(format!(
+                "etcd does not answer on this node ({}); no member left an etcd cluster",
+                e.message()
+            )));
+        }
+        Err(e) if force => {
+            return Ok(Some(format!(
+                "etcd's members were not listed ({}); reset anyway (forced)",
+                e.message()
+            )));
+        }
+        Err(e) => return Err(refuse(e)),
+    };
+    match leave_cluster(&access, &status, &members, force).await {
+        Ok(Leave::Left(me)) => Ok(Some(format!(
+            "etcd member {} ({}) left cluster {} first",
+            label(&me),
+            format_id(me.id),
+            format_id(status.cluster_id)
+        ))),
+        Ok(Leave::NotAMember(why)) => Ok(Some(why)),
+        Err(e) if force => Ok(Some(format!(
+            "etcd member {} did not leave cluster {} ({}); reset anyway (forced)",
+            format_id(status.member_id),
+            format_id(status.cluster_id),
+            e.message()
+        ))),
+        Err(e) => Err(refuse(e)),
+    }
 }
 
 #[tracing::instrument(skip_all, fields(member = %request.get_ref().member, force = request.get_ref().force))]

@@ -20,7 +20,13 @@ pub(super) async fn version(
 ) -> Result<Response<VersionResponse>, Status> {
     tracing::debug!(peer = ?request.remote_addr(), "Version");
     let mut v = api.node.info.version();
-    v.maintenance = api.node.current.lock().await.is_none();
+    let current = api.node.current.lock().await;
+    v.maintenance = current.is_none();
+    v.machine_type = current
+        .as_ref()
+        .map(|s| s.config.machine.machine_type.as_str().to_owned())
+        .unwrap_or_default();
+    drop(current);
     Ok(Response::new(v))
 }
 
@@ -40,6 +46,7 @@ pub(super) async fn service_list(
             restarts: s.restarts,
             ready: s.ready,
             last_error: s.last_error.unwrap_or_default(),
+            last_exit: s.last_exit.map(|e| e.to_string()).unwrap_or_default(),
         })
         .collect();
     Ok(Response::new(ServiceListResponse { services }))
