@@ -210,6 +210,12 @@ pub enum Command {
         force: bool,
     },
 
+    /// Check the nodes given with -n: each answers, its services run, and
+    /// on control-plane nodes etcd: one leader, one cluster, raft indexes
+    /// close together, every member answering. Exits 0 only when all is
+    /// healthy; else the last line says what is not.
+    Health,
+
     /// Show memory use.
     Memory,
 

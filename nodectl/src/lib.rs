@@ -701,6 +701,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
             }
             Ok(ok)
         }
+        cli::Command::Health => cmd::health::run(&cli.global, out, err).await,
         cli::Command::Memory => {
             let call = |mut c: MachineClient| async move { c.memory(MemoryRequest {}).await };
             rows(&cli.global, out, err, call, |node, m| {

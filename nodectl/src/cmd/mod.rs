@@ -5,6 +5,7 @@ pub mod context;
 pub mod etcd;
 pub mod flash;
 pub mod generate;
+pub mod health;
 pub mod network;
 pub mod node;
 pub mod runtime;
