@@ -1621,6 +1621,9 @@ fn etcd_through_the_machine_api_against_a_real_member() {
     )
     .unwrap();
     let state = tempfile::tempdir().unwrap();
+    // A supervisor for ServiceList (health) and Reset's reboot.
+    let sup = TestSupervisor::start(state.path().join("init.sock"));
+    wait_for_socket(&state.path().join("init.sock"));
     let server = configured(&cp, state.path());
     let node = server.node();
     bramble_testkit::wait_for("mutual TLS", Duration::from_secs(20), || {
@@ -1771,6 +1774,43 @@ fn etcd_through_the_machine_api_against_a_real_member() {
     let members = json(&as_role(&c, "reader", &node, &["etcd", "members", "-o", "json"]).1);
     assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
 
+    // Health: the node answers, its services run, its member leads.
+    let (success, out, err) = as_role(&c, "reader", &node, &["health"]);
+    assert!(success, "{out}{err}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .starts_with("healthy: 1 node(s)"),
+        "{out}"
+    );
+    assert!(out.contains(&member_id) && out.contains("answers"), "{out}");
+    let report = json(&as_role(&c, "reader", &node, &["health", "-o", "json"]).1);
+    assert_eq!(report["healthy"], true, "{report}");
+    assert_eq!(report["nodes"][0]["role"], "controlplane", "{report}");
+    assert_eq!(report["nodes"][0]["etcd_member"], member_id.as_str());
+    assert_eq!(report["nodes"][0]["raft_lag"], 0, "{report}");
+    assert_eq!(report["etcd_members"][0]["name"], "cp1", "{report}");
+    assert_eq!(report["etcd_members"][0]["state"], "answers", "{report}");
+
+    // Reset: the last voting member would leave first, so the node is not
+    // reset; nothing changes.
+    let (success, out, err) = as_role(&c, "admin", &node, &["reset"]);
+    assert!(!success, "the last member's node was reset: {out}");
+    assert!(
+        err.contains("was not reset (nothing changed)")
+            && err.contains("last voting member")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(state.path().join("config/config.yaml").exists());
+    assert!(
+        sup.shutdown.recv_timeout(Duration::from_secs(1)).is_err(),
+        "a refused reset rebooted"
+    );
+    let members = json(&as_role(&c, "reader", &node, &["etcd", "members", "-o", "json"]).1);
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+
     // Bootstrap: this node holds the member's data.
     assert!(layout.has_data());
     let (success, _, err) = as_role(&c, "admin", &node, &["bootstrap"]);
@@ -1801,11 +1841,54 @@ fn etcd_through_the_machine_api_against_a_real_member() {
         "{err}"
     );
     assert!(!other_state.path().join("var").exists());
+    // Reset --force through the second node, whose apid reaches the same
+    // member on 127.0.0.1 (the test's two nodes share it): the quorum rule
+    // is passed over, and whether etcd removes its last member or refuses
+    // to, the node is reset.
+    let other_sup = TestSupervisor::start(other_state.path().join("init.sock"));
+    wait_for_socket(&other_state.path().join("init.sock"));
+    let (success, out, err) = as_role(&c, "admin", &other_node, &["reset", "--force"]);
+    assert!(success, "{out}{err}\n{}", log());
+    assert!(
+        out.contains("configuration wiped")
+            && (out.contains("left cluster") || out.contains("reset anyway (forced)")),
+        "{out}"
+    );
+    assert_eq!(
+        other_sup
+            .shutdown
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap(),
+        Shutdown::Reboot
+    );
+    assert!(!other_state.path().join("config/config.yaml").exists());
     other.stop();
 
     // Once etcd is gone, the calls say so.
     drop(member);
     let err = as_role(&c, "reader", &node, &["etcd", "members"]).2;
     assert!(err.contains("etcd does not answer on this node"), "{err}");
+    // health fails, naming etcd.
+    let (success, out, err) = as_role(&c, "reader", &node, &["health"]);
+    assert!(!success, "healthy without etcd: {out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("unhealthy: ") && last.contains("etcd does not answer"),
+        "{out}{err}"
+    );
+    // Reset goes on as before when etcd does not answer, and says so.
+    let (success, out, err) = as_role(&c, "admin", &node, &["reset"]);
+    assert!(success, "{out}{err}");
+    assert!(
+        out.contains("etcd does not answer on this node")
+            && out.contains("no member left an etcd cluster")
+            && out.contains("configuration wiped"),
+        "{out}"
+    );
+    assert_eq!(
+        sup.shutdown.recv_timeout(Duration::from_secs(30)).unwrap(),
+        Shutdown::Reboot
+    );
+    assert!(!state.path().join("config/config.yaml").exists());
     server.stop();
 }
