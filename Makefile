@@ -84,6 +84,7 @@ bench: image
 	$(MAKE) node-bins
 	target/debug/bramble-bench --image $(IMAGE) --bin-dir $(BIN_DIR) --compare-bin-dir $(BENCH_BIN_DIR) --dist $(DIST)
 	BRAMBLE_IMAGE=$(CURDIR)/$(IMAGE) BRAMBLE_BIN_DIR=$(CURDIR)/$(BIN_DIR) CARGO=$(CARGO) bash tests/fault-summary.sh
+	BRAMBLE_IMAGE=$(CURDIR)/$(IMAGE) BRAMBLE_BIN_DIR=$(CURDIR)/$(BIN_DIR) CARGO=$(CARGO) bash tests/etcd-figures.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
