@@ -18,8 +18,8 @@ const ADDRESS_CHECK: Duration = Duration::from_secs(30);
 /// How long a joining learner may take to catch up before it gives up
 /// (and the supervisor starts it again).
 const PROMOTE_WITHIN: Duration = Duration::from_secs(600);
-/// How long etcd may take to answer after it started.
-const READY_WITHIN: Duration = Duration::from_secs(300);
+/// How often a member still waiting for a leader says so.
+const QUIET_WAIT: Duration = Duration::from_secs(60);
 /// How long etcd may take to stop after SIGTERM before it is killed.
 const STOP_WITHIN: Duration = Duration::from_secs(25);
 
@@ -185,7 +185,7 @@ impl Member {
             bramble_etcd::CLIENT_PORT,
         )];
         let ready = async {
-            let mut status = wait_answering(&local, &certs).await?;
+            let mut status = wait_answering(&local, &certs, layout).await?;
             if let Some((seed, id)) = learner.as_mut() {
                 publish(
                     &layout.status,
@@ -193,7 +193,7 @@ impl Member {
                     &format!("learner {}: catching up", format_id(*id)),
                 );
                 seed.promote(*id, PROMOTE_WITHIN).await?;
-                status = wait_answering(&local, &certs).await?;
+                status = wait_answering(&local, &certs, layout).await?;
             }
             anyhow::Ok(status)
         };
@@ -355,25 +355,38 @@ fn spawn(opts: &Options, launch: &Launch<'_>) -> anyhow::Result<tokio::process::
     Ok(child)
 }
 
-/// Waits until etcd answers its status over mutual TLS.
+/// Waits until etcd answers its status over mutual TLS with a leader. A
+/// member whose peers are down has no leader until enough of them come
+/// back: it keeps waiting (etcd keeps running; the caller stops it on
+/// SIGTERM or when it exits), saying so in the status every
+/// [`QUIET_WAIT`].
 async fn wait_answering(
     endpoints: &[String],
     certs: &MemberCerts,
+    layout: &Layout,
 ) -> anyhow::Result<bramble_etcd::StatusInfo> {
-    let deadline = tokio::time::Instant::now() + READY_WITHIN;
-    let mut last = String::new();
-    while tokio::time::Instant::now() < deadline {
-        match Cluster::connect(endpoints, &certs.ca_pem, &certs.client).await {
+    let mut said = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let last = match Cluster::connect(endpoints, &certs.ca_pem, &certs.client).await {
             Ok(mut c) => match c.status().await {
                 Ok(status) if status.leader != 0 => return Ok(status),
-                Ok(_) => last = "no leader yet".into(),
-                Err(e) => last = e.to_string(),
+                Ok(_) => "no leader yet: waiting for enough members to answer".to_owned(),
+                Err(e) => e.to_string(),
             },
-            Err(e) => last = e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if said.elapsed() >= QUIET_WAIT {
+            publish(
+                &layout.status,
+                Phase::Starting,
+                &format!("etcd is not ready: {last}"),
+            );
+            said = tokio::time::Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
-    bail!("etcd did not answer within {READY_WITHIN:?}: {last}")
 }
 
 /// SIGTERM to etcd, SIGKILL after [`STOP_WITHIN`].
