@@ -251,6 +251,24 @@ fn three_control_plane_nodes_form_an_etcd_cluster() -> Result<()> {
         rss(&["init", "apid", "networkd", "timed", "runtimed", "etcdd"]) as f64 / 1048576.0
     );
 
+    // Put throughput on the nodes' disks (etcdctl's own 60 s check, small
+    // load): only when `make bench` asks for it (tests/etcd-figures.sh).
+    if std::env::var_os("BRAMBLE_ETCD_PERF").is_some() {
+        let out = etcdctl.run(1, &["check", "perf", "--load=s"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+        {
+            eprintln!("figure: etcdctl check perf (small load, three members in QEMU): {line}");
+        }
+        ensure!(
+            text.contains("Throughput"),
+            "etcdctl check perf said nothing of throughput: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // A key written through one member is read through another.
     etcdctl.ok(1, &["put", "bramble/test", "written through cp1"])?;
     let got = etcdctl.ok(3, &["get", "bramble/test", "--print-value-only"])?;
