@@ -1,6 +1,6 @@
 //! `boot/rootfs-packages.txt` against the real pinned packages: what it takes
-//! out of etcd-server and libc6, with which modes, and the check that etcd can
-//! be loaded from what the root filesystem carries.
+//! out of etcd-server, etcd-client and libc6, with which modes, and the check
+//! that etcd and etcdctl can be loaded from what the root filesystem carries.
 //!
 //! Needs the pinned `.deb`s in `<workspace>/.cache/debs` (`make deps`).
 
@@ -51,6 +51,7 @@ fn etcd_and_its_glibc_closure_come_out_with_node_modes() {
         summary,
         vec![
             ("etcd-server", "usr/bin/etcd", "755".to_owned()),
+            ("etcd-client", "usr/bin/etcdctl", "755".to_owned()),
             (
                 "libc6",
                 "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
@@ -78,6 +79,15 @@ fn etcd_and_its_glibc_closure_come_out_with_node_modes() {
     let mut tree = Tree::new();
     packages::add_to(&mut tree, &files).unwrap();
     elf::check_loadable(&tree, &["usr/bin/etcd".to_owned()]).unwrap();
+
+    // etcdctl (`nodectl bootstrap --recover-from`) needs the same.
+    let etcdctl = files.iter().find(|f| f.path == "usr/bin/etcdctl").unwrap();
+    let Content::File { data, .. } = &etcdctl.content else {
+        panic!("etcdctl is not a file")
+    };
+    let info = elf::dynamic_info(Path::new("usr/bin/etcdctl"), data).unwrap();
+    assert_eq!(info.needed, vec!["libc.so.6".to_owned()]);
+    elf::check_loadable(&tree, &["usr/bin/etcdctl".to_owned()]).unwrap();
 }
 
 #[test]

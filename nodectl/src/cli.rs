@@ -254,7 +254,13 @@ pub enum Command {
     /// Refused on a worker, on a node that holds etcd data or already has a
     /// request waiting, and when an etcd cluster answers at the
     /// control-plane endpoint's host.
-    Bootstrap,
+    Bootstrap {
+        /// Restore the cluster from this snapshot (`nodectl etcd snapshot`)
+        /// instead of forming an empty one: the node becomes its only
+        /// member, with every key the snapshot holds.
+        #[arg(long, value_name = "SNAPSHOT")]
+        recover_from: Option<PathBuf>,
+    },
 
     /// etcd on the control-plane nodes: members, status, membership,
     /// snapshots and maintenance.

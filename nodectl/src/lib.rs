@@ -737,7 +737,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<b
             let call = |mut c: MachineClient| async move { c.shutdown(ShutdownRequest {}).await };
             each(&cli.global, out, err, "powering off", call).await
         }
-        cli::Command::Bootstrap => cmd::etcd::bootstrap(&cli.global, out, err).await,
+        cli::Command::Bootstrap { recover_from } => {
+            cmd::etcd::bootstrap(&cli.global, out, err, recover_from).await
+        }
         cli::Command::Etcd { what } => cmd::etcd::run(&cli.global, out, err, what).await,
         cli::Command::Config { what } => {
             let path = nodeconfig_path(&cli.global)?;

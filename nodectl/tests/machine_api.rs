@@ -1374,6 +1374,60 @@ fn a_worker_gets_its_certificate_from_the_control_plane() {
     // daemon reads; a second is refused, naming the request waiting.
     let port = etcd_port();
     let cp_layout = bramble_etcd::Layout::under(cp_state.path());
+    // Recovering from a snapshot uploads it, then leaves a request naming
+    // it (the node's own checks of size and SHA-256 are apid's unit tests).
+    let snapshot = tempfile::tempdir().unwrap();
+    let snapshot_file = snapshot.path().join("etcd.db");
+    std::fs::write(&snapshot_file, vec![7u8; 3 << 20]).unwrap();
+    let (success, out, err) = as_role(
+        &c,
+        "admin",
+        &cp_node,
+        &[
+            "bootstrap",
+            "--recover-from",
+            snapshot_file.to_str().unwrap(),
+        ],
+    );
+    assert!(success, "{out}{err}");
+    assert!(
+        out.contains("recovery requested") && out.contains("3145728 bytes"),
+        "{out}"
+    );
+    let request = cp_layout.bootstrap_request().unwrap().unwrap();
+    assert_eq!(
+        request.restore_from.as_ref(),
+        Some(&cp_layout.restore_snapshot)
+    );
+    assert_eq!(
+        std::fs::read(&cp_layout.restore_snapshot).unwrap(),
+        std::fs::read(&snapshot_file).unwrap()
+    );
+    // A reader may not; the request waiting refuses another.
+    let (success, _, _) = as_role(
+        &c,
+        "reader",
+        &cp_node,
+        &[
+            "bootstrap",
+            "--recover-from",
+            snapshot_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!success, "a reader recovered");
+    let (success, _, err) = as_role(
+        &c,
+        "admin",
+        &cp_node,
+        &[
+            "bootstrap",
+            "--recover-from",
+            snapshot_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!success && err.contains("already waiting"), "{err}");
+    cp_layout.clear_bootstrap_request().unwrap();
+    std::fs::remove_file(&cp_layout.restore_snapshot).unwrap();
     let (success, out, err) = as_role(&c, "admin", &cp_node, &["bootstrap"]);
     assert!(success, "{out}{err}");
     assert!(out.contains("bootstrap requested"), "{out}");

@@ -31,6 +31,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `etcdctl snapshot restore` failed, or its result cannot be used.
+    #[error("restoring the snapshot: {0}")]
+    Restore(String),
     /// An atomic write failed.
     #[error(transparent)]
     File(#[from] bramble_atomic::FileError),

@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | the member's data (raft log, snapshots, the bbolt database) | `/var/lib/etcd` (`DATA`), owned by etcd's user, mode 0700 | until Reset with `--wipe-data` |
 //! | the request `nodectl bootstrap` leaves | `/var/lib/bramble/etcd-bootstrap.json` (`DATA`, root's) | until etcd has formed the cluster |
+//! | the snapshot `nodectl bootstrap --recover-from` uploads | `/var/lib/bramble/etcd-restore.db` (`DATA`, root's) | until it is restored into the data |
 //! | the member's certificates and keys | `/run/bramble/etcd/pki/` (tmpfs) | issued anew at every start of `etcdd` |
 //! | what `etcdd` is doing | `/run/bramble/etcd/state.json` | this boot |
 //!
@@ -39,6 +40,8 @@ pub struct Layout {
     pub bootstrap_request: PathBuf,
     /// `etcdd`'s status file.
     pub status: PathBuf,
+    /// The snapshot a recovering bootstrap restores from.
+    pub restore_snapshot: PathBuf,
 }
 
 impl Layout {
@@ -54,6 +57,7 @@ impl Layout {
             pki_dir: root.join("run/bramble/etcd/pki"),
             bootstrap_request: root.join("var/lib/bramble/etcd-bootstrap.json"),
             status: root.join("run/bramble/etcd/state.json"),
+            restore_snapshot: root.join("var/lib/bramble/etcd-restore.db"),
         }
     }
 
@@ -103,6 +107,11 @@ pub struct BootstrapRequest {
     pub cluster: String,
     /// When it was asked, seconds since the epoch.
     pub requested_at: u64,
+    /// A snapshot (`nodectl etcd snapshot`) to restore the cluster from
+    /// (`nodectl bootstrap --recover-from`): `etcdctl snapshot restore`
+    /// makes the data from it before etcd starts. `None`: an empty cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -118,11 +127,29 @@ mod tests {
         let request = BootstrapRequest {
             cluster: "pis".into(),
             requested_at: 1_800_000_000,
+            restore_from: None,
         };
         layout.request_bootstrap(&request).unwrap();
         assert_eq!(layout.bootstrap_request().unwrap(), Some(request));
         layout.clear_bootstrap_request().unwrap();
         assert_eq!(layout.bootstrap_request().unwrap(), None);
+        // A request written before `restore_from` existed still parses.
+        std::fs::write(
+            &layout.bootstrap_request,
+            br#"{"cluster": "pis", "requested_at": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            layout.bootstrap_request().unwrap().unwrap().restore_from,
+            None
+        );
+        let recovering = BootstrapRequest {
+            cluster: "pis".into(),
+            requested_at: 2,
+            restore_from: Some(layout.restore_snapshot.clone()),
+        };
+        layout.request_bootstrap(&recovering).unwrap();
+        assert_eq!(layout.bootstrap_request().unwrap(), Some(recovering));
         std::fs::write(&layout.bootstrap_request, b"{").unwrap();
         let e = layout.bootstrap_request().unwrap_err().to_string();
         assert!(e.contains("does not hold a bootstrap request"), "{e}");

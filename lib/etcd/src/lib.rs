@@ -9,6 +9,8 @@
 //!   the cluster's etcd CA for the node's current names and addresses;
 //! - [`launch`]: etcd's command line, from the machine configuration's
 //!   tuning and how the member enters the cluster;
+//! - [`restore`]: a member's data made from a snapshot (`etcdctl snapshot
+//!   restore`), for `nodectl bootstrap --recover-from`;
 //! - [`cluster`]: the cluster operations over etcd's client API with mutual
 //!   TLS (`etcd-client`, rustls): members, learners, promotion, removal,
 //!   status.
@@ -18,6 +20,7 @@ mod error;
 pub mod launch;
 pub mod layout;
 pub mod pki;
+pub mod restore;
 
 pub use cluster::{Cluster, MemberInfo, StatusInfo, enter, format_id};
 pub use error::Error;

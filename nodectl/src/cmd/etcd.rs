@@ -8,12 +8,12 @@
 //! other, since a member answers nothing else meanwhile.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bramble_api::machine::v1::{
-    BootstrapRequest, EtcdAlarm, EtcdAlarmDisarmRequest, EtcdAlarmListRequest,
-    EtcdDefragmentRequest, EtcdLeaveRequest, EtcdMember, EtcdMembersRequest,
+    BootstrapRecoverChunk, BootstrapRequest, EtcdAlarm, EtcdAlarmDisarmRequest,
+    EtcdAlarmListRequest, EtcdDefragmentRequest, EtcdLeaveRequest, EtcdMember, EtcdMembersRequest,
     EtcdRemoveMemberRequest, EtcdSnapshotRequest, EtcdStatusRequest, EtcdStatusResponse,
 };
 use serde::Serialize;
@@ -255,18 +255,116 @@ where
     Ok(ok)
 }
 
-/// `nodectl bootstrap`.
+/// `nodectl bootstrap [--recover-from FILE]`.
 pub async fn bootstrap(
     g: &GlobalArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    recover_from: Option<PathBuf>,
 ) -> Result<bool, Error> {
     let timeout = g.timeout.max(CHANGE_TIMEOUT);
+    if let Some(file) = recover_from {
+        return recover(g, out, err, file, timeout).await;
+    }
     let call = |mut c: MachineClient| async move { c.bootstrap(BootstrapRequest {}).await };
     on_one(g, out, err, "bootstrap", timeout, call, |out, node, r| {
         writeln!(out, "{node}: {}", r.summary)
     })
     .await
+}
+
+/// How fast a snapshot is assumed to upload at least, for the call's bound.
+const UPLOAD_BYTES_PER_SEC: u64 = 1 << 20;
+/// The pieces a snapshot is sent in.
+const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// `nodectl bootstrap --recover-from FILE`: the file's size and SHA-256
+/// first (read once before dialling), then the file again, in pieces.
+async fn recover(
+    g: &GlobalArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    file: PathBuf,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    let input = |e: std::io::Error| Error::Input {
+        path: file.clone(),
+        reason: e.to_string(),
+    };
+    let (size, sha256) = digest(&file).await.map_err(input)?;
+    if size == 0 {
+        return Err(input(std::io::Error::other("the file is empty")));
+    }
+    let timeout = timeout + Duration::from_secs(size / UPLOAD_BYTES_PER_SEC);
+    let call = move |mut c: MachineClient| {
+        let (file, sha256) = (file.clone(), sha256.clone());
+        async move {
+            let chunks = upload_chunks(&file, size, sha256)
+                .await
+                .map_err(|e| tonic::Status::invalid_argument(format!("{}: {e}", file.display())))?;
+            c.bootstrap_recover(chunks).await
+        }
+    };
+    on_one(g, out, err, "bootstrap", timeout, call, |out, node, r| {
+        writeln!(out, "{node}: {}", r.summary)
+    })
+    .await
+}
+
+/// The size and SHA-256 (hex) of `file`.
+async fn digest(file: &Path) -> std::io::Result<(u64, String)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut f = tokio::fs::File::open(file).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((size, hex))
+}
+
+/// The pieces of `file` for BootstrapRecover, read as they are sent; the
+/// first names `size` and `sha256`. A read error ends the stream early,
+/// which the node refuses as a truncated upload.
+async fn upload_chunks(
+    file: &Path,
+    size: u64,
+    sha256: String,
+) -> std::io::Result<tokio_stream::wrappers::ReceiverStream<BootstrapRecoverChunk>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut f = tokio::fs::File::open(file).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut first = Some((size, sha256));
+        loop {
+            let mut data = vec![0u8; UPLOAD_CHUNK];
+            let n = match f.read(&mut data).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            data.truncate(n);
+            let (size, sha256) = first.take().unwrap_or_default();
+            if tx
+                .send(BootstrapRecoverChunk { size, sha256, data })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// `nodectl etcd ...`.

@@ -84,6 +84,7 @@ pub const RULES: &[Rule] = &[
     rule("EtcdAlarmDisarm", Role::Operator, false),
     rule("Reset", Role::Admin, false),
     rule("Bootstrap", Role::Admin, false),
+    rule("BootstrapRecover", Role::Admin, false),
     rule("EtcdLeave", Role::Admin, false),
     rule("EtcdRemoveMember", Role::Admin, false),
     // A snapshot holds every key of the cluster, secrets included.
@@ -307,8 +308,8 @@ mod tests {
             ),
             (
                 Role::Admin,
-                "ApplyConfiguration Reset NodeCertificate Bootstrap EtcdLeave EtcdRemoveMember \
-                 EtcdSnapshot",
+                "ApplyConfiguration Reset NodeCertificate Bootstrap BootstrapRecover EtcdLeave \
+                 EtcdRemoveMember EtcdSnapshot",
             ),
         ];
         let mut listed = 0;

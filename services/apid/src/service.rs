@@ -21,8 +21,8 @@
 //! * `runtime`: the container calls, forwarded to runtimed;
 //! * `join`: NodeCertificate, a worker's server certificate from this
 //!   node's CA, for the join token;
-//! * `etcd`: Bootstrap and the Etcd* calls, to the node's own etcd member
-//!   on control-plane nodes.
+//! * `etcd`: Bootstrap, BootstrapRecover and the Etcd* calls, to the
+//!   node's own etcd member on control-plane nodes.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -32,18 +32,19 @@ use std::time::Duration;
 use bramble_api::machine::v1::machine_service_server::MachineService;
 use bramble_api::machine::v1::{
     AddressesRequest, AddressesResponse, ApplyConfigurationRequest, ApplyConfigurationResponse,
-    BootstrapRequest, BootstrapResponse, DmesgRequest, EtcdAlarmDisarmRequest,
-    EtcdAlarmDisarmResponse, EtcdAlarmListRequest, EtcdAlarmListResponse, EtcdDefragmentRequest,
-    EtcdDefragmentResponse, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMembersRequest,
-    EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk,
-    EtcdSnapshotRequest, EtcdStatusRequest, EtcdStatusResponse, Event, EventsRequest,
-    GetConfigRequest, GetConfigResponse, HostnameRequest, HostnameResponse, KernelLogLine,
-    LinksRequest, LinksResponse, LoadAvgRequest, LoadAvgResponse, LogLine, LogsRequest,
-    MemoryRequest, MemoryResponse, MountsRequest, MountsResponse, NodeCertificateRequest,
-    NodeCertificateResponse, ProcessesRequest, ProcessesResponse, RebootRequest, RebootResponse,
-    ResetRequest, ResetResponse, ResolversRequest, ResolversResponse, RoutesRequest,
-    RoutesResponse, ServiceListRequest, ServiceListResponse, ServiceRequest, ServiceResponse,
-    ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse, VersionRequest, VersionResponse,
+    BootstrapRecoverChunk, BootstrapRequest, BootstrapResponse, DmesgRequest,
+    EtcdAlarmDisarmRequest, EtcdAlarmDisarmResponse, EtcdAlarmListRequest, EtcdAlarmListResponse,
+    EtcdDefragmentRequest, EtcdDefragmentResponse, EtcdLeaveRequest, EtcdLeaveResponse,
+    EtcdMembersRequest, EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse,
+    EtcdSnapshotChunk, EtcdSnapshotRequest, EtcdStatusRequest, EtcdStatusResponse, Event,
+    EventsRequest, GetConfigRequest, GetConfigResponse, HostnameRequest, HostnameResponse,
+    KernelLogLine, LinksRequest, LinksResponse, LoadAvgRequest, LoadAvgResponse, LogLine,
+    LogsRequest, MemoryRequest, MemoryResponse, MountsRequest, MountsResponse,
+    NodeCertificateRequest, NodeCertificateResponse, ProcessesRequest, ProcessesResponse,
+    RebootRequest, RebootResponse, ResetRequest, ResetResponse, ResolversRequest,
+    ResolversResponse, RoutesRequest, RoutesResponse, ServiceListRequest, ServiceListResponse,
+    ServiceRequest, ServiceResponse, ShutdownRequest, ShutdownResponse, TimeRequest, TimeResponse,
+    VersionRequest, VersionResponse,
 };
 use bramble_api::runtime::v1 as rt;
 use bramble_supervisor::Shutdown;
@@ -603,6 +604,13 @@ impl MachineService for MachineApi {
         request: Request<BootstrapRequest>,
     ) -> Result<Response<BootstrapResponse>, Status> {
         etcd::bootstrap(self, request).await
+    }
+
+    async fn bootstrap_recover(
+        &self,
+        request: Request<tonic::Streaming<BootstrapRecoverChunk>>,
+    ) -> Result<Response<BootstrapResponse>, Status> {
+        etcd::bootstrap_recover(self, request).await
     }
 
     async fn etcd_members(

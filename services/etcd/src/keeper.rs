@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bramble_config::{MachineConfig, MachineType};
+use bramble_etcd::restore::Restore;
 use bramble_etcd::{Cluster, Initial, Launch, Layout, MemberCerts, format_id};
 use bramble_pki::CertificateAuthority;
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,6 +31,9 @@ pub struct Options {
     pub config: PathBuf,
     /// etcd's program.
     pub etcd: PathBuf,
+    /// `etcdctl`, which restores a snapshot (`nodectl bootstrap
+    /// --recover-from`).
+    pub etcdctl: PathBuf,
     /// Where etcd's state lives.
     pub layout: Layout,
     /// The user and group etcd runs as (`None`: the caller's).
@@ -148,6 +152,11 @@ impl Member {
 
         let bootstrap = layout.bootstrap_request()?;
         let peer_url = bramble_etcd::url(advertise, bramble_etcd::PEER_PORT);
+        if let Some(from) = bootstrap.as_ref().and_then(|b| b.restore_from.as_deref())
+            && !layout.has_data()
+        {
+            self.restore(opts, from, &peer_url)?;
+        }
         let (initial, mut learner) = if layout.has_data() {
             publish(&layout.status, Phase::Starting, "from this node's data");
             (Initial::New, None)
@@ -238,6 +247,46 @@ impl Member {
                 }
             }
         }
+    }
+
+    /// Makes the member's data from the snapshot a recovering bootstrap
+    /// request names. A failure is published and ends `etcdd` (the
+    /// supervisor tries again), keeping the request and the snapshot.
+    fn restore(
+        &self,
+        opts: &Options,
+        from: &std::path::Path,
+        peer_url: &str,
+    ) -> anyhow::Result<()> {
+        let layout = &opts.layout;
+        publish(
+            &layout.status,
+            Phase::Starting,
+            &format!(
+                "restoring the cluster from {} (nodectl bootstrap --recover-from)",
+                from.display()
+            ),
+        );
+        let restore = Restore {
+            etcdctl: &opts.etcdctl,
+            snapshot: from,
+            name: &self.name,
+            cluster: &self.cluster,
+            peer_url,
+            layout,
+            owner: opts.owner,
+        };
+        if let Err(e) = restore.run() {
+            let why = format!(
+                "{e}; the bootstrap request ({}) and the snapshot stay: reset the node with \
+                 --wipe-data to give up",
+                layout.bootstrap_request.display()
+            );
+            tracing::error!("{why}");
+            publish(&layout.status, Phase::Failed, &why);
+            bail!(why);
+        }
+        Ok(())
     }
 
     /// Finds the cluster and enters it as a learner; retries until a

@@ -48,6 +48,9 @@ struct Cli {
     /// etcd's program.
     #[arg(long, value_name = "FILE", default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
+    /// `etcdctl`, which restores a snapshot (`nodectl bootstrap --recover-from`).
+    #[arg(long, value_name = "FILE", default_value = "/usr/bin/etcdctl")]
+    etcdctl: PathBuf,
     /// Where etcd's state lives (`/var/lib/etcd`, `/run/bramble/etcd`, ...)
     /// is under this directory.
     #[arg(long, value_name = "DIR", default_value = "/")]
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     let opts = keeper::Options {
         config: cli.config,
         etcd: cli.etcd,
+        etcdctl: cli.etcdctl,
         layout: bramble_etcd::Layout::under(&cli.root),
         owner: (!cli.same_user).then_some((bramble_etcd::ETCD_UID, bramble_etcd::ETCD_GID)),
     };
@@ -103,6 +107,7 @@ mod tests {
             PathBuf::from("/system/state/config/config.yaml")
         );
         assert_eq!(cli.etcd, PathBuf::from("/usr/bin/etcd"));
+        assert_eq!(cli.etcdctl, PathBuf::from("/usr/bin/etcdctl"));
         assert_eq!(cli.root, PathBuf::from("/"));
         assert!(!cli.same_user);
     }

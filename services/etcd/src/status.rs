@@ -21,6 +21,9 @@ pub enum Phase {
     Running,
     /// etcd is being stopped.
     Stopping,
+    /// etcd could not be started (a snapshot that does not restore); the
+    /// detail says why.
+    Failed,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,4 +1,4 @@
-//! The etcd calls: Bootstrap, EtcdMembers, EtcdStatus, EtcdLeave,
+//! The etcd calls: Bootstrap, BootstrapRecover, EtcdMembers, EtcdStatus, EtcdLeave,
 //! EtcdRemoveMember, EtcdSnapshot, EtcdDefragment, EtcdAlarmList and
 //! EtcdAlarmDisarm.
 //!
@@ -17,11 +17,12 @@
 //! ([`leave_before_reset`]), through the same code as EtcdLeave.
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bramble_api::machine::v1::{
-    BootstrapRequest, BootstrapResponse, EtcdAlarm, EtcdAlarmDisarmRequest,
+    BootstrapRecoverChunk, BootstrapRequest, BootstrapResponse, EtcdAlarm, EtcdAlarmDisarmRequest,
     EtcdAlarmDisarmResponse, EtcdAlarmListRequest, EtcdAlarmListResponse, EtcdDefragmentRequest,
     EtcdDefragmentResponse, EtcdLeaveRequest, EtcdLeaveResponse, EtcdMember, EtcdMembersRequest,
     EtcdMembersResponse, EtcdRemoveMemberRequest, EtcdRemoveMemberResponse, EtcdSnapshotChunk,
@@ -55,6 +56,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFRAGMENT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a snapshot may go without a piece arriving.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
+/// The largest snapshot BootstrapRecover takes: etcd's largest backend
+/// quota.
+pub(crate) const MAX_RESTORE_BYTES: u64 = 8 << 30;
 /// Pieces of a snapshot buffered before etcd's stream waits for the client.
 const SNAPSHOT_BUFFER: usize = 8;
 
@@ -73,7 +77,7 @@ pub(crate) struct EtcdSite {
 
 impl EtcdSite {
     /// etcd's state under `root` (`/` on a node).
-    pub(crate) fn under(root: &std::path::Path) -> Self {
+    pub(crate) fn under(root: &Path) -> Self {
         Self {
             layout: Layout::under(root),
             bootstrap: Mutex::new(()),
@@ -834,6 +838,151 @@ pub(super) async fn bootstrap(
     api: &MachineApi,
     _request: Request<BootstrapRequest>,
 ) -> Result<Response<BootstrapResponse>, Status> {
+    let (cluster, deciding) = may_bootstrap(api).await?;
+    leave_request(api, cluster, None, deciding).await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn bootstrap_recover(
+    api: &MachineApi,
+    request: Request<tonic::Streaming<BootstrapRecoverChunk>>,
+) -> Result<Response<BootstrapResponse>, Status> {
+    let mut stream = request.into_inner();
+    let (cluster, deciding) = may_bootstrap(api).await?;
+    let dest = api.node.etcd.layout.restore_snapshot.clone();
+    let (size, sha256) = receive_snapshot(&mut stream, &dest).await?;
+    tracing::info!(bytes = size, %sha256, path = %dest.display(), "snapshot to restore received");
+    let restore = Restored {
+        path: dest.clone(),
+        size,
+        sha256,
+    };
+    let answer = leave_request(api, cluster, Some(restore), deciding).await;
+    if answer.is_err() {
+        let _ = bramble_atomic::remove_if_exists(&dest);
+    }
+    answer
+}
+
+/// The snapshot a recovering bootstrap left for etcd's service.
+struct Restored {
+    path: PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+/// Receives the snapshot into `dest`: a temporary file beside it, synced,
+/// renamed into place only when its size and SHA-256 are the ones the
+/// first message named. Returns both.
+async fn receive_snapshot<S>(stream: &mut S, dest: &Path) -> Result<(u64, String), Status>
+where
+    S: tokio_stream::Stream<Item = Result<BootstrapRecoverChunk, Status>> + Unpin,
+{
+    let tmp = bramble_atomic::temporary_path(dest)
+        .map_err(|e| Status::internal(format!("the snapshot cannot be written: {e}")))?;
+    let result = async {
+        let got = write_upload(stream, &tmp).await?;
+        bramble_atomic::rename(&tmp, dest)
+            .map_err(|e| Status::internal(format!("the snapshot was not written: {e}")))?;
+        Ok(got)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+async fn write_upload<S>(stream: &mut S, tmp: &Path) -> Result<(u64, String), Status>
+where
+    S: tokio_stream::Stream<Item = Result<BootstrapRecoverChunk, Status>> + Unpin,
+{
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use tokio_stream::StreamExt as _;
+    async fn next<S>(stream: &mut S) -> Result<Option<BootstrapRecoverChunk>, Status>
+    where
+        S: tokio_stream::Stream<Item = Result<BootstrapRecoverChunk, Status>> + Unpin,
+    {
+        match tokio::time::timeout(SNAPSHOT_STALL, stream.next()).await {
+            Ok(got) => got.transpose(),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no piece of the snapshot arrived for {} s",
+                SNAPSHOT_STALL.as_secs()
+            ))),
+        }
+    }
+    let first = next(stream)
+        .await?
+        .ok_or_else(|| Status::invalid_argument("no snapshot was sent"))?;
+    let size = first.size;
+    if size == 0 || size > MAX_RESTORE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the first message names a snapshot of {size} bytes: it must have 1 to \
+             {MAX_RESTORE_BYTES} (8 GiB, etcd's largest backend quota)"
+        )));
+    }
+    let want = first.sha256.to_ascii_lowercase();
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::invalid_argument(
+            "the first message must name the snapshot's SHA-256 (64 hex digits)",
+        ));
+    }
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;
+    }
+    let _ = std::fs::remove_file(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| Status::internal(format!("creating {}: {e}", tmp.display())))?;
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    let mut chunk = Some(first);
+    while let Some(piece) = chunk {
+        total = total.saturating_add(piece.data.len() as u64);
+        if total > size {
+            return Err(Status::invalid_argument(format!(
+                "more than the {size} bytes the first message named were sent: nothing written"
+            )));
+        }
+        hasher.update(&piece.data);
+        file.write_all(&piece.data)
+            .map_err(|e| Status::internal(format!("writing {}: {e}", tmp.display())))?;
+        chunk = next(stream).await?;
+    }
+    if total != size {
+        return Err(Status::invalid_argument(format!(
+            "the snapshot ended after {total} of the {size} bytes the first message named: \
+             nothing written"
+        )));
+    }
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if got != want {
+        return Err(Status::invalid_argument(format!(
+            "the snapshot's SHA-256 is {got}, not {want} as the first message named: nothing \
+             written"
+        )));
+    }
+    file.sync_all()
+        .map_err(|e| Status::internal(format!("syncing {}: {e}", tmp.display())))?;
+    Ok((size, got))
+}
+
+/// What Bootstrap and BootstrapRecover check before they ask anything:
+/// a control-plane node, without etcd data or a request waiting, and no
+/// cluster answering at the endpoint. Returns the cluster's name and the
+/// lock that lets one bootstrap decide at a time.
+async fn may_bootstrap(
+    api: &MachineApi,
+) -> Result<(String, tokio::sync::MutexGuard<'_, ()>), Status> {
     let node = &api.node;
     let stored = node
         .current()
@@ -901,22 +1050,48 @@ pub(super) async fn bootstrap(
             names(&members)
         )));
     }
+    Ok((config.cluster.name.clone(), _deciding))
+}
+
+/// Leaves the bootstrap request (recovering from `restore` if given) and
+/// restarts etcd's service to take it up.
+async fn leave_request(
+    api: &MachineApi,
+    cluster: String,
+    restore: Option<Restored>,
+    deciding: tokio::sync::MutexGuard<'_, ()>,
+) -> Result<Response<BootstrapResponse>, Status> {
+    let node = &api.node;
     let requested_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let request = bramble_etcd::BootstrapRequest {
-        cluster: config.cluster.name.clone(),
+        cluster,
         requested_at,
+        restore_from: restore.as_ref().map(|r| r.path.clone()),
     };
-    layout
+    node.etcd
+        .layout
         .request_bootstrap(&request)
         .map_err(|e| Status::internal(format!("the bootstrap request was not written: {e}")))?;
-    drop(_deciding);
-    let summary = format!(
-        "bootstrap requested: etcd forms cluster {:?} with this node as its first member when \
-         its service starts; the other control-plane nodes join it by themselves",
-        request.cluster
-    );
+    drop(deciding);
+    let summary = match &restore {
+        None => format!(
+            "bootstrap requested: etcd forms cluster {:?} with this node as its first member \
+             when its service starts; the other control-plane nodes join it by themselves",
+            request.cluster
+        ),
+        Some(r) => format!(
+            "recovery requested: the snapshot ({} bytes, sha256 {}) is in {}; etcd restores it \
+             and starts cluster {:?} from it with this node as its only member when its service \
+             starts (nodectl logs etcd); the other control-plane nodes join it by themselves \
+             once their own etcd data is wiped",
+            r.size,
+            r.sha256,
+            r.path.display(),
+            request.cluster
+        ),
+    };
     node.note(summary.clone());
     restart_etcd(Arc::clone(node)).await;
     Ok(Response::new(BootstrapResponse {
@@ -949,6 +1124,81 @@ async fn restart_etcd(node: Arc<super::Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunks(
+        pieces: Vec<BootstrapRecoverChunk>,
+    ) -> tokio_stream::Iter<std::vec::IntoIter<Result<BootstrapRecoverChunk, Status>>> {
+        tokio_stream::iter(pieces.into_iter().map(Ok).collect::<Vec<_>>())
+    }
+
+    fn upload(data: &[u8], size: u64, sha256: &str) -> Vec<BootstrapRecoverChunk> {
+        let mut pieces: Vec<_> = data
+            .chunks(3)
+            .map(|d| BootstrapRecoverChunk {
+                data: d.to_vec(),
+                ..BootstrapRecoverChunk::default()
+            })
+            .collect();
+        pieces[0].size = size;
+        pieces[0].sha256 = sha256.to_owned();
+        pieces
+    }
+
+    fn sha(data: &[u8]) -> String {
+        Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_upload_lands_only_whole_and_with_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("var/lib/bramble/etcd-restore.db");
+        let data = b"a snapshot of eleven pieces of three bytes".to_vec();
+        let len = data.len() as u64;
+        let good = sha(&data);
+        let refused = [
+            (upload(&data, len, &sha(b"other")), "SHA-256"),
+            (upload(&data[..10], len, &good), "ended after 10"),
+            (upload(&data, len - 1, &good), "more than the"),
+            (upload(&data, 0, &good), "1 to"),
+            (upload(&data, MAX_RESTORE_BYTES + 1, &good), "1 to"),
+            (upload(&data, len, "abc"), "64 hex digits"),
+            (Vec::new(), "no snapshot was sent"),
+        ];
+        for (pieces, why) in refused {
+            let e = receive_snapshot(&mut chunks(pieces), &dest)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(why), "{why}: {}", e.message());
+            assert!(!dest.exists(), "{why}: written");
+            let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+                .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{why}: left {left:?}");
+        }
+        // A stream that fails midway changes nothing either.
+        let mut failing = tokio_stream::iter(vec![
+            Ok(upload(&data, len, &good).remove(0)),
+            Err(Status::cancelled("gone")),
+        ]);
+        receive_snapshot(&mut failing, &dest).await.unwrap_err();
+        assert!(!dest.exists());
+
+        let (size, got) =
+            receive_snapshot(&mut chunks(upload(&data, len, &good.to_uppercase())), &dest)
+                .await
+                .unwrap();
+        assert_eq!((size, got), (len, good));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
 
     #[test]
     fn removal_keeps_a_quorum_unless_the_cluster_is_one_or_two() {
