@@ -138,26 +138,38 @@ impl Cluster {
     pub async fn add_learner(&mut self, peer_url: &str) -> Result<(u64, Vec<MemberInfo>), Error> {
         let deadline = Instant::now() + SETTLE_WITHIN;
         let mut delay = Duration::from_millis(500);
-        let resp = loop {
-            match self
+        loop {
+            let e = match self
                 .client
                 .member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))
                 .await
             {
-                Ok(resp) => break resp,
-                Err(e) if transient(&e) && Instant::now() + delay < deadline => {
-                    tracing::info!(error = %e, "the cluster is settling; adding the learner again shortly");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                Ok(resp) => {
+                    let id = resp.member().map(|m| m.id()).ok_or_else(|| {
+                        Error::Unexpected("member add answered without the member".into())
+                    })?;
+                    return Ok((id, resp.member_list().iter().map(member_info).collect()));
                 }
-                Err(e) => return Err(Error::etcd(format!("adding {peer_url} as a learner"))(e)),
+                Err(e) => e,
+            };
+            // The change may have been applied although the answer says
+            // otherwise (etcd 3.4 can answer "member not found" to an add
+            // that raced a removal): the member list says.
+            if let Ok(members) = self.members().await
+                && let Some(added) = members
+                    .iter()
+                    .find(|m| m.is_learner && m.peer_urls.iter().any(|u| u == peer_url))
+            {
+                return Ok((added.id, members.clone()));
             }
-        };
-        let id = resp
-            .member()
-            .map(|m| m.id())
-            .ok_or_else(|| Error::Unexpected("member add answered without the member".into()))?;
-        Ok((id, resp.member_list().iter().map(member_info).collect()))
+            let retry = transient(&e) || e.to_string().contains("member not found");
+            if !retry || Instant::now() + delay >= deadline {
+                return Err(Error::etcd(format!("adding {peer_url} as a learner"))(e));
+            }
+            tracing::info!(error = %e, "the cluster is settling; adding the learner again shortly");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Promotes learner `id` to a voting member, retrying while etcd says
