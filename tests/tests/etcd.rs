@@ -308,7 +308,11 @@ fn three_control_plane_nodes_form_an_etcd_cluster() -> Result<()> {
             Ok(etcdctl
                 .run(
                     survivor,
+                    // A short command timeout, so that one attempt
+                    // waiting on the dead leader does not hide when the
+                    // next one could succeed (the figure's resolution).
                     &[
+                        "--command-timeout=1s",
                         "put",
                         "bramble/after-loss",
                         "written without the old leader",
