@@ -16,6 +16,9 @@
 //! a fresh copy of the image with its configuration: it replaces its stale
 //! member (a new member ID, three voters) and serves every key.
 //!
+//! A second test recovers a one-node cluster from its `nodectl etcd
+//! snapshot` with `nodectl bootstrap --recover-from` on a fresh disk.
+//!
 //! Needs root, `ip`, `chronyd`, `etcdctl` (package `etcd-client`) and
 //! `/dev/net/tun`; without them the test says why and passes, except under
 //! `CI=true` (`bramble_testkit::skip_unless!`).
@@ -431,4 +434,66 @@ fn consoles_of(nodes: &[qemu::Node]) -> impl FnOnce() -> String + '_ {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// `nodectl bootstrap --recover-from`: one control-plane node forms a
+/// cluster and holds a key; `nodectl etcd snapshot` saves it; the node's
+/// disk is replaced by a fresh copy of the image with its configuration;
+/// recovering from the snapshot brings the cluster back with the key.
+#[test]
+fn a_cluster_is_recovered_from_a_snapshot() -> Result<()> {
+    skip_unless!(available: prerequisites());
+    let dir = paths::test_dir("etcd-recover")?;
+    let image = dir.path().join("image.img");
+    qemu::prepare_disk(&paths::image()?, &image, 0)?;
+    let mut lan = Lan::create()?;
+    lan.start_ntp()?;
+    let configs = Configs::generate(&dir.path().join("cluster"), &[Role::ControlPlane], &[])?;
+    let mut nodes = lan.boot_nodes(&configs, &image, dir.path(), BOOT_TIMEOUT)?;
+    let c = configs.client.in_netns(lan.name());
+    let api = cluster::node_api(1);
+    c.wait_answer(&api, MTLS_TIMEOUT)
+        .with_context(consoles_of(&nodes))?;
+    let etcdctl = Etcdctl::new(&lan, &configs.secrets, dir.path())?;
+    c.ok(&api, &["bootstrap"])?;
+    wait::eventually("a member", FORM_TIMEOUT, Duration::from_secs(2), || {
+        Ok(etcdctl.voters(1)?.is_some_and(|v| v == ["cp1"]))
+    })
+    .with_context(consoles_of(&nodes))?;
+    etcdctl.ok(1, &["put", "bramble/recovered", "from the snapshot"])?;
+    let snapshot = dir.path().join("etcd.db");
+    c.ok(&api, &["etcd", "snapshot", &snapshot.display().to_string()])?;
+
+    nodes[0].kill();
+    let disk = dir.path().join("node1.img");
+    qemu::prepare_disk(&image, &disk, cluster::NODE_DISK_GROWTH)?;
+    cluster::place_config(&disk, configs.machine_config(1)?)?;
+    nodes[0] = qemu::Node::start(&lan.node_options(1, &disk, dir.path(), 2))?;
+    nodes[0].wait_ready(BOOT_TIMEOUT)?;
+    c.wait_answer(&api, MTLS_TIMEOUT)
+        .with_context(consoles_of(&nodes))?;
+    let out = c.ok(
+        &api,
+        &[
+            "bootstrap",
+            "--recover-from",
+            &snapshot.display().to_string(),
+        ],
+    )?;
+    ensure!(out.contains("recovery requested"), "{out}");
+    wait::eventually("the key back", FORM_TIMEOUT, Duration::from_secs(2), || {
+        let out = etcdctl.run(1, &["get", "bramble/recovered", "--print-value-only"])?;
+        Ok(out.status.success()
+            && String::from_utf8_lossy(&out.stdout).trim() == "from the snapshot")
+    })
+    .with_context(|| {
+        format!(
+            "{}\n{}",
+            c.ok(&api, &["logs", "etcd"])
+                .unwrap_or_else(|e| e.to_string()),
+            nodes[0].console_tail(40)
+        )
+    })?;
+    ensure!(etcdctl.voters(1)?.is_some_and(|v| v == ["cp1"]));
+    Ok(())
 }
